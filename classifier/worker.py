@@ -1,0 +1,65 @@
+"""The classifier stage: FacesMsg in → EventsMsg out, crops batched across frames and cameras."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+
+from classifier.serving import EmotionClassifier
+from fervid.bus import Bus, Delivery
+from fervid.contracts import FACES_STREAM, STORAGE_GROUP, EVENTS_STREAM, Emotion, EventsMsg, FacesMsg
+from fervid.settings import Settings
+from fervid.worker import Outcome
+
+log = logging.getLogger(__name__)
+
+
+class ClassifierStage:
+    name = "classifier"
+    message_type = FacesMsg
+
+    def __init__(self, bus: Bus, classifier: EmotionClassifier, settings: Settings, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.bus = bus
+        self.classifier = classifier
+        # A batch is counted in messages (frames); the model sees all their crops in one forward pass.
+        self.batch_size = settings.classifier.batch_size
+        self.max_wait_ms = settings.classifier.max_wait_ms
+        self.events_backlog = settings.bus.events_backlog
+        self.should_stop = should_stop
+
+    def input_streams(self) -> Sequence[str]:
+        return [FACES_STREAM]
+
+    def handle(self, batch: list[tuple[Delivery, FacesMsg]]) -> Outcome:
+        outcome = Outcome()
+        crops: list[np.ndarray] = []
+        good: list[tuple[Delivery, FacesMsg]] = []
+        for delivery, msg in batch:
+            try:
+                crops.extend(decode_crop(msg, i) for i in range(len(msg.faces)))
+                good.append((delivery, msg))
+            except ValueError as exc:
+                outcome.dead.append((delivery, str(exc)))
+        probs = self.classifier.predict(crops)
+        k = 0
+        for delivery, msg in good:
+            emotions = []
+            for face in msg.faces:
+                p = probs[k]
+                k += 1
+                emotions.append(Emotion(face.index, face.box, face.score, tuple(float(x) for x in p), face.track_id))
+            out = EventsMsg(msg.frame, msg.detector, self.classifier.model_id, tuple(emotions))
+            self.bus.publish(EVENTS_STREAM, out, downstream_group=STORAGE_GROUP, backlog=self.events_backlog, should_stop=self.should_stop)
+            outcome.done.append(delivery)
+        return outcome
+
+
+def decode_crop(msg: FacesMsg, i: int) -> np.ndarray:
+    face = msg.faces[i]
+    crop = cv2.imdecode(np.frombuffer(face.crop, np.uint8), cv2.IMREAD_COLOR) if face.crop else None
+    if crop is None:
+        raise ValueError(f"{msg.frame.camera}#{msg.frame.seq} face {i}: corrupt crop ({len(face.crop)} bytes)")
+    return crop

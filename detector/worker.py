@@ -1,0 +1,93 @@
+"""The detector stage: frames of every camera in → one FacesMsg per frame (with crops) out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+
+from detector.base import Detection, FaceDetector
+from detector.crops import quality, square_crop
+from fervid.bus import Bus, Delivery
+from fervid.contracts import CAMERAS_KEY, CLASSIFIER_GROUP, FACES_STREAM, Box, Face, FacesMsg, FrameMsg, frames_stream
+from fervid.settings import Settings
+from fervid.worker import Outcome
+
+log = logging.getLogger(__name__)
+
+MAX_PIXELS = 8192 * 8192  # a frame beyond this is not a camera frame: dead-letter it instead of allocating it
+
+
+class DetectorStage:
+    name = "detector"
+    message_type = FrameMsg
+
+    def __init__(self, bus: Bus, detector: FaceDetector, settings: Settings, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.bus = bus
+        self.detector = detector
+        self.cfg = settings.detector
+        self.batch_size = self.cfg.batch_size
+        self.max_wait_ms = self.cfg.max_wait_ms
+        self.faces_backlog = settings.bus.faces_backlog
+        self.should_stop = should_stop
+        self._streams: list[str] = []
+        self._streams_at = 0.0
+
+    def input_streams(self) -> Sequence[str]:
+        # Cameras come and go while we run: refresh the set every couple of seconds, not on every read.
+        if time.monotonic() - self._streams_at > 2.0:
+            cameras = sorted(c.decode() for c in self.bus.redis.smembers(CAMERAS_KEY))
+            self._streams = [frames_stream(c) for c in cameras]
+            self._streams_at = time.monotonic()
+        return self._streams
+
+    def handle(self, batch: list[tuple[Delivery, FrameMsg]]) -> Outcome:
+        outcome = Outcome()
+        images: list[np.ndarray] = []
+        good: list[tuple[Delivery, FrameMsg]] = []
+        for delivery, msg in batch:
+            try:
+                images.append(decode_jpeg(msg))
+                good.append((delivery, msg))
+            except ValueError as exc:
+                outcome.dead.append((delivery, str(exc)))
+        detections = self.detector.detect(images) if images else []
+        for (delivery, msg), image, dets in zip(good, images, detections):
+            faces = self.faces(image, dets)
+            out = FacesMsg(frame=msg.frame, detector=self.detector.name, faces=tuple(faces))
+            self.bus.publish(
+                FACES_STREAM, out, downstream_group=CLASSIFIER_GROUP, backlog=self.faces_backlog, should_stop=self.should_stop
+            )
+            outcome.done.append(delivery)
+        return outcome
+
+    def faces(self, image: np.ndarray, detections: list[Detection]) -> list[Face]:
+        faces: list[Face] = []
+        for det in detections:
+            if det.score < self.cfg.min_score or min(det.width, det.height) < self.cfg.min_face:
+                continue
+            crop = square_crop(image, det, self.cfg.crop_size, self.cfg.crop_margin)
+            ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            if not ok:
+                continue
+            box = Box(det.x1, det.y1, det.width, det.height)
+            faces.append(Face(len(faces), box, det.score, jpeg.tobytes(), quality=quality(crop, det)))
+        return faces
+
+
+def decode_jpeg(msg: FrameMsg) -> np.ndarray:
+    """The frame's pixels, or ValueError saying why not (the worker dead-letters the frame with that reason)."""
+    ref = msg.frame
+    if ref.width * ref.height > MAX_PIXELS:
+        raise ValueError(f"{ref.camera}#{ref.seq}: absurd frame size {ref.width}x{ref.height}")
+    if not msg.jpeg:
+        raise ValueError(f"{ref.camera}#{ref.seq}: empty frame")
+    image = cv2.imdecode(np.frombuffer(msg.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{ref.camera}#{ref.seq}: corrupt JPEG ({len(msg.jpeg)} bytes)")
+    if image.shape[:2] != (ref.height, ref.width):
+        raise ValueError(f"{ref.camera}#{ref.seq}: JPEG is {image.shape[1]}x{image.shape[0]}, message says {ref.width}x{ref.height}")
+    return image

