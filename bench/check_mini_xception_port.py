@@ -35,8 +35,7 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from classifier import mini_xception as mx  # noqa: E402
+from classifier import mini_xception as mx
 
 # Runs inside the TF venv. fer's steps (fer.py detect_emotions): BGR2GRAY, cv2.resize(64x64), /255, (x-0.5)*2.
 _KERAS_SIDE = r"""
@@ -99,9 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         inp, outp = Path(tmp, "in.npz"), Path(tmp, "out.npz")
         np.savez(inp, x=x.numpy(), n_raw=len(raw), **{f"raw_{i}": r for i, r in enumerate(raw)})
-        subprocess.run(
-            [args.tf_python, "-c", _KERAS_SIDE, str(mx.fer_weights_path()), str(inp), str(outp)], check=True
-        )
+        subprocess.run([args.tf_python, "-c", _KERAS_SIDE, str(mx.fer_weights_path()), str(inp), str(outp)], check=True)
         k = dict(np.load(outp))
 
     # Sensitivity: the same weights with PyTorch's default BN eps, and with symmetric max-pool padding.
@@ -117,9 +114,13 @@ def main() -> None:
         mx._tf_same_pad = orig_pad
 
     result = {
-        "versions": {"tensorflow": str(k["versions"][0]), "keras": str(k["versions"][1]),
-                     "cv2_tf_venv": str(k["versions"][2]), "cv2_project": cv2.__version__,
-                     "torch": torch.__version__},
+        "versions": {
+            "tensorflow": str(k["versions"][0]),
+            "keras": str(k["versions"][1]),
+            "cv2_tf_venv": str(k["versions"][2]),
+            "cv2_project": cv2.__version__,
+            "torch": torch.__version__,
+        },
         "n_inputs": len(names),
         "model_max_abs_diff_probs": float(np.abs(probs - k["probs"]).max()),
         "model_max_abs_diff_logits": float(np.abs(logits - k["logits"]).max()),
@@ -129,8 +130,12 @@ def main() -> None:
         "if_bn_eps_1e-5_max_abs_diff_probs": float(np.abs(torch_probs(wrong_eps, x)[0] - k["probs"]).max()),
         "if_symmetric_pool_pad_max_abs_diff_probs": float(np.abs(wrong_pad_probs - k["probs"]).max()),
         "per_input": {
-            n: {"top": mx.EMOTIONS[int(p.argmax())], "p_top": float(p.max()), "keras_p_top": float(q.max()),
-                "max_abs_diff": float(np.abs(p - q).max())}
+            n: {
+                "top": mx.EMOTIONS[int(p.argmax())],
+                "p_top": float(p.max()),
+                "keras_p_top": float(q.max()),
+                "max_abs_diff": float(np.abs(p - q).max()),
+            }
             for n, p, q in zip(names, probs, k["probs"])
         },
     }

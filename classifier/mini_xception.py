@@ -16,6 +16,7 @@ The architecture below mirrors the HDF5 file's `model_config` (Keras 2.0.5) laye
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -112,7 +113,7 @@ class MiniXception(nn.Module):
         self.conv2 = nn.Conv2d(8, 8, 3, bias=False)  # 'valid'
         self.bn2 = _bn(8)
         chans = (8, *_FILTERS)
-        self.blocks = nn.ModuleList(ResidualBlock(cin, cout) for cin, cout in zip(chans[:-1], chans[1:]))
+        self.blocks = nn.ModuleList(ResidualBlock(cin, cout) for cin, cout in itertools.pairwise(chans))
         self.classifier = nn.Conv2d(_FILTERS[-1], num_classes, 3, padding=1, bias=True)  # 'same', stride 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -195,6 +196,11 @@ def load_fer_mini_xception(path: Path | None = None) -> MiniXception:
 
     with h5py.File(path, "r") as f:
         config = json.loads(f.attrs["model_config"])
+        # `optimizer_weights` is Adam's training state (2 slots x 52 trainable tensors + the step counter), not
+        # part of the model; anything else at top level would be a file we do not understand.
+        unknown = set(f.keys()) - {"model_weights", "optimizer_weights"}
+        if unknown:
+            raise WeightLoadError(f"{path}: unexpected top-level groups {sorted(unknown)}")
         # Every dataset under model_weights, not just the ones Keras lists, so that a stray tensor is an error.
         pending: dict[str, np.ndarray] = {}
         f["model_weights"].visititems(
@@ -250,14 +256,12 @@ def preprocess(faces_bgr: Sequence[np.ndarray]) -> torch.Tensor:
         if face.dtype != np.uint8:
             # The /255 scaling assumes 8-bit pixels; a float image in [0, 1] would silently come out near -1.
             raise ValueError(f"face {i}: expected uint8 pixels, got {face.dtype}")
-        if face.ndim == 3 and face.shape[2] == 1:
-            face = face[:, :, 0]
-        if face.ndim == 3 and face.shape[2] == 3:
-            face = cv2.cvtColor(face, cv2.COLOR_BGR2GRAY)
-        elif face.ndim != 2:
+        if not (face.ndim == 2 or (face.ndim == 3 and face.shape[2] in (1, 3))):
             raise ValueError(f"face {i}: expected (H, W), (H, W, 1) or (H, W, 3) BGR, got shape {face.shape}")
         if face.shape[0] == 0 or face.shape[1] == 0:
             raise ValueError(f"face {i}: empty crop, shape {face.shape}")
+        if face.ndim == 3:
+            face = cv2.cvtColor(face, cv2.COLOR_BGR2GRAY) if face.shape[2] == 3 else face[:, :, 0]
         gray = cv2.resize(face, (INPUT_SIZE, INPUT_SIZE))
         out[i, 0] = (gray.astype(np.float32) / 255.0 - 0.5) * 2.0
     return torch.from_numpy(out)
