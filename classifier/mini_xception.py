@@ -29,9 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Canonical class order of FER-2013 (and of the model's 7 outputs). The shared contracts module will own this
-# tuple later; until then it lives here, under both names.
-EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+from fervid.contracts import EMOTIONS  # FER-2013 class order = the model's 7 outputs
+
 FER_CLASSES = EMOTIONS
 
 INPUT_SIZE = 64

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable, Sequence
 
 from sqlalchemy.engine import Engine
@@ -28,6 +29,7 @@ class StorageStage:
         self.max_wait_ms = settings.storage.max_wait_ms
         self.should_stop = should_stop
         self.rows_written = 0
+        self.frames_written = 0
 
     def input_streams(self) -> Sequence[str]:
         return [EVENTS_STREAM]
@@ -39,6 +41,7 @@ class StorageStage:
         while True:
             try:
                 self.rows_written += insert_idempotent(self.engine, [m for _, m in batch])
+                self.frames_written += len(batch)
                 return Outcome(done=[d for d, _ in batch])
             except (OperationalError, DBAPIError) as exc:
                 if not getattr(exc, "connection_invalidated", False) and not isinstance(exc, OperationalError):
@@ -48,6 +51,4 @@ class StorageStage:
                 if self.should_stop():
                     raise StopRequested("stopped while the database was unavailable") from exc
                 self.engine.dispose()
-                import time
-
                 time.sleep(delay)
