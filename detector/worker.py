@@ -13,6 +13,7 @@ from detector.base import Detection, FaceDetector
 from detector.crops import quality, square_crop
 from fervid.bus import Bus, Delivery
 from fervid.contracts import CAMERAS_KEY, CLASSIFIER_GROUP, FACES_STREAM, Box, Face, FacesMsg, FrameMsg, frames_stream
+from fervid.metrics import CAMERA_FACES, CAMERA_SKIPPED, INFERENCE_BATCH, INFERENCE_SECONDS, FpsMeter
 from fervid.settings import Settings
 from fervid.worker import Outcome
 
@@ -35,6 +36,7 @@ class DetectorStage:
         self.should_stop = should_stop
         self._streams: list[str] = []
         self._streams_at = 0.0
+        self.fps = FpsMeter(self.name)
 
     def input_streams(self) -> Sequence[str]:
         # Cameras come and go while we run: refresh the set every couple of seconds, not on every read.
@@ -54,7 +56,12 @@ class DetectorStage:
                 good.append((delivery, msg))
             except ValueError as exc:
                 outcome.dead.append((delivery, str(exc)))
+                CAMERA_SKIPPED.labels(msg.frame.camera, self.name).inc()
+        started = time.perf_counter()
         detections = self.detector.detect(images) if images else []
+        if images:
+            INFERENCE_SECONDS.labels(self.name, self.detector.name).observe(time.perf_counter() - started)
+            INFERENCE_BATCH.labels(self.name, self.detector.name).observe(len(images))
         for (delivery, msg), image, dets in zip(good, images, detections):
             faces = self.faces(image, dets)
             out = FacesMsg(frame=msg.frame, detector=self.detector.name, faces=tuple(faces))
@@ -62,6 +69,8 @@ class DetectorStage:
                 FACES_STREAM, out, downstream_group=CLASSIFIER_GROUP, backlog=self.faces_backlog, should_stop=self.should_stop
             )
             outcome.done.append(delivery)
+            self.fps.add(msg.frame.camera)
+            CAMERA_FACES.labels(msg.frame.camera, self.name).inc(len(faces))
         return outcome
 
     def faces(self, image: np.ndarray, detections: list[Detection]) -> list[Face]:

@@ -19,6 +19,7 @@ import redis
 from fervid.backoff import Backoff
 from fervid.bus import Bus, Delivery, StopRequested
 from fervid.contracts import BadMessage, Message
+from fervid.metrics import STAGE_BATCH_FAILURES, STAGE_BATCH_SIZE, STAGE_DEAD_LETTERS, STAGE_HANDLE_SECONDS, STAGE_MESSAGES
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,10 @@ def run_stage(
                     if idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
                         break
                     continue
+                started = time.perf_counter()
                 outcome = _process(stage, bus, batch)
                 bus.ack(outcome.done)
+                STAGE_HANDLE_SECONDS.labels(stage.name).observe(time.perf_counter() - started)
                 backoff.reset()
             except StopRequested:
                 break  # the batch stays pending; another consumer (or our next start) claims it
@@ -116,6 +119,7 @@ def run_stage(
                 stop.wait(delay)
                 continue
             except Exception:
+                STAGE_BATCH_FAILURES.labels(stage.name).inc()
                 # A bug or an unexpected failure of the whole batch: it stays pending, is claimed again after
                 # the idle timeout, and is dead-lettered once it has failed `max_deliveries` times.
                 delay = backoff.next_delay()
@@ -126,6 +130,9 @@ def run_stage(
             stats.batches += 1
             stats.messages += len(batch)
             stats.dead += len(outcome.dead)
+            STAGE_BATCH_SIZE.labels(stage.name).observe(len(batch))
+            STAGE_MESSAGES.labels(stage.name).inc(len(batch))
+            STAGE_DEAD_LETTERS.labels(stage.name).inc(len(outcome.dead))
     finally:
         log.info("%s: stopped after %d messages (%d dead-lettered)", stage.name, stats.messages, stats.dead)
     return stats
