@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from classifier.serving import EmotionClassifier
-from fervid.bus import Bus, Delivery
+from fervid.bus import Bus, Delivery, StopRequested
 from fervid.contracts import FACES_STREAM, STORAGE_GROUP, EVENTS_STREAM, Emotion, EventsMsg, FacesMsg
 from fervid.metrics import CAMERA_FACES, CAMERA_SKIPPED, INFERENCE_BATCH, INFERENCE_SECONDS, FpsMeter
 from fervid.settings import Settings
@@ -60,7 +60,10 @@ class ClassifierStage:
                 k += 1
                 emotions.append(Emotion(face.index, face.box, face.score, tuple(float(x) for x in p), face.track_id))
             out = EventsMsg(msg.frame, msg.detector, self.classifier.model_id, tuple(emotions))
-            self.bus.publish(EVENTS_STREAM, out, downstream_group=STORAGE_GROUP, backlog=self.events_backlog, should_stop=self.should_stop)
+            try:
+                self.bus.publish(EVENTS_STREAM, out, downstream_group=STORAGE_GROUP, backlog=self.events_backlog, should_stop=self.should_stop)
+            except StopRequested:
+                return outcome  # acked: the frames published so far; the rest is returned
             outcome.done.append(delivery)
             self.fps.add(msg.frame.camera)
             CAMERA_FACES.labels(msg.frame.camera, self.name).inc(len(msg.faces))

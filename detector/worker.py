@@ -11,7 +11,7 @@ import numpy as np
 
 from detector.base import Detection, FaceDetector
 from detector.crops import quality, square_crop
-from fervid.bus import Bus, Delivery
+from fervid.bus import Bus, Delivery, StopRequested
 from fervid.contracts import CAMERAS_KEY, CLASSIFIER_GROUP, FACES_STREAM, Box, Face, FacesMsg, FrameMsg, frames_stream
 from fervid.metrics import CAMERA_FACES, CAMERA_SKIPPED, INFERENCE_BATCH, INFERENCE_SECONDS, FpsMeter
 from fervid.settings import Settings
@@ -65,9 +65,12 @@ class DetectorStage:
         for (delivery, msg), image, dets in zip(good, images, detections):
             faces = self.faces(image, dets)
             out = FacesMsg(frame=msg.frame, detector=self.detector.name, faces=tuple(faces))
-            self.bus.publish(
-                FACES_STREAM, out, downstream_group=CLASSIFIER_GROUP, backlog=self.faces_backlog, should_stop=self.should_stop
-            )
+            try:
+                self.bus.publish(
+                    FACES_STREAM, out, downstream_group=CLASSIFIER_GROUP, backlog=self.faces_backlog, should_stop=self.should_stop
+                )
+            except StopRequested:
+                return outcome  # acked: the frames published so far; the rest is returned
             outcome.done.append(delivery)
             self.fps.add(msg.frame.camera)
             CAMERA_FACES.labels(msg.frame.camera, self.name).inc(len(faces))

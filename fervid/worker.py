@@ -109,10 +109,14 @@ def run_stage(
                 started = time.perf_counter()
                 outcome = _process(stage, bus, batch)
                 bus.ack(outcome.done)
+                if stop.is_set():  # a stage that stopped mid-batch returned what it finished; hand back the rest
+                    settled = {d.id for d in outcome.done} | {d.id for d, _ in outcome.dead}
+                    _release(bus, [d for d in batch if d.id not in settled])
                 STAGE_HANDLE_SECONDS.labels(stage.name).observe(time.perf_counter() - started)
                 backoff.reset()
             except StopRequested:
-                break  # the batch stays pending; another consumer (or our next start) claims it
+                _release(bus, batch)  # stays pending, marked idle: another replica claims it at once
+                break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 delay = backoff.next_delay()
                 log.warning("%s: Redis unreachable (%s); retrying in %.1fs", stage.name, exc, delay)
@@ -136,6 +140,16 @@ def run_stage(
     finally:
         log.info("%s: stopped after %d messages (%d dead-lettered)", stage.name, stats.messages, stats.dead)
     return stats
+
+
+def _release(bus: Bus, deliveries: list[Delivery]) -> None:
+    if not deliveries:
+        return
+    try:
+        bus.release(deliveries)
+        log.info("%s: returned %d unfinished entries for another replica", bus.group, len(deliveries))
+    except redis.RedisError as exc:  # they stay pending anyway and are reclaimed after claim_idle_ms
+        log.warning("%s: could not return %d entries (%s); they will be reclaimed after the idle timeout", bus.group, len(deliveries), exc)
 
 
 def _process(stage: Stage[M], bus: Bus, batch: list[Delivery]) -> Outcome:
