@@ -159,3 +159,35 @@ def test_compose_shape() -> None:
         assert svc.get("restart") in ("unless-stopped", "no"), name
         assert svc.get("healthcheck"), name
     assert (ROOT / "cameras.example.yaml").exists()
+
+
+def _k8s_docs() -> list[dict[str, Any]]:
+    base = ROOT / "deploy" / "k8s"
+    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
+    docs = []
+    for name in kustomization["resources"]:
+        docs += [d for d in yaml.safe_load_all((base / name).read_text()) if d]
+    return docs
+
+
+def test_k8s_base() -> None:
+    docs = _k8s_docs()
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for name in ("fervid-ingest", "fervid-detector", "fervid-classifier", "fervid-storage", "fervid-api"):
+        assert ("Deployment", name) in kinds
+    assert ("Job", "fervid-migrate") in kinds
+    scaled = {d["spec"]["scaleTargetRef"]["name"]: d for d in docs if d["kind"] == "ScaledObject"}
+    assert set(scaled) == {"fervid-detector", "fervid-classifier"}
+    for so in scaled.values():
+        assert all(t["type"] == "redis-streams" and t["metadata"]["pendingEntriesCount"] for t in so["spec"]["triggers"])
+    known = settings_env_names()
+    config = next(d for d in docs if d["kind"] == "ConfigMap")
+    secrets = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "fervid-backends"]
+    env_names = set(config["data"]) | {k for s in secrets for k in s["stringData"] if k.startswith("FERVID_")}
+    for d in docs:
+        if d["kind"] in ("Deployment", "Job"):
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                env_names |= {e["name"] for e in c.get("env", [])}
+    assert env_names <= known
+    ingest = next(d for d in docs if d["metadata"]["name"] == "fervid-ingest")
+    assert ingest["spec"]["replicas"] == 1 and ingest["spec"]["strategy"]["type"] == "Recreate"
