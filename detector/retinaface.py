@@ -267,8 +267,9 @@ class RetinaFaceDetector:
 
     Options: ``conf_threshold`` (face probability), ``nms_iou``, ``max_size`` (frames whose longest side exceeds it
     are downscaled before detection; None = never), ``min_face`` (drop boxes whose shorter side, in frame pixels, is
-    below it), ``top_k`` (max faces per frame), ``device`` (default cuda if available, else cpu; fp16 autocast on
-    GPU only), ``weights`` (a local checkpoint path), ``cache_dir`` (weights cache for the resnet50 download).
+    below it), ``top_k`` (max faces per frame, after NMS), ``pre_nms_top_k`` (candidates per frame before NMS),
+    ``device`` (default cuda if available, else cpu; fp16 autocast on GPU only), ``weights`` (a local checkpoint
+    path), ``cache_dir`` (weights cache for the resnet50 download).
     """
 
     def __init__(
@@ -283,6 +284,7 @@ class RetinaFaceDetector:
         max_size: int | None = 640,
         min_face: float = 0.0,
         top_k: int = 750,
+        pre_nms_top_k: int = 5000,
         fp16: bool | None = None,
     ) -> None:
         self.backbone = backbone
@@ -293,6 +295,7 @@ class RetinaFaceDetector:
         self.max_size = max_size
         self.min_face = float(min_face)
         self.top_k = int(top_k)
+        self.pre_nms_top_k = int(pre_nms_top_k)
         self.fp16 = (self.device.type == "cuda") if fp16 is None else (bool(fp16) and self.device.type == "cuda")
         self.model = load_model(backbone, weights=weights, cache_dir=cache_dir).to(self.device)
         cfg = BACKBONES[backbone]
@@ -343,7 +346,11 @@ class RetinaFaceDetector:
         """Threshold, batched NMS across the batch (category = image index), top-k, map back, clip."""
         with torch.inference_mode():
             scores = torch.softmax(conf, dim=-1)[..., 1]  # [N, P]
-            img_idx, prior_idx = torch.nonzero(scores > self.conf_threshold, as_tuple=True)
+            # Pre-NMS cap per image (biubug6's top_k=5000), vectorised over the batch; bounds NMS cost at low thresholds.
+            k = min(self.pre_nms_top_k, scores.shape[1])
+            top_scores, top_idx = scores.topk(k, dim=1)
+            img_idx, rank = torch.nonzero(top_scores > self.conf_threshold, as_tuple=True)
+            prior_idx = top_idx[img_idx, rank]
             sel_priors = priors[prior_idx]
             boxes = decode_boxes(loc[img_idx, prior_idx], sel_priors)
             lms = decode_landmarks(landm[img_idx, prior_idx], sel_priors)
