@@ -4,6 +4,7 @@ module is cheap (no torch, no OpenCV)."""
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,3 +61,11 @@ def create_detector(name: str, **kwargs: Any) -> FaceDetector:
         raise ValueError(f"Unknown detector {name!r}; known detectors: {', '.join(sorted(DETECTORS))}") from None
     cls = _load(name, spec)
     return cls(**{**spec.defaults, **kwargs})
+
+
+def create_configured(name: str, *, device: str = "auto", min_face: int | None = None, weights: str | None = None) -> FaceDetector:
+    """`create_detector` with fervid's common options; a backend without such an option (Haar has no device)
+    simply does not receive it."""
+    accepted = inspect.signature(_load(name, DETECTORS[name]) if name in DETECTORS else object).parameters
+    options = {"device": device, "min_face": min_face, "weights": weights}
+    return create_detector(name, **{k: v for k, v in options.items() if v is not None and k in accepted})

@@ -38,6 +38,7 @@ from torchvision.ops import batched_nms
 
 from detector.base import Detection
 from detector.weights import WeightsError, resolve_weights, sha256_file
+from fervid.device import resolve_device
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 MOBILENET_ASSET = ASSETS_DIR / "retinaface_mobilenet0.25.pt"
@@ -256,12 +257,6 @@ def decode_landmarks(pre: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- detector
 
 
-def _auto_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class RetinaFaceDetector:
     """Batched RetinaFace backend implementing `detector.base.FaceDetector`.
 
@@ -289,7 +284,7 @@ class RetinaFaceDetector:
     ) -> None:
         self.backbone = backbone
         self.name = "retinaface" if backbone == "mobilenet0.25" else f"retinaface_{backbone}"
-        self.device = _auto_device(device)
+        self.device = resolve_device(device)
         self.conf_threshold = float(conf_threshold)
         self.nms_iou = float(nms_iou)
         self.max_size = max_size

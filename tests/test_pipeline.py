@@ -35,12 +35,16 @@ def matched(truth: list[tuple[float, ...]], found: list[tuple[float, ...]], thre
     return hits
 
 
-@pytest.fixture(scope="module")
-def run(sample_clip: tuple[Path, GroundTruth], tmp_path_factory: pytest.TempPathFactory, embedded_redis) -> tuple:
+@pytest.fixture(scope="module", params=["retinaface", "mtcnn"])
+def run(request: pytest.FixtureRequest, sample_clip: tuple[Path, GroundTruth], tmp_path_factory: pytest.TempPathFactory, embedded_redis) -> tuple:
+    """The whole pipeline once per detector backend, each on a fresh Redis database and SQLite file."""
+    import redis
+
     clip, truth = sample_clip
     from fervid.settings import load_settings
 
-    settings = load_settings(data_dir=tmp_path_factory.mktemp("e2e"))
+    redis.Redis.from_url(embedded_redis.url).flushdb()
+    settings = load_settings(data_dir=tmp_path_factory.mktemp("e2e"), detector__backend=request.param)
     summary = run_pipeline([SourceSpec("lobby", str(clip))], settings, embedded_redis.url)
     return summary, truth, settings
 
