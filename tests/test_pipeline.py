@@ -92,3 +92,17 @@ def test_timeline_json_sums_to_the_row_count(run: tuple) -> None:
     assert all(abs(sum(b["mean"].values()) - 1) < 1e-3 for b in buckets)
     assert max(buckets, key=lambda b: b["faces"])["counts"]["happy"] > 0
     json.dumps(buckets)  # serialisable as the CLI prints it
+
+
+def test_tracks_are_stable_for_smoothly_moving_faces(run: tuple) -> None:
+    """Each of the two faces keeps one track id over >= 90% of its frames."""
+    summary, truth, settings = run
+    engine = make_engine(settings.resolved_db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(EventRow.frame_seq, EventRow.x, EventRow.track_id).where(EventRow.camera == "lobby")).all()
+    for side in (0, 1):  # face 0 lives on the left half of the frame, face 1 on the right
+        ids = [tid for _, x, tid in rows if (x > truth.width / 2) == bool(side)]
+        assert ids, f"no rows for face {side}"
+        most = max(set(ids), key=ids.count)
+        assert most is not None
+        assert ids.count(most) >= 0.9 * len(truth.boxes), f"face {side}: {ids.count(most)} of {len(truth.boxes)} frames on track {most}"
