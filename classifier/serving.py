@@ -11,14 +11,9 @@ import torch
 from torch import nn
 
 from fervid.contracts import EMOTIONS
+from fervid.device import resolve_device
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class EmotionClassifier:

@@ -8,12 +8,7 @@ import numpy as np
 import torch
 
 from detector.base import Detection
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+from fervid.device import resolve_device
 
 
 class MTCNNDetector:

@@ -11,8 +11,9 @@ import numpy as np
 
 from detector.base import Detection, FaceDetector
 from detector.crops import quality, square_crop
+from detector.tracking import FaceTracker
 from fervid.bus import Bus, Delivery, StopRequested
-from fervid.contracts import CAMERAS_KEY, CLASSIFIER_GROUP, FACES_STREAM, Box, Face, FacesMsg, FrameMsg, frames_stream
+from fervid.contracts import CAMERAS_KEY, CLASSIFIER_GROUP, FACES_STREAM, Box, Face, FacesMsg, FrameMsg, camera_key, frames_stream
 from fervid.metrics import CAMERA_FACES, CAMERA_SKIPPED, INFERENCE_BATCH, INFERENCE_SECONDS, FpsMeter
 from fervid.settings import Settings
 from fervid.worker import Outcome
@@ -34,6 +35,7 @@ class DetectorStage:
         self.max_wait_ms = self.cfg.max_wait_ms
         self.faces_backlog = settings.bus.faces_backlog
         self.should_stop = should_stop
+        self.tracker = FaceTracker(lambda camera: int(bus.redis.incr(camera_key(camera, "track_epoch"))))
         self._streams: list[str] = []
         self._streams_at = 0.0
         self.fps = FpsMeter(self.name)
@@ -62,8 +64,10 @@ class DetectorStage:
         if images:
             INFERENCE_SECONDS.labels(self.name, self.detector.name).observe(time.perf_counter() - started)
             INFERENCE_BATCH.labels(self.name, self.detector.name).observe(len(images))
-        for (delivery, msg), image, dets in zip(good, images, detections):
-            faces = self.faces(image, dets)
+        # Track in each camera's frame order, whatever order the batch arrived in.
+        for i in sorted(range(len(good)), key=lambda i: (good[i][1].frame.camera, good[i][1].frame.seq)):
+            delivery, msg = good[i]
+            faces = self.faces(images[i], msg, detections[i])
             out = FacesMsg(frame=msg.frame, detector=self.detector.name, faces=tuple(faces))
             try:
                 self.bus.publish(
@@ -76,17 +80,17 @@ class DetectorStage:
             CAMERA_FACES.labels(msg.frame.camera, self.name).inc(len(faces))
         return outcome
 
-    def faces(self, image: np.ndarray, detections: list[Detection]) -> list[Face]:
+    def faces(self, image: np.ndarray, msg: FrameMsg, detections: list[Detection]) -> list[Face]:
+        kept = [d for d in detections if d.score >= self.cfg.min_score and min(d.width, d.height) >= self.cfg.min_face]
+        track_ids = self.tracker.assign(msg.frame.camera, msg.frame.seq, msg.frame.capture_ts, kept)
         faces: list[Face] = []
-        for det in detections:
-            if det.score < self.cfg.min_score or min(det.width, det.height) < self.cfg.min_face:
-                continue
+        for det, track_id in zip(kept, track_ids):
             crop = square_crop(image, det, self.cfg.crop_size, self.cfg.crop_margin)
             ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
             if not ok:
                 continue
             box = Box(det.x1, det.y1, det.width, det.height)
-            faces.append(Face(len(faces), box, det.score, jpeg.tobytes(), quality=quality(crop, det)))
+            faces.append(Face(len(faces), box, det.score, jpeg.tobytes(), track_id=track_id, quality=quality(crop, det)))
         return faces
 
 

@@ -85,7 +85,7 @@ def run_pipeline(
     frame is stored (or dead-lettered), or until `stop` is set (live sources run until then)."""
     from classifier.serving import load_classifier
     from classifier.worker import ClassifierStage
-    from detector.registry import create_detector
+    from detector.registry import create_configured
     from detector.worker import DetectorStage
     from ingest.runner import run_source
     from ingest.source import is_live, probe_file
@@ -99,7 +99,7 @@ def run_pipeline(
     for spec in sources:
         if not is_live(spec.url):
             probe_file(spec.url)  # a missing or non-video file fails now, before models load
-    detector = create_detector(settings.detector.backend, device=settings.detector.device, min_face=settings.detector.min_face)
+    detector = create_configured(settings.detector.backend, device=settings.detector.device, min_face=settings.detector.min_face)
     classifier = load_classifier(settings.classifier.model, settings.classifier.checkpoint, settings.classifier.device)
 
     def bus(group: str) -> Bus:

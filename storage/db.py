@@ -21,7 +21,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -95,13 +95,14 @@ def make_engine(url: str) -> Engine:
         if str(path) not in ("", ":memory:"):
             path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        backend = make_url(url).get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise ConfigError(f"unsupported database {backend!r} in {redact_url(url)}: use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB")
         engine = create_engine(url, pool_pre_ping=True)
-    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+    except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
         raise ConfigError(f"invalid database URL {redact_url(url)}: {exc}") from exc
-    if engine.dialect.name == "sqlite":
+    if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    elif engine.dialect.name != "postgresql":
-        raise ConfigError(f"unsupported database {engine.dialect.name!r} in {redact_url(url)}: use sqlite:/// or postgresql+psycopg://")
     try:
         with engine.connect():
             pass

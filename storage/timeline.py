@@ -7,7 +7,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, inspect, select
 from sqlalchemy.engine import Engine
 
 from fervid.contracts import EMOTIONS
@@ -40,6 +40,8 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
 
 
 def cameras(engine: Engine) -> list[str]:
+    if not inspect(engine).has_table(FrameRow.__tablename__):
+        return []
     with engine.connect() as conn:
         return list(conn.execute(select(FrameRow.camera).distinct().order_by(FrameRow.camera)).scalars())
 
@@ -62,6 +64,8 @@ def timeline(
     hi = None if until is None else int(until.timestamp() * 1000)
     if lo is not None and hi is not None and lo >= hi:
         raise ConfigError(f"empty time range: since ({since}) is not before until ({until})")
+    if not inspect(engine).has_table(FrameRow.__tablename__):
+        raise NotFound(f"unknown camera {camera!r}: this database holds no fervid data yet (is --db right?)")
     with engine.connect() as conn:
         if conn.execute(select(FrameRow.id).where(FrameRow.camera == camera).limit(1)).first() is None:
             known = cameras(engine)

