@@ -223,3 +223,29 @@ def test_up_two_detectors_one_sigkilled(redis_url: str, redis_client: redislib.R
     # What the killed detector held was reclaimed (XAUTOCLAIM), not dead-lettered.
     assert not any(n for c, n in pending_by_consumer(redis_client, stream).items() if f"-{pid}-" in c)
     assert not redis_client.hgetall("fervid:dead:counts")
+
+
+def test_up_stops_everything_on_sigterm(redis_url: str, sample_clip: Any, tmp_path: Path) -> None:
+    """SIGTERM to `fervid up` (what Ctrl-C does too): every worker gets SIGTERM, all are gone within ~10 s."""
+    clip, _ = sample_clip
+    data = tmp_path / "data"
+    cmd = [*FERVID, "up", "--source", str(clip), "--camera", "cam3", "--redis", redis_url, "--data-dir", str(data), "-v"]
+    up = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    status_file = data / "up.json"
+    try:
+        wait_for("workers started", lambda: status_file.exists() and len(json.loads(status_file.read_text())) == 4, 60, [up])
+        time.sleep(3)
+        pids = [s["pid"] for s in json.loads(status_file.read_text()).values() if s["state"] == "running"]
+        t0 = time.monotonic()
+        up.send_signal(signal.SIGTERM)
+        output, _ = up.communicate(timeout=20)
+        assert time.monotonic() - t0 < 12
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert up.returncode == 0, output.decode()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert all(s["state"] in ("stopped", "done") for s in json.loads(status_file.read_text()).values())

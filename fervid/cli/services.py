@@ -36,8 +36,10 @@ def _serve(service: str, group: str, settings: Any, build_stage: Callable[[Any, 
 
     if not settings.redis_url:
         raise ConfigError(f"{service} needs a shared Redis: set FERVID_REDIS_URL or pass --redis")
+    # Until the model is loaded nothing is in flight: SIGTERM/Ctrl-C exits at once (exit 0) instead of
+    # waiting for a slow model load. From the first read on, the worker loop's graceful handlers apply.
+    _exit_now_on_signal()
     stop = StopFlag()
-    stop.install_signal_handlers()
     client = connect(settings.redis_url)
     health = HealthServer(service, settings.metrics_port)
     loaded: dict[str, Any] = {}
@@ -49,10 +51,22 @@ def _serve(service: str, group: str, settings: Any, build_stage: Callable[[Any, 
         bus = Bus(client, group, claim_idle_ms=settings.bus.claim_idle_ms, max_deliveries=settings.bus.max_deliveries)
         stage = build_stage(bus, stop)
         loaded["stage"] = stage
+        stop.install_signal_handlers()
         log.info("%s: ready", service)
         run_stage(stage, bus, stop=stop, block_ms=settings.bus.block_ms)
     finally:
         health.close()
+
+
+def _exit_now_on_signal() -> None:
+    import signal
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("signal %d while starting: exiting", signum)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 @app.command()
@@ -170,8 +184,10 @@ def ingest_files(
     names = list(camera or [])
     if names and len(names) != len(sources):
         raise ConfigError(f"{len(names)} --camera names for {len(sources)} sources: give one per source or none")
+    # Until the model is loaded nothing is in flight: SIGTERM/Ctrl-C exits at once (exit 0) instead of
+    # waiting for a slow model load. From the first read on, the worker loop's graceful handlers apply.
+    _exit_now_on_signal()
     stop = StopFlag()
-    stop.install_signal_handlers()
     client = connect(settings.redis_url)
     health = HealthServer("ingest", settings.metrics_port)
     health.add_check("redis", lambda: None if client.ping() else "no PONG")

@@ -3,6 +3,7 @@ processes against one Redis and one database: embedded ones by default, yours wi
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -66,6 +67,9 @@ def up(
     specs += [ProcessSpec(f"detector-{i + 1}", ["detect"]) for i in range(detectors)]
     specs += [ProcessSpec(f"classifier-{i + 1}", ["classify"]) for i in range(classifiers)]
     specs.append(ProcessSpec("storage", ["store"]))
+    if verbose:  # workers log at INFO too
+        for spec in specs:
+            spec.args.append("--verbose")
     if metrics_port:
         for i, spec in enumerate(specs):
             spec.env["FERVID_METRICS_PORT"] = str(metrics_port + i)
@@ -99,7 +103,8 @@ def up(
         codes = sup.stop()
         if embedded:
             embedded.close()
-    bad = {name: rc for name, rc in codes.items() if rc not in (0, None)}
+    # -SIGTERM: stopped before it installed its handler (still importing), so nothing was in flight.
+    bad = {name: rc for name, rc in codes.items() if rc not in (0, None, -signal.SIGTERM)}
     console.print(f"[up] stopped: {', '.join(f'{n}={rc}' for n, rc in codes.items())}", highlight=False, markup=False)
     if error:
         raise error
