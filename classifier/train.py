@@ -455,8 +455,10 @@ def _finalize(
         "stopped_early": stopped_early,
         "train_seconds": train_seconds,
         "freeze_epochs": config.freeze_epochs,
-        **{f"{s}_accuracy": r.accuracy for s, r in reports.items()},
-        **{f"{s}_macro_f1": r.macro_f1 for s, r in reports.items()},
+        # Final evaluation of the best weights (history keys above are per-epoch lists).
+        "final": {s: {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "split_size": r.num_samples}
+                  for s, r in reports.items()},
+        "test_accuracy": reports["test"].accuracy if "test" in reports else None,
     }
     io.write_json(out / "metrics.json", metrics)
     io.write_json(out / "config.json", config.to_dict())
