@@ -123,9 +123,7 @@ def load_checkpoint(
     if expect_model is not None and meta.model_name != expect_model:
         raise CheckpointError(f"{path} is a checkpoint of model {meta.model_name!r}, expected {expect_model!r}")
     if expect_classes is not None and tuple(expect_classes) != meta.classes:
-        raise CheckpointError(
-            f"{path} was trained on classes {list(meta.classes)}, expected {list(expect_classes)}"
-        )
+        raise CheckpointError(f"{path} was trained on classes {list(meta.classes)}, expected {list(expect_classes)}")
     model = create_model(meta.model_name, num_classes=len(meta.classes))
     try:
         model.load_state_dict(obj["state_dict"], strict=True)

@@ -157,9 +157,7 @@ def load_fer_csv(path: Path) -> dict[str, Split]:
             raise DataError(f"{path}: empty CSV file")
         header = [h.strip() for h in header]
         if [h.lower() for h in header] != [c.lower() for c in FER_COLUMNS]:
-            raise DataError(
-                f"{path}: expected columns {','.join(FER_COLUMNS)}, found {','.join(header) or '(none)'}"
-            )
+            raise DataError(f"{path}: expected columns {','.join(FER_COLUMNS)}, found {','.join(header) or '(none)'}")
         for row_no, row in enumerate(reader, start=1):
             line = row_no + 1  # 1-based file line, header is line 1
             where = f"{path} row {row_no} (line {line})"
@@ -179,8 +177,7 @@ def load_fer_csv(path: Path) -> dict[str, Split]:
             values = pixels.split()
             if len(values) != n_pixels:
                 raise DataError(
-                    f"{where}: pixel string has {len(values)} values, expected {n_pixels} "
-                    f"({FER_SIZE}x{FER_SIZE})"
+                    f"{where}: pixel string has {len(values)} values, expected {n_pixels} ({FER_SIZE}x{FER_SIZE})"
                 )
             try:
                 arr = np.array(values, dtype=np.int64)
@@ -225,9 +222,7 @@ def load_image_folder_split(split_dir: Path, name: str, verify: bool = True) -> 
         if canon in seen:
             raise DataError(f"{class_dir} and {seen[canon]} both map to class {canon!r}")
         seen[canon] = class_dir
-        files = sorted(
-            p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(f"empty class folder {class_dir}: no image files")
         for f in files:
@@ -296,9 +291,7 @@ def load_splits(
         if len(csvs) == 1:
             csv_path = csvs[0]
         else:
-            raise DataError(
-                f"{root}: expected a train/ folder (ImageFolder layout) or one FER-2013 .csv file"
-            )
+            raise DataError(f"{root}: expected a train/ folder (ImageFolder layout) or one FER-2013 .csv file")
 
     if csv_path is not None:
         parts = load_fer_csv(csv_path)
@@ -346,9 +339,7 @@ class ToChannels(torch.nn.Module):
         raise ValueError(f"cannot map {x.shape[-3]} channels to {self.channels}")
 
 
-def train_transform(
-    input_size: int, channels: int, mean: Sequence[float], std: Sequence[float]
-) -> v2.Compose:
+def train_transform(input_size: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     # Mild augmentation: faces are already detector-aligned crops, so heavy crops or rotations
     # would cut off the mouth/brows that carry the expression.
     return v2.Compose(
@@ -366,9 +357,7 @@ def train_transform(
     )
 
 
-def eval_transform(
-    input_size: int, channels: int, mean: Sequence[float], std: Sequence[float]
-) -> v2.Compose:
+def eval_transform(input_size: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     return v2.Compose(
         [
             v2.ToImage(),
@@ -386,9 +375,7 @@ class _Stack(torch.nn.Module):
         return torch.stack(list(crops))
 
 
-def tencrop_transform(
-    input_size: int, channels: int, mean: Sequence[float], std: Sequence[float]
-) -> v2.Compose:
+def tencrop_transform(input_size: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     """(10, C, S, S): four corners + centre of an upscaled image, and their mirrors."""
     return v2.Compose(
         [

@@ -43,8 +43,13 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, opset: int = 17, atol: flo
         # dynamo=False: the TorchScript exporter needs no onnxscript (not installed) and handles
         # every registered architecture.
         torch.onnx.export(
-            model, (x,), str(tmp), dynamo=False, opset_version=opset,
-            input_names=["input"], output_names=["logits"],
+            model,
+            (x,),
+            str(tmp),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
         import onnx
@@ -52,9 +57,14 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, opset: int = 17, atol: flo
         proto = onnx.load(str(tmp))
         onnx.checker.check_model(proto)
         # Carry the preprocessing contract with the graph, for non-Python consumers.
-        for k, v in {"model_name": meta.model_name, "classes": ",".join(meta.classes),
-                     "input_size": str(meta.input_size), "channels": str(meta.channels),
-                     "mean": ",".join(map(str, meta.mean)), "std": ",".join(map(str, meta.std))}.items():
+        for k, v in {
+            "model_name": meta.model_name,
+            "classes": ",".join(meta.classes),
+            "input_size": str(meta.input_size),
+            "channels": str(meta.channels),
+            "mean": ",".join(map(str, meta.mean)),
+            "std": ",".join(map(str, meta.std)),
+        }.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = k, v
         onnx.save(proto, str(tmp))

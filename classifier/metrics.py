@@ -42,9 +42,7 @@ def confusion_matrix(targets: np.ndarray, preds: np.ndarray, num_classes: int) -
     return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def classification_report(
-    targets: np.ndarray, preds: np.ndarray, classes: Sequence[str]
-) -> ClassificationReport:
+def classification_report(targets: np.ndarray, preds: np.ndarray, classes: Sequence[str]) -> ClassificationReport:
     k = len(classes)
     cm = confusion_matrix(np.asarray(targets), np.asarray(preds), k)
     tp = np.diag(cm).astype(np.float64)

@@ -264,8 +264,7 @@ def _mini_xception_module() -> Any:
         if exc.name != "classifier.mini_xception":
             raise
         raise ValueError(
-            "model 'mini_xception' is registered but classifier/mini_xception.py is not "
-            "installed on this branch"
+            "model 'mini_xception' is registered but classifier/mini_xception.py is not installed on this branch"
         ) from exc
 
 
@@ -325,9 +324,7 @@ def offline_mobilenet_v2_file() -> Path | None:
 
 def _imagenet_state_dict(spec: ModelSpec) -> dict[str, torch.Tensor]:
     if spec.imagenet_weights is None:
-        raise ValueError(
-            f"model {spec.name!r} has no ImageNet weights; use weights='none' or a checkpoint path"
-        )
+        raise ValueError(f"model {spec.name!r} has no ImageNet weights; use weights='none' or a checkpoint path")
     enum = spec.imagenet_weights()
     filename = Path(enum.url).name
     cached = hub_checkpoint_path(filename)
@@ -351,9 +348,7 @@ def _unwrap_state_dict(obj: Any, name: str, path: Path) -> dict[str, torch.Tenso
     """Accept a bare state dict or a fervid checkpoint; refuse checkpoints of another model."""
     if isinstance(obj, dict) and obj.get("format") == "fervid-classifier":
         if obj.get("model_name") != name:
-            raise ValueError(
-                f"{path} is a checkpoint of model {obj.get('model_name')!r}, not {name!r}"
-            )
+            raise ValueError(f"{path} is a checkpoint of model {obj.get('model_name')!r}, not {name!r}")
         return obj["state_dict"]
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         return obj["state_dict"]
@@ -409,9 +404,7 @@ def create_model(name: str, num_classes: int = NUM_CLASSES, weights: WeightsArg 
         return model
     path = Path(weights)
     if not path.is_file():
-        raise ValueError(
-            f"weights must be 'none', 'imagenet', 'fer' or an existing file; got {str(weights)!r}"
-        )
+        raise ValueError(f"weights must be 'none', 'imagenet', 'fer' or an existing file; got {str(weights)!r}")
     model = spec.builder(num_classes)
     obj = torch.load(path, map_location="cpu", weights_only=True)
     _load_backbone(model, _unwrap_state_dict(obj, name, path), name, str(path))

@@ -20,13 +20,19 @@ def _save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(history: Mapping[str, Sequence[float]], path: Path, *, title: str, best_epoch: int | None = None,
-                freeze_epochs: int = 0) -> None:
+def plot_curves(
+    history: Mapping[str, Sequence[float]],
+    path: Path,
+    *,
+    title: str,
+    best_epoch: int | None = None,
+    freeze_epochs: int = 0,
+) -> None:
     """Loss and accuracy, train vs val, one panel each."""
     epochs = list(history["epoch"])
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
-        ax.plot(epochs, history[f"train_{key}"], "o-", label=f"train {label}", color="tab:blue")
+        ax.plot(epochs, history[f"train_{key}"], "o-", label=f"train {label} (augmented, dropout on)", color="tab:blue")
         ax.plot(epochs, history[f"val_{key}"], "s-", label=f"val {label}", color="tab:orange")
         if freeze_epochs > 0:
             ax.axvspan(0.5, freeze_epochs + 0.5, color="grey", alpha=0.12, label="head only (frozen backbone)")
@@ -58,8 +64,7 @@ def plot_confusion(normalized: np.ndarray, classes: Sequence[str], path: Path, *
     for i in range(k):
         for j in range(k):
             v = normalized[i, j]
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
-                    color="white" if v > 0.5 else "black")
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v > 0.5 else "black")
     ax.set_title(title)
     _save(fig, path)
 

@@ -19,6 +19,7 @@ import math
 import random
 import shutil
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,13 @@ log = logging.getLogger(__name__)
 
 INPROGRESS = ".inprogress"
 ARTEFACTS = (
-    "best.pt", "metrics.json", "curves.png", "confusion_matrix.png", "report.md", "report.json", "config.json",
+    "best.pt",
+    "metrics.json",
+    "curves.png",
+    "confusion_matrix.png",
+    "report.md",
+    "report.json",
+    "config.json",
 )
 
 
@@ -177,7 +184,9 @@ def make_optimizer(
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
+        return torch.optim.SGD(
+            groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True
+        )
     raise ValueError(f"optimizer must be adamw or sgd; got {config.optimizer!r}")
 
 
@@ -238,9 +247,7 @@ def train_one_epoch(
     return total_loss / max(1, seen), correct / max(1, seen)
 
 
-def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int
-) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int) -> tuple[float, float]:
     """(mean unweighted cross-entropy, accuracy) under torch.inference_mode()."""
     logits, targets = predict(model, loader, device)
     if len(targets) == 0:
@@ -263,7 +270,9 @@ def _resolve_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | 
     state = read_checkpoint(config.resume)
     if state.get("kind") != "last":
         raise ValueError(f"--resume wants a last.pt checkpoint; {config.resume} is a {state.get('kind')!r} one")
-    saved = TrainConfig(**{k: v for k, v in state["config"].items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    saved = TrainConfig(
+        **{k: v for k, v in state["config"].items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    )
     resolved = dataclasses.replace(
         saved,
         epochs=config.epochs,
@@ -314,15 +323,24 @@ def train(config: TrainConfig) -> TrainResult:
     io.write_json(staging / "config.json", config.to_dict())
 
     splits = load_splits(
-        config.data, val_fraction=config.val_fraction, seed=config.seed, allow_missing_classes=config.allow_missing_classes
+        config.data,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        allow_missing_classes=config.allow_missing_classes,
     )
     tf_args = (input_size, spec.channels, spec.mean, spec.std)
     train_ds = FaceDataset(splits.train, train_transform(*tf_args))
     val_ds = FaceDataset(splits.val, eval_transform(*tf_args))
     counts = splits.train.class_counts()
-    log.info("data %s: train %d, val %d%s, test %s; train class counts %s", splits.source, len(splits.train),
-             len(splits.val), " (carved)" if splits.val_carved else "", len(splits.test) if splits.test else "none",
-             dict(zip(CLASSES, counts.tolist())))
+    log.info(
+        "data %s: train %d, val %d%s, test %s; train class counts %s",
+        splits.source,
+        len(splits.train),
+        len(splits.val),
+        " (carved)" if splits.val_carved else "",
+        len(splits.test) if splits.test else "none",
+        dict(zip(CLASSES, counts.tolist())),
+    )
 
     model = create_model(config.model, num_classes=len(CLASSES), weights=config.weights if not resume_state else "none")
     head_names = set(head_parameter_names(config.model, model))
@@ -339,7 +357,9 @@ def train(config: TrainConfig) -> TrainResult:
         if config.class_weights:
             log.info("sampler=weighted already balances classes; class-weighted loss disabled")
         sample_w = class_weight_tensor(counts)[torch.from_numpy(splits.train.targets)]
-        sampler: torch.utils.data.Sampler = WeightedRandomSampler(sample_w.double(), num_samples=len(train_ds), replacement=True)
+        sampler: torch.utils.data.Sampler = WeightedRandomSampler(
+            sample_w.double(), num_samples=len(train_ds), replacement=True
+        )
         loss_weight = None
     else:
         sampler = RandomSampler(train_ds)
@@ -347,11 +367,19 @@ def train(config: TrainConfig) -> TrainResult:
     if config.sampler not in ("random", "weighted"):
         raise ValueError(f"sampler must be random or weighted; got {config.sampler!r}")
     criterion = nn.CrossEntropyLoss(weight=loss_weight, label_smoothing=config.label_smoothing)
-    loader_kw: dict[str, Any] = {"num_workers": config.num_workers, "pin_memory": on_cuda,
-                                 "persistent_workers": config.num_workers > 0}
+    loader_kw: dict[str, Any] = {
+        "num_workers": config.num_workers,
+        "pin_memory": on_cuda,
+        "persistent_workers": config.num_workers > 0,
+    }
     # drop_last keeps BatchNorm away from a trailing batch of one sample.
-    train_loader = DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler,
-                              drop_last=len(train_ds) > config.batch_size, **loader_kw)
+    train_loader = DataLoader(
+        train_ds,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        drop_last=len(train_ds) > config.batch_size,
+        **loader_kw,
+    )
     val_loader = DataLoader(val_ds, batch_size=config.batch_size * 2, shuffle=False, **loader_kw)
 
     optimizer = make_optimizer(config, head, backbone)
@@ -375,13 +403,21 @@ def train(config: TrainConfig) -> TrainResult:
         if not (staging / "best_state.pt").is_file():
             # The resumed run had finished (staging cleared): its best weights live in best.pt.
             if not (out / "best.pt").is_file():
-                raise FileNotFoundError(f"cannot resume: neither {staging / 'best_state.pt'} nor {out / 'best.pt'} exists")
+                raise FileNotFoundError(
+                    f"cannot resume: neither {staging / 'best_state.pt'} nor {out / 'best.pt'} exists"
+                )
             io.save_torch(read_checkpoint(out / "best.pt")["state_dict"], staging / "best_state.pt")
         # From here the run is unfinished again: no best.pt may claim otherwise.
         (out / "best.pt").unlink(missing_ok=True)
 
-    meta_kw = dict(model_name=config.model, classes=CLASSES, input_size=input_size, channels=spec.channels,
-                   mean=spec.mean, std=spec.std)
+    meta_kw = dict(
+        model_name=config.model,
+        classes=CLASSES,
+        input_size=input_size,
+        channels=spec.channels,
+        mean=spec.mean,
+        std=spec.std,
+    )
     prev_seconds = float((resume_state or {}).get("train_seconds", 0.0))
     t0 = time.perf_counter()
     stopped_early = False
@@ -391,16 +427,40 @@ def train(config: TrainConfig) -> TrainResult:
         set_backbone_frozen(model, head_names, frozen)
         te = time.perf_counter()
         tr_loss, tr_acc = train_one_epoch(
-            model, criterion, optimizer, scheduler, scaler, train_loader, device, epoch,
-            use_amp=use_amp, channels_last=channels_last, frozen=frozen, progress=config.progress,
+            model,
+            criterion,
+            optimizer,
+            scheduler,
+            scaler,
+            train_loader,
+            device,
+            epoch,
+            use_amp=use_amp,
+            channels_last=channels_last,
+            frozen=frozen,
+            progress=config.progress,
         )
         va_loss, va_acc = evaluate(model, val_loader, device, len(CLASSES))
-        for k, v in (("epoch", epoch), ("train_loss", tr_loss), ("train_accuracy", tr_acc), ("val_loss", va_loss),
-                     ("val_accuracy", va_acc), ("lr", optimizer.param_groups[0]["lr"]),
-                     ("seconds", time.perf_counter() - te)):
+        for k, v in (
+            ("epoch", epoch),
+            ("train_loss", tr_loss),
+            ("train_accuracy", tr_acc),
+            ("val_loss", va_loss),
+            ("val_accuracy", va_acc),
+            ("lr", optimizer.param_groups[0]["lr"]),
+            ("seconds", time.perf_counter() - te),
+        ):
             history[k].append(v)
-        log.info("epoch %d/%d%s: train loss %.4f acc %.4f | val loss %.4f acc %.4f", epoch, config.epochs,
-                 " (head only)" if frozen else "", tr_loss, tr_acc, va_loss, va_acc)
+        log.info(
+            "epoch %d/%d%s: train loss %.4f acc %.4f | val loss %.4f acc %.4f",
+            epoch,
+            config.epochs,
+            " (head only)" if frozen else "",
+            tr_loss,
+            tr_acc,
+            va_loss,
+            va_acc,
+        )
         if va_acc > best_acc:
             best_acc, best_epoch, stale = va_acc, epoch, 0
             io.save_torch({k: v.detach().cpu() for k, v in model.state_dict().items()}, staging / "best_state.pt")
@@ -408,11 +468,20 @@ def train(config: TrainConfig) -> TrainResult:
             stale += 1
         io.save_torch(
             checkpoint_payload(
-                kind="last", model=model, epoch=epoch, config=config.to_dict(),
-                metrics={"val_accuracy": va_acc, "val_loss": va_loss}, **meta_kw,
-                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict() if use_amp else {}, rng=_rng_state(), history=history,
-                best_val_accuracy=best_acc, best_epoch=best_epoch, epochs_without_improvement=stale,
+                kind="last",
+                model=model,
+                epoch=epoch,
+                config=config.to_dict(),
+                metrics={"val_accuracy": va_acc, "val_loss": va_loss},
+                **meta_kw,
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                scaler=scaler.state_dict() if use_amp else {},
+                rng=_rng_state(),
+                history=history,
+                best_val_accuracy=best_acc,
+                best_epoch=best_epoch,
+                epochs_without_improvement=stale,
                 train_seconds=time.perf_counter() - t0 + prev_seconds,
             ),
             out / "last.pt",
@@ -423,14 +492,37 @@ def train(config: TrainConfig) -> TrainResult:
             break
     train_seconds = time.perf_counter() - t0 + prev_seconds
 
-    return _finalize(config, out, staging, model, splits, device, history, best_acc, best_epoch, epoch,
-                     stopped_early, train_seconds, meta_kw)
+    return _finalize(
+        config,
+        out,
+        staging,
+        model,
+        splits,
+        device,
+        history,
+        best_acc,
+        best_epoch,
+        epoch,
+        stopped_early,
+        train_seconds,
+        meta_kw,
+    )
 
 
 def _finalize(
-    config: TrainConfig, out: Path, staging: Path, model: nn.Module, splits: Splits, device: torch.device,
-    history: dict[str, list[float]], best_acc: float, best_epoch: int, last_epoch: int, stopped_early: bool,
-    train_seconds: float, meta_kw: dict[str, Any],
+    config: TrainConfig,
+    out: Path,
+    staging: Path,
+    model: nn.Module,
+    splits: Splits,
+    device: torch.device,
+    history: dict[str, list[float]],
+    best_acc: float,
+    best_epoch: int,
+    last_epoch: int,
+    stopped_early: bool,
+    train_seconds: float,
+    meta_kw: dict[str, Any],
 ) -> TrainResult:
     """Reload the best weights, evaluate, write every artefact, and best.pt last."""
     if best_epoch == 0:
@@ -442,8 +534,9 @@ def _finalize(
     reports: dict[str, ClassificationReport] = {}
     for split in ("val", "test"):
         if getattr(splits, split) is not None:
-            reports[split] = evaluate_model_on(model, meta, splits, split, config.eval_tta, device,
-                                               batch_size=config.batch_size * 2, num_workers=0)
+            reports[split] = evaluate_model_on(
+                model, meta, splits, split, config.eval_tta, device, batch_size=config.batch_size * 2, num_workers=0
+            )
     main_split = "test" if "test" in reports else "val"
     main = reports[main_split]
     metrics = {
@@ -456,34 +549,66 @@ def _finalize(
         "train_seconds": train_seconds,
         "freeze_epochs": config.freeze_epochs,
         # Final evaluation of the best weights (history keys above are per-epoch lists).
-        "final": {s: {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "split_size": r.num_samples}
-                  for s, r in reports.items()},
+        "final": {
+            s: {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "split_size": r.num_samples} for s, r in reports.items()
+        },
         "test_accuracy": reports["test"].accuracy if "test" in reports else None,
     }
     io.write_json(out / "metrics.json", metrics)
     io.write_json(out / "config.json", config.to_dict())
     io.write_json(out / "report.json", {s: r.to_dict() for s, r in reports.items()})
-    md = [f"# {config.model} — classification report", "",
-          f"Data: `{splits.source}`; best epoch {best_epoch} (val accuracy {best_acc:.4f}); TTA {config.eval_tta}.", ""]
+    md = [
+        f"# {config.model} — classification report",
+        "",
+        f"Data: `{splits.source}`; best epoch {best_epoch} (val accuracy {best_acc:.4f}); TTA {config.eval_tta}.",
+        "",
+    ]
     for s, r in reports.items():
-        md += [f"## {s} split ({r.num_samples} images)", "",
-               f"accuracy **{r.accuracy:.4f}**, macro-F1 **{r.macro_f1:.4f}**", "", r.markdown_table(), ""]
+        md += [
+            f"## {s} split ({r.num_samples} images)",
+            "",
+            f"accuracy **{r.accuracy:.4f}**, macro-F1 **{r.macro_f1:.4f}**",
+            "",
+            r.markdown_table(),
+            "",
+        ]
     io.write_text(out / "report.md", "\n".join(md))
-    plot_curves(history, out / "curves.png", title=f"{config.model}: train vs val",
-                best_epoch=best_epoch, freeze_epochs=config.freeze_epochs)
-    plot_confusion(main.normalized_confusion(), main.classes, out / "confusion_matrix.png",
-                   title=f"{config.model} on {main_split} (acc {main.accuracy:.3f}, row-normalized)")
+    plot_curves(
+        history,
+        out / "curves.png",
+        title=f"{config.model}: train vs val",
+        best_epoch=best_epoch,
+        freeze_epochs=config.freeze_epochs,
+    )
+    plot_confusion(
+        main.normalized_confusion(),
+        main.classes,
+        out / "confusion_matrix.png",
+        title=f"{config.model} on {main_split} (acc {main.accuracy:.3f}, row-normalized)",
+    )
     io.save_torch(
-        checkpoint_payload(kind="best", model=model, epoch=best_epoch, config=config.to_dict(),
-                           metrics={k: v for k, v in metrics.items() if not isinstance(v, list)},
-                           state_dict=best_state, **meta_kw),
+        checkpoint_payload(
+            kind="best",
+            model=model,
+            epoch=best_epoch,
+            config=config.to_dict(),
+            metrics={k: v for k, v in metrics.items() if not isinstance(v, list)},
+            state_dict=best_state,
+            **meta_kw,
+        ),
         out / "best.pt",
     )
     shutil.rmtree(staging, ignore_errors=True)
     return TrainResult(
-        out_dir=out, best_checkpoint=out / "best.pt", best_val_accuracy=best_acc, best_epoch=best_epoch,
-        epochs_run=last_epoch, stopped_early=stopped_early, train_seconds=train_seconds,
-        test_accuracy=reports["test"].accuracy if "test" in reports else None, history=history,
+        out_dir=out,
+        best_checkpoint=out / "best.pt",
+        best_val_accuracy=best_acc,
+        best_epoch=best_epoch,
+        epochs_run=last_epoch,
+        stopped_early=stopped_early,
+        train_seconds=train_seconds,
+        test_accuracy=reports["test"].accuracy if "test" in reports else None,
+        history=history,
     )
 
 
@@ -493,11 +618,15 @@ def _finalize(
 def build_parser() -> argparse.ArgumentParser:
     """Flags mirror TrainConfig fields one to one (underscores become dashes)."""
     p = argparse.ArgumentParser(description="Train a facial-expression classifier")
+    hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default
+        hint = hints[f.name]
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif typing.get_origin(hint) is Literal:
+            p.add_argument(flag, choices=typing.get_args(hint), default=default)
         elif f.name == "input_size":
             p.add_argument(flag, type=int, default=None)
         else:
@@ -509,8 +638,10 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     result = train(TrainConfig(**vars(args)))
-    print(f"best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}; "
-          f"test accuracy {result.test_accuracy}; artefacts in {result.out_dir}")
+    print(
+        f"best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}; "
+        f"test accuracy {result.test_accuracy}; artefacts in {result.out_dir}"
+    )
     return result
 
 

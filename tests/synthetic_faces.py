@@ -81,7 +81,7 @@ def draw_face(label: int, rng: np.random.Generator, size: int = SIZE) -> np.ndar
 
 def make_samples(n_per_class: int, seed: int) -> Iterable[tuple[int, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    for i in range(n_per_class):
+    for _ in range(n_per_class):
         for label in range(len(CLASSES)):
             yield label, draw_face(label, rng)
 
@@ -105,7 +105,11 @@ def write_fer_csv(path: Path, n_train: int = 30, n_val: int = 8, n_test: int = 8
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["emotion", "pixels", "Usage"])
-        for usage, n, sd in (("Training", n_train, seed), ("PublicTest", n_val, seed + 1), ("PrivateTest", n_test, seed + 2)):
+        for usage, n, sd in (
+            ("Training", n_train, seed),
+            ("PublicTest", n_val, seed + 1),
+            ("PrivateTest", n_test, seed + 2),
+        ):
             for label, img in make_samples(n, sd):
                 w.writerow([label, " ".join(map(str, img.ravel().tolist())), usage])
     return path

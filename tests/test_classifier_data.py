@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synthetic_faces import write_fer_csv, write_image_folder
 
 from classifier.checkpoint import CheckpointError, checkpoint_payload, load_checkpoint
 from classifier.data import CLASSES, DataError, FaceDataset, eval_transform, load_splits, train_transform
 from classifier.models import create_model, get_spec
-from synthetic_faces import write_fer_csv, write_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,7 @@ def _csv(rows: list[list[str]], header: list[str] | None = None) -> Callable[[Pa
             w.writerow(header or ["emotion", "pixels", "Usage"])
             w.writerows(rows)
         return p
+
     return make
 
 
@@ -87,6 +88,7 @@ def _folder(mutate: Callable[[Path], str]) -> Callable[[Path], tuple[Path, str]]
         root = tmp / "faces"
         write_image_folder(root, n_train=2, n_test=1)
         return root, mutate(root)
+
     return make
 
 
@@ -120,11 +122,21 @@ def _garbage_png(root: Path) -> str:
 
 
 BAD_DATA = [
-    pytest.param(_csv([["0", GOOD_PIXELS]], header=["label", "pixels"]), ["expected columns emotion,pixels,Usage", "found label,pixels"], id="csv-wrong-columns"),
-    pytest.param(_csv([["0", GOOD_PIXELS, "Training"], ["3", "1 2 3", "Training"]]), ["row 2 (line 3)", "3 values, expected 2304"], id="csv-short-pixels"),
+    pytest.param(
+        _csv([["0", GOOD_PIXELS]], header=["label", "pixels"]),
+        ["expected columns emotion,pixels,Usage", "found label,pixels"],
+        id="csv-wrong-columns",
+    ),
+    pytest.param(
+        _csv([["0", GOOD_PIXELS, "Training"], ["3", "1 2 3", "Training"]]),
+        ["row 2 (line 3)", "3 values, expected 2304"],
+        id="csv-short-pixels",
+    ),
     pytest.param(_csv([["9", GOOD_PIXELS, "Training"]]), ["row 1", "emotion 9 outside 0..6"], id="csv-bad-label"),
     pytest.param(_csv([["1", GOOD_PIXELS, "Validation"]]), ["row 1", "Usage 'Validation'"], id="csv-bad-usage"),
-    pytest.param(_csv([["1", GOOD_PIXELS, "Training"]]), ["no samples for class(es) angry, fear"], id="csv-missing-classes"),
+    pytest.param(
+        _csv([["1", GOOD_PIXELS, "Training"]]), ["no samples for class(es) angry, fear"], id="csv-missing-classes"
+    ),
 ]
 BAD_FOLDERS = [
     pytest.param(_folder(_unknown_folder), "unknown class folder", id="unknown-class-folder"),
@@ -165,19 +177,41 @@ def _ckpt(tmp: Path, model_name: str, classes: tuple[str, ...]) -> Path:
     spec = get_spec(model_name)
     model = create_model(model_name, num_classes=len(classes))
     path = tmp / f"{model_name}-{len(classes)}.pt"
-    torch.save(checkpoint_payload(kind="best", model=model, model_name=model_name, classes=classes,
-                                  input_size=spec.input_size, channels=spec.channels, mean=spec.mean,
-                                  std=spec.std, epoch=1, metrics={}, config={}), path)
+    torch.save(
+        checkpoint_payload(
+            kind="best",
+            model=model,
+            model_name=model_name,
+            classes=classes,
+            input_size=spec.input_size,
+            channels=spec.channels,
+            mean=spec.mean,
+            std=spec.std,
+            epoch=1,
+            metrics={},
+            config={},
+        ),
+        path,
+    )
     return path
 
 
 BAD_CHECKPOINTS = [
-    pytest.param(lambda t: load_checkpoint(_ckpt(t, "vgg1", CLASSES), expect_model="vgg2"),
-                 "checkpoint of model 'vgg1', expected 'vgg2'", id="other-model"),
-    pytest.param(lambda t: load_checkpoint(_ckpt(t, "vgg1", CLASSES[:6]), expect_classes=CLASSES),
-                 "trained on classes", id="other-class-set"),
-    pytest.param(lambda t: create_model("vgg3", weights=_ckpt(t, "vgg1", CLASSES)),
-                 "checkpoint of model 'vgg1', not 'vgg3'", id="init-from-other-model"),
+    pytest.param(
+        lambda t: load_checkpoint(_ckpt(t, "vgg1", CLASSES), expect_model="vgg2"),
+        "checkpoint of model 'vgg1', expected 'vgg2'",
+        id="other-model",
+    ),
+    pytest.param(
+        lambda t: load_checkpoint(_ckpt(t, "vgg1", CLASSES[:6]), expect_classes=CLASSES),
+        "trained on classes",
+        id="other-class-set",
+    ),
+    pytest.param(
+        lambda t: create_model("vgg3", weights=_ckpt(t, "vgg1", CLASSES)),
+        "checkpoint of model 'vgg1', not 'vgg3'",
+        id="init-from-other-model",
+    ),
 ]
 
 

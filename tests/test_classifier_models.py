@@ -22,7 +22,7 @@ from classifier.models import (
 BIG = {"densenet161", "resnet152", "vgg16"}
 
 
-def _param(name: str):  # noqa: ANN202
+def _param(name: str):
     marks = []
     ok, reason = model_available(name)
     if not ok:
@@ -79,7 +79,9 @@ def test_mobilenet_v2_loads_real_offline_imagenet_weights() -> None:
     # Backbone identical to the file (the strict=True load happened on the 1000-class model)...
     for key in ("features.0.0.weight", "features.18.1.running_var"):
         assert torch.equal(model.state_dict()[key], sd[key])
-    assert model.state_dict()["features.0.0.weight"].sum().item() == pytest.approx(sd["features.0.0.weight"].sum().item())
+    assert model.state_dict()["features.0.0.weight"].sum().item() == pytest.approx(
+        sd["features.0.0.weight"].sum().item()
+    )
     # ...and the head replaced with a 7-class one.
     assert model.classifier[1].out_features == 7
     # 1000-class: the full file, including its real head.
@@ -87,13 +89,14 @@ def test_mobilenet_v2_loads_real_offline_imagenet_weights() -> None:
     assert torch.equal(full.classifier[1].weight, sd["classifier.1.weight"])
 
 
-def test_imagenet_offline_error_names_file_and_directory(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
-    import torchvision.models._api as api
+def test_imagenet_offline_error_names_file_and_directory(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     from urllib.error import URLError
+
+    import torchvision.models._api as api
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
 
-    def offline(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+    def offline(*_a, **_k):
         raise URLError("network is unreachable")
 
     monkeypatch.setattr(api, "load_state_dict_from_url", offline)
@@ -109,7 +112,7 @@ def test_no_imagenet_weights_for_small_nets() -> None:
         create_model("vgg1", weights="imagenet")
 
 
-def test_weights_path_state_dict_and_wrong_model(tmp_path) -> None:  # noqa: ANN001
+def test_weights_path_state_dict_and_wrong_model(tmp_path) -> None:
     src = create_model("vgg2")
     torch.save(src.state_dict(), tmp_path / "vgg2.pt")
     dst = create_model("vgg2", weights=tmp_path / "vgg2.pt")
@@ -118,8 +121,10 @@ def test_weights_path_state_dict_and_wrong_model(tmp_path) -> None:  # noqa: ANN
         create_model("vgg3", weights=tmp_path / "vgg2.pt")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("classifier.mini_xception") is None,
-                    reason="classifier/mini_xception.py is not on this branch yet")
+@pytest.mark.skipif(
+    importlib.util.find_spec("classifier.mini_xception") is None,
+    reason="classifier/mini_xception.py is not on this branch yet",
+)
 def test_mini_xception_spec_matches_module() -> None:
     model = create_model("mini_xception")
     out = model(torch.rand(2, 1, 64, 64) * 2 - 1)
