@@ -285,17 +285,23 @@ def _resolve_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | 
     return resolved, state
 
 
-def _prepare_out_dir(out: Path, config: TrainConfig) -> Path:
-    staging = out / INPROGRESS
-    if config.resume:
-        staging.mkdir(parents=True, exist_ok=True)
-        return staging
+def _check_out_dir(out: Path, config: TrainConfig) -> None:
+    """Refuse (before any slow work) to start a fresh run on top of another one."""
     existing = [n for n in (*ARTEFACTS, "last.pt") if (out / n).exists()]
-    if existing and not config.overwrite:
+    if existing and not config.resume and not config.overwrite:
         raise FileExistsError(
             f"{out} already holds a training run ({', '.join(existing)}); choose another --out, "
             "pass overwrite=True, or resume=<dir>/last.pt"
         )
+
+
+def _prepare_out_dir(out: Path, config: TrainConfig) -> Path:
+    """Clear a previous run (overwrite) and create the staging dir. Called only once data and
+    weights have loaded, so a typo in --data or an offline --weights imagenet destroys nothing."""
+    staging = out / INPROGRESS
+    if config.resume:
+        staging.mkdir(parents=True, exist_ok=True)
+        return staging
     # best.pt first: if we crash while clearing, no stale "finished" marker remains.
     for n in ARTEFACTS + ("last.pt",):
         (out / n).unlink(missing_ok=True)
@@ -319,8 +325,7 @@ def train(config: TrainConfig) -> TrainResult:
     seed_everything(config.seed)
 
     out = Path(config.out)
-    staging = _prepare_out_dir(out, config)
-    io.write_json(staging / "config.json", config.to_dict())
+    _check_out_dir(out, config)
 
     splits = load_splits(
         config.data,
@@ -348,6 +353,7 @@ def train(config: TrainConfig) -> TrainResult:
     backbone = [p for n, p in model.named_parameters() if n not in head_names]
     if config.freeze_epochs > 0 and not head:
         raise ValueError(f"model {config.model!r}: cannot identify head parameters for freeze_epochs")
+    staging = _prepare_out_dir(out, config)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)

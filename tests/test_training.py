@@ -223,3 +223,12 @@ def test_compare_two_models(faces: Path, tmp_path: Path) -> None:
     assert all(m["images_per_second"]["cpu"] > 0 and m["parameters"] > 0 for m in data["models"])
     with Image.open(tmp_path / "cmp" / "curves_overlay.png") as im:
         assert im.format == "PNG" and im.width > 600
+
+
+def test_bad_data_does_not_clobber_existing_run(trained, tmp_path: Path) -> None:
+    from classifier.data import DataError
+
+    before = (trained.out_dir / "best.pt").read_bytes()
+    with pytest.raises(DataError, match="does not exist"):
+        train(_config(tmp_path / "no-such-data", trained.out_dir, overwrite=True))
+    assert (trained.out_dir / "best.pt").read_bytes() == before
