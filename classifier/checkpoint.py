@@ -6,12 +6,15 @@ A checkpoint is a plain dict of tensors, numbers, strings and lists so it loads 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from classifier.models import create_model
@@ -131,3 +134,22 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: weights do not fit model {meta.model_name!r}: {exc}") from exc
     model.to(device).eval()
     return model, meta
+
+
+def make_preprocess(meta: CheckpointMeta, color: str = "bgr") -> Callable[[Sequence[np.ndarray]], torch.Tensor]:
+    """Face crops (H, W) gray or (H, W, 3) uint8 in `color` order -> the (N, C, S, S) batch the
+    checkpoint was evaluated on. Uses the very eval transform of training, so serving and the
+    reported test accuracy see identical pixels."""
+    from classifier.data import eval_transform  # local: data imports nothing from here, keep it so
+
+    transform = eval_transform(meta.input_size, meta.channels, meta.mean, meta.std)
+    code = {"bgr": cv2.COLOR_BGR2GRAY, "rgb": cv2.COLOR_RGB2GRAY}[color]
+
+    def preprocess(crops: Sequence[np.ndarray]) -> torch.Tensor:
+        images = []
+        for crop in crops:
+            gray = crop if crop.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(crop), code)
+            images.append(transform(Image.fromarray(np.ascontiguousarray(gray, dtype=np.uint8))))
+        return torch.stack(images)
+
+    return preprocess

@@ -274,7 +274,9 @@ def _mini_xception_module() -> Any:
     channels=1,
     mean=SYMMETRIC_MEAN,
     std=SYMMETRIC_STD,
-    head_prefixes=(),  # resolved at run time: the module's last parametrised layer
+    # MiniXception's final 3x3 conv is `self.classifier`; should that change, head_parameter_names
+    # falls back to the last parametrised layer.
+    head_prefixes=("classifier.",),
     description="mini-Xception (Arriaga et al.), 64x64 grayscale in [-1, 1]",
 )
 def _mini_xception(num_classes: int) -> nn.Module:

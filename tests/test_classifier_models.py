@@ -129,3 +129,32 @@ def test_mini_xception_spec_matches_module() -> None:
     model = create_model("mini_xception")
     out = model(torch.rand(2, 1, 64, 64) * 2 - 1)
     assert out.shape == (2, 7)
+
+
+def test_mini_xception_registered_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry imports classifier.mini_xception only when the model is built; a stand-in
+    module with the agreed interface proves the wiring (and head detection) before it lands."""
+    import sys
+    import types
+    from importlib.machinery import ModuleSpec
+
+    class FakeMiniXception(nn.Module):
+        def __init__(self, num_classes: int = 7, in_channels: int = 1) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(in_channels, 8, 3)
+            self.bn1 = nn.BatchNorm2d(8)
+            self.classifier = nn.Conv2d(8, num_classes, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.classifier(torch.relu(self.bn1(self.conv1(x)))).mean(dim=(2, 3))
+
+    fake = types.ModuleType("classifier.mini_xception")
+    fake.__spec__ = ModuleSpec("classifier.mini_xception", None)
+    fake.MiniXception = FakeMiniXception
+    monkeypatch.setitem(sys.modules, "classifier.mini_xception", fake)
+    assert model_available("mini_xception") == (True, "")
+    model = create_model("mini_xception", num_classes=7)
+    assert isinstance(model, FakeMiniXception)
+    assert head_parameter_names("mini_xception", model) == ["classifier.weight", "classifier.bias"]
+    out = model(torch.rand(2, 1, 64, 64) * 2 - 1)
+    assert out.shape == (2, 7)

@@ -104,6 +104,12 @@ def test_checkpoint_round_trip_identical_outputs(trained, faces: Path) -> None:
     ev = evaluate_checkpoint(trained.best_checkpoint, faces, split="test")
     assert ev.accuracy == pytest.approx(trained.test_accuracy)
     assert np.asarray(ev.confusion).sum() == ev.num_samples == 84
+    # The serving preprocess sees the same pixels as evaluation (BGR crops replicated from gray).
+    from classifier.checkpoint import make_preprocess
+
+    crops = [np.asarray(FaceDataset(splits.test, None).load_image(i)) for i in range(8)]
+    bgr = [np.repeat(c[:, :, None], 3, axis=2) for c in crops]
+    assert torch.allclose(make_preprocess(meta)(bgr), x, atol=1e-6)
     flip = evaluate_checkpoint(trained.best_checkpoint, faces, split="test", tta="flip")
     ten = evaluate_checkpoint(trained.best_checkpoint, faces, split="test", tta="tencrop")
     assert flip.accuracy > 0.5 and ten.accuracy > 0.5
