@@ -75,7 +75,7 @@ class CameraRunner(threading.Thread):
         self.permanent_retry_s = permanent_retry_s
         self.live = is_live(config.url)
         self.status = CameraStatus(config.name, redact_url(config.url), source_kind(config.url), since=time.time())
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._lock = threading.Lock()
         self._rate_mark = (time.monotonic(), 0)
         self._publisher: FramePublisher | None = None
@@ -86,11 +86,11 @@ class CameraRunner(threading.Thread):
     # -- control -----------------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     @property
     def stopping(self) -> bool:
-        return self._stop.is_set()
+        return self._halt.is_set()
 
     def snapshot(self) -> CameraStatus:
         with self._lock:
@@ -137,7 +137,7 @@ class CameraRunner(threading.Thread):
     def run(self) -> None:
         name, url = self.config.name, redact_url(self.config.url)
         attempt = 0
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             if attempt:
                 with self._lock:
                     self.status.reconnects += 1
@@ -148,7 +148,7 @@ class CameraRunner(threading.Thread):
                 if self._publisher is None:
                     self._publisher = FramePublisher(Bus(self.client, "ingest"), name, self.settings, live=self.live)
                 self._session()
-                if self._stop.is_set():
+                if self._halt.is_set():
                     break
                 if not self.live:
                     if self.config.loop:
@@ -163,7 +163,7 @@ class CameraRunner(threading.Thread):
                 self.backoff.mark_down()
                 log.error("%s: %s; retrying in %.0fs", name, exc, self.permanent_retry_s)
                 self._set("failed", str(exc), retry_in=self.permanent_retry_s)
-                self._stop.wait(self.permanent_retry_s)
+                self._halt.wait(self.permanent_retry_s)
                 continue
             except SourceError as exc:
                 error = str(exc)
@@ -176,7 +176,7 @@ class CameraRunner(threading.Thread):
             delay = self.backoff.next_delay()
             log.warning("%s: %s; reconnecting in %.1fs", name, redact_text(error or ""), delay)
             self._set("backing_off", error, retry_in=delay)
-            self._stop.wait(delay)
+            self._halt.wait(delay)
         self._set("stopped")
 
     def _session(self) -> None:
@@ -196,7 +196,7 @@ class CameraRunner(threading.Thread):
         last_pts = 0.0
         with container:
             for frame in decode(container, cfg.url, stall_s=cfg.stall_timeout):
-                if self._stop.is_set():
+                if self._halt.is_set():
                     return
                 if anchor is None:
                     # Live: wall clock at connect + PTS since connect. Files: start of the run + PTS (+ loops).
@@ -213,7 +213,7 @@ class CameraRunner(threading.Thread):
                     ts = max(ts, self._last_ts + 1e-3)  # never go back in time across reconnects
                 self._last_ts = ts
                 before = publisher.counters.dropped
-                publisher.publish(frame.image, ts, should_stop=self._stop.is_set)
+                publisher.publish(frame.image, ts, should_stop=self._halt.is_set)
                 with self._lock:
                     self.status.frames += 1
                     self.status.drops += publisher.counters.dropped - before
