@@ -136,12 +136,7 @@ class CameraRunner(threading.Thread):
 
     def run(self) -> None:
         name, url = self.config.name, redact_url(self.config.url)
-        attempt = 0
         while not self._halt.is_set():
-            if attempt:
-                with self._lock:
-                    self.status.reconnects += 1
-            attempt += 1
             self._set("connecting")
             error: str | None = None
             try:
@@ -161,6 +156,8 @@ class CameraRunner(threading.Thread):
                 break
             except PermanentSourceError as exc:
                 self.backoff.mark_down()
+                with self._lock:
+                    self.status.reconnects += 1
                 log.error("%s: %s; retrying in %.0fs", name, exc, self.permanent_retry_s)
                 self._set("failed", str(exc), retry_in=self.permanent_retry_s)
                 self._halt.wait(self.permanent_retry_s)
@@ -174,6 +171,8 @@ class CameraRunner(threading.Thread):
                 error = f"{type(exc).__name__}: {exc}"
             self.backoff.mark_down()
             delay = self.backoff.next_delay()
+            with self._lock:
+                self.status.reconnects += 1  # counts every retry scheduled after a failure or disconnect
             log.warning("%s: %s; reconnecting in %.1fs", name, redact_text(error or ""), delay)
             self._set("backing_off", error, retry_in=delay)
             self._halt.wait(delay)

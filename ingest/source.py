@@ -102,6 +102,7 @@ def open_container(
             raise SourceError(f"video file {url} does not exist")
         if path.is_dir():
             raise SourceError(f"{url} is a directory, not a video file")
+    started = time.monotonic()
     try:
         container = av.open(target, format=fmt, options=options, timeout=(timeout_s, read_timeout_s))
     except av.error.HTTPUnauthorizedError as exc:
@@ -113,10 +114,15 @@ def open_container(
     except av.error.PermissionError as exc:
         raise PermanentSourceError(f"cannot open {redact_url(url)}: permission denied") from exc
     except av.error.InvalidDataError as exc:
+        if kind != "file" and time.monotonic() - started >= 0.9 * timeout_s:
+            raise SourceError(f"cannot open {redact_url(url)}: no answer within {timeout_s:g}s (timed out)") from exc
         if kind == "file":
             raise PermanentSourceError(f"{url} is not a readable video file: {_reason(exc)}") from exc
         raise SourceError(f"cannot open {redact_url(url)}: {_reason(exc)}") from exc
     except (av.error.FFmpegError, OSError) as exc:
+        if kind != "file" and time.monotonic() - started >= 0.9 * timeout_s:
+            # FFmpeg reports an interrupted open as whatever it was parsing at the time ("Invalid data ...").
+            raise SourceError(f"cannot open {redact_url(url)}: no answer within {timeout_s:g}s (timed out)") from exc
         raise SourceError(f"cannot open {redact_url(url)}: {_reason(exc)}") from exc
     if not container.streams.video:
         container.close()
@@ -175,6 +181,8 @@ def decode(
                     pts = fallback_pts
                 fallback_pts = pts + 1 / rate
                 yield DecodedFrame(frame, pts)
+    except av.error.ExitError as exc:  # the read timeout given to av.open interrupted a blocked read
+        raise SourceError(f"{redact_url(url)}: no data from the source (read timed out)") from exc
     except av.error.FFmpegError as exc:
         raise SourceError(f"{redact_url(url)}: read failed: {_reason(exc)}") from exc
 

@@ -157,7 +157,7 @@ def test_broken_sources_each_get_a_clear_state(
         "refused": (f"rtsp://viewer:{PASSWORD}@127.0.0.1:{port}/cam", "backing_off", "Connection refused"),
         "notfound": (rtsp_server.url("nope"), "failed", "no such stream path on the camera (404 Not Found)"),
         "badauth": (rtsp_server.url("cam", password="wrong-pw"), "failed", "rejected the credentials (401 Unauthorized)"),
-        "silent": (f"rtsp://viewer:{PASSWORD}@127.0.0.1:{silent_listener}/cam", "backing_off", "cannot open"),
+        "silent": (f"rtsp://viewer:{PASSWORD}@127.0.0.1:{silent_listener}/cam", "backing_off", "no answer within 2s (timed out)"),
         "truncated": (str(truncated), "failed", "is not a readable video file"),
         "notvideo": (str(not_video), "failed", "is not a readable video file"),
         "missing": (str(tmp_path / "gone.mp4"), "backing_off", "does not exist"),
@@ -171,7 +171,7 @@ def test_broken_sources_each_get_a_clear_state(
         return all(snaps[n].state == want and msg in snaps[n].last_error for n, (_, want, msg) in cams.items())
 
     try:
-        wait_for(settled, 12, "every camera in its expected state")
+        wait_for(settled, 15, "every camera in its expected state")
     finally:
         for s in service.statuses():
             print(f"{s.name:10} {s.state:12} {s.last_error}")
@@ -218,3 +218,23 @@ def test_slow_consumer_memory_flat_and_drops_exact(
     assert stats["dropped"] == snap.drops > 0
     assert stats["published"] - delivered - waiting == stats["dropped"], (stats, delivered, waiting)
     assert max(lengths) <= backlog + 1, f"stream grew to {max(lengths)} entries"
+
+
+def test_frozen_server_trips_the_read_timeout_then_recovers(
+    service: IngestService, rtsp_server_factory  # type: ignore[no-untyped-def]
+) -> None:
+    """SIGSTOP: the TCP connection stays open but nothing arrives; the read timeout must notice."""
+    import signal
+
+    server = rtsp_server_factory(("cam",))
+    service.apply([CameraConfig(name="frozen", url=server.url(), fps=5, open_timeout=2, read_timeout=1.5)])
+    runner = service.runners["frozen"]
+    wait_for(lambda: runner.snapshot().frames >= 2, 10, "live")
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: runner.snapshot().state != "live", 5, "the stall noticed")
+        assert runner.snapshot().reconnects >= 1
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    frames = runner.snapshot().frames
+    wait_for(lambda: runner.snapshot().frames > frames + 2, 12, "frames again after the server thawed")
