@@ -238,3 +238,20 @@ def test_frozen_server_trips_the_read_timeout_then_recovers(
         server.proc.send_signal(signal.SIGCONT)
     frames = runner.snapshot().frames
     wait_for(lambda: runner.snapshot().frames > frames + 2, 12, "frames again after the server thawed")
+
+
+def test_fervid_demo_on_a_live_rtsp_camera_stops_after_seconds(rtsp_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The whole pipeline on the real RTSP server: a live source runs until --seconds of video."""
+    import subprocess
+    import sys
+
+    url = rtsp_server.url("cam")
+    r = subprocess.run(
+        [sys.executable, "-c", "from fervid.cli import main; main()", "demo", url, "--camera", "door", "--seconds", "2", "--fps", "5", "--data-dir", str(tmp_path / "d"), "-v"],
+        capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "COLUMNS": "120"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    analysed = int(next(line for line in r.stdout.splitlines() if "frames analysed" in line).split("│")[2])
+    assert 8 <= analysed <= 12, r.stdout  # 2 s at 5 fps
+    assert PASSWORD not in r.stdout + r.stderr
+    assert "rtsp://***@127.0.0.1" in r.stderr
