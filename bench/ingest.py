@@ -23,7 +23,10 @@ import av
 import psutil
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# This file is named like the `ingest` package: keep its own folder off the path, and add tests/ for the server.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent / "tests"))
 
 from fervid.bus import Bus, EmbeddedRedis  # noqa: E402
 from fervid.contracts import DETECTOR_GROUP, frames_stream  # noqa: E402
