@@ -70,6 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--cameras", type=int, default=8)
+    ap.add_argument("--clip-seconds", type=float, default=8.0)
     args = ap.parse_args()
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp_s, EmbeddedRedis(Path(tmp_s) / "redis") as server:
@@ -78,14 +79,18 @@ def main() -> None:
         # Nobody consumes during the file runs: a backlog that never fills measures ingest, not waiting.
         settings = load_settings(data_dir=tmp / "data", bus__frame_backlog=1_000_000)
         for w, h in ((640, 480), (1280, 720)):
-            clip = make_clip(tmp / f"clip{h}.mp4", w, h)
+            clip = make_clip(tmp / f"clip{h}.mp4", w, h, seconds=args.clip_seconds)
             decode_only(clip)  # warm-up
-            n, dt = decode_only(clip)
+            # Best of 3 everywhere: the machine is shared, and the best run is the least disturbed one.
+            n, dt = min((decode_only(clip) for _ in range(3)), key=lambda r: r[1])
             dec_fps = n / dt
-            rows.append((f"{w}x{h} PyAV decode alone", f"{dec_fps:7.0f} frames/s"))
+            rows.append((f"{w}x{h} PyAV decode alone ({n} frames)", f"{dec_fps:7.0f} frames/s"))
             for fps, label in ((None, "every frame"), (5.0, "5 fps analysis")):
-                client.flushdb()
-                decoded, published, it = ingest_file(client, settings, clip, fps, f"b{h}")
+                runs = []
+                for _ in range(3):
+                    client.flushdb()
+                    runs.append(ingest_file(client, settings, clip, fps, f"b{h}"))
+                decoded, published, it = min(runs, key=lambda r: r[2])
                 ratio = (decoded / it) / dec_fps
                 rows.append(
                     (f"{w}x{h} ingest, {label}", f"{decoded / it:7.0f} frames/s  = {ratio:.2f}x decode  ({published} JPEGs published)")
@@ -95,7 +100,7 @@ def main() -> None:
         from rtsp_fixtures import RtspServer  # tests/: the same server the tests use
 
         client.flushdb()
-        clip = tmp / "clip480.mp4"
+        clip = make_clip(tmp / "rtsp480.mp4", 640, 480, seconds=2.0)  # looped by the server
         rtsp = RtspServer(clip, ("cam",)).start()
         settings = load_settings(data_dir=tmp / "data")
         svc = IngestService(client, settings)
