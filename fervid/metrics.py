@@ -223,3 +223,11 @@ def register_bus_collector(client: Any, registry: CollectorRegistry = REGISTRY) 
     collector = BusCollector(client)
     registry.register(collector)  # type: ignore[arg-type]
     return collector
+
+
+def serve_health(service: str, port: int, client: Any) -> HealthServer:
+    """The usual setup for a bus process: a Redis readiness check, the bus collector, the server started."""
+    health = HealthServer(service, port)
+    health.add_check("redis", lambda: None if client.ping() else "no PONG")
+    register_bus_collector(client)
+    return health.start()

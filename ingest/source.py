@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import av
 import av.error
@@ -18,17 +18,38 @@ from fervid.errors import SourceError
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+class PermanentSourceError(SourceError):
+    """Retrying soon will not help (wrong path, wrong credentials, not a video): retry slowly, say so clearly."""
+
+
 class DecodedFrame:
-    image: np.ndarray  # BGR uint8 (H, W, 3)
-    pts: float  # seconds since the start of the stream (or since connect, for live sources)
+    """One decoded frame. The BGR conversion is lazy: frames the sampler skips never pay for it."""
+
+    __slots__ = ("_frame", "_image", "pts")
+
+    def __init__(self, frame: av.VideoFrame | np.ndarray, pts: float) -> None:
+        self.pts = pts  # seconds since the start of the stream (or since connect, for live sources)
+        self._frame = frame if not isinstance(frame, np.ndarray) else None
+        self._image = frame if isinstance(frame, np.ndarray) else None
+
+    @property
+    def image(self) -> np.ndarray:
+        """BGR uint8 (H, W, 3)."""
+        if self._image is None:
+            self._image = self._frame.to_ndarray(format="bgr24")  # type: ignore[union-attr]
+            self._frame = None
+        return self._image
+
+
+class StallError(SourceError):
+    """Packets keep coming but no frame decodes (or the source stopped delivering): the connection is useless."""
 
 
 def source_kind(url: str) -> str:
     """'rtsp', 'v4l2' or 'file'."""
     if url.startswith(("rtsp://", "rtsps://")):
         return "rtsp"
-    if url.isdigit() or url.startswith("/dev/video"):
+    if url.isdigit() or url.startswith(("/dev/video", "v4l2://")):
         return "v4l2"
     return "file"
 
@@ -37,68 +58,131 @@ def is_live(url: str) -> bool:
     return source_kind(url) != "file"
 
 
-def open_container(url: str, *, timeout_s: float = 10.0, transport: str = "tcp") -> av.container.InputContainer:
-    """Open `url` or raise :class:`SourceError` with a one-line reason (credentials redacted)."""
+def open_container(
+    url: str,
+    *,
+    timeout_s: float = 10.0,
+    read_timeout_s: float | None = None,
+    transport: str = "tcp",
+    decoder_threads: int = 0,
+) -> av.container.InputContainer:
+    """Open `url` or raise :class:`SourceError` with a one-line reason (credentials redacted).
+
+    `timeout_s` bounds connecting and reading the header; `read_timeout_s` (default `timeout_s`) bounds every
+    later read, so a camera that goes silent raises instead of blocking its thread forever.
+    """
     kind = source_kind(url)
     options: dict[str, str] = {}
     fmt: str | None = None
     target = url
+    read_timeout_s = timeout_s if read_timeout_s is None else read_timeout_s
     if kind == "rtsp":
+        if transport not in ("tcp", "udp"):
+            raise SourceError(f"RTSP transport must be tcp or udp, got {transport!r}")
         # Low-latency probing: the defaults spend ~1 s analysing a stream we already know is video.
         options = {
             "rtsp_transport": transport,
-            "timeout": str(int(timeout_s * 1e6)),  # microseconds, for socket I/O
+            "timeout": str(int(read_timeout_s * 1e6)),  # microseconds, for socket I/O
             "analyzeduration": "500000",
             "probesize": "500000",
             "fflags": "nobuffer",
         }
     elif kind == "v4l2":
-        target = f"/dev/video{url}" if url.isdigit() else url
+        target = v4l2_device(url)
         fmt = "v4l2"
         if not Path(target).exists():
-            raise SourceError(f"webcam {target} does not exist (is the camera plugged in, and the device passed to the container?)")
+            raise SourceError(
+                f"webcam {target} does not exist (is the camera plugged in, and passed to the container with --device {target}?)"
+            )
+        if not Path(target).is_char_device():
+            raise SourceError(f"webcam {target} is not a video device (not a character device)")
     else:
         path = Path(url)
         if not path.exists():
             raise SourceError(f"video file {url} does not exist")
         if path.is_dir():
             raise SourceError(f"{url} is a directory, not a video file")
+    started = time.monotonic()
     try:
-        container = av.open(target, format=fmt, options=options, timeout=timeout_s)
+        container = av.open(target, format=fmt, options=options, timeout=(timeout_s, read_timeout_s))
     except av.error.HTTPUnauthorizedError as exc:
-        raise SourceError(f"{redact_url(url)}: the camera rejected the credentials (401)") from exc
+        raise PermanentSourceError(f"{redact_url(url)}: the camera rejected the credentials (401 Unauthorized)") from exc
+    except av.error.HTTPForbiddenError as exc:
+        raise PermanentSourceError(f"{redact_url(url)}: access to this stream is forbidden (403)") from exc
     except av.error.HTTPNotFoundError as exc:
-        raise SourceError(f"{redact_url(url)}: no such stream path on the camera (404)") from exc
+        raise PermanentSourceError(f"{redact_url(url)}: no such stream path on the camera (404 Not Found)") from exc
+    except av.error.PermissionError as exc:
+        raise PermanentSourceError(f"cannot open {redact_url(url)}: permission denied") from exc
+    except av.error.InvalidDataError as exc:
+        if kind != "file" and time.monotonic() - started >= 0.9 * timeout_s:
+            raise SourceError(f"cannot open {redact_url(url)}: no answer within {timeout_s:g}s (timed out)") from exc
+        if kind == "file":
+            raise PermanentSourceError(f"{url} is not a readable video file: {_reason(exc)}") from exc
+        raise SourceError(f"cannot open {redact_url(url)}: {_reason(exc)}") from exc
     except (av.error.FFmpegError, OSError) as exc:
+        if kind != "file" and time.monotonic() - started >= 0.9 * timeout_s:
+            # FFmpeg reports an interrupted open as whatever it was parsing at the time ("Invalid data ...").
+            raise SourceError(f"cannot open {redact_url(url)}: no answer within {timeout_s:g}s (timed out)") from exc
         raise SourceError(f"cannot open {redact_url(url)}: {_reason(exc)}") from exc
     if not container.streams.video:
         container.close()
-        raise SourceError(f"{redact_url(url)} has no video stream")
+        raise PermanentSourceError(f"{redact_url(url)} has no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"  # frame + slice threads: decoding is otherwise single-core
+    if decoder_threads:
+        stream.codec_context.thread_count = decoder_threads
     return container
 
 
-def decode(container: av.container.InputContainer, url: str = "") -> Iterator[DecodedFrame]:
-    """Decode the first video stream to BGR frames. Corrupt packets are skipped; a broken source raises SourceError."""
+def v4l2_device(url: str) -> str:
+    """``0`` → ``/dev/video0``; ``v4l2:///dev/video2`` → ``/dev/video2``; ``/dev/video1`` as is."""
+    if url.isdigit():
+        return f"/dev/video{int(url)}"
+    return url.removeprefix("v4l2://")
+
+
+def decode(
+    container: av.container.InputContainer,
+    url: str = "",
+    *,
+    stall_s: float | None = None,
+    on_packet: Callable[[], None] | None = None,
+) -> Iterator[DecodedFrame]:
+    """Decode the first video stream. Corrupt packets are skipped; a broken source raises SourceError.
+
+    `stall_s`: raise :class:`StallError` when packets arrive but no frame decodes for that long (the read
+    timeout given to :func:`open_container` covers a source that sends nothing at all).
+    """
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"  # frame + slice threads: decoding is otherwise single-core
     time_base = float(stream.time_base) if stream.time_base else 1 / 30
     start = stream.start_time or 0
     fallback_pts = 0.0
     rate = float(stream.average_rate or 30)
+    last_frame = time.monotonic()
     try:
         for packet in container.demux(stream):
+            if on_packet is not None:
+                on_packet()
             try:
                 frames = packet.decode()
             except av.error.InvalidDataError as exc:
                 log.warning("%s: skipping a corrupt packet: %s", redact_url(url), _reason(exc))
+                frames = []
+            now = time.monotonic()
+            if not frames:
+                if stall_s is not None and now - last_frame > stall_s:
+                    raise StallError(f"{redact_url(url)}: no frame decoded for {now - last_frame:.0f}s")
                 continue
+            last_frame = now
             for frame in frames:
                 if frame.pts is not None:
                     pts = (frame.pts - start) * time_base
                 else:
                     pts = fallback_pts
                 fallback_pts = pts + 1 / rate
-                yield DecodedFrame(frame.to_ndarray(format="bgr24"), pts)
+                yield DecodedFrame(frame, pts)
+    except av.error.ExitError as exc:  # the read timeout given to av.open interrupted a blocked read
+        raise SourceError(f"{redact_url(url)}: no data from the source (read timed out)") from exc
     except av.error.FFmpegError as exc:
         raise SourceError(f"{redact_url(url)}: read failed: {_reason(exc)}") from exc
 
@@ -112,9 +196,17 @@ def probe_file(url: str) -> float:
         return float(container.duration or 0) / 1e6
 
 
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]+@")
+
+
+def redact_text(text: str) -> str:
+    """Redact credentials of every URL inside `text` (FFmpeg's messages quote the URL they failed on)."""
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
 def _reason(exc: BaseException) -> str:
     text = getattr(exc, "strerror", None) or str(exc)
-    return redact_url(str(text))
+    return redact_text(str(text))
 
 
 class Sampler:

@@ -12,6 +12,7 @@ import redis
 from fervid.bus import EmbeddedRedis
 from fervid.sample import GroundTruth, make_sample_clip
 from fervid.settings import Settings, load_settings
+from rtsp_fixtures import *  # noqa: E402,F401,F403  (real RTSP server fixtures; tests/ is on sys.path)
 
 
 @pytest.fixture(scope="session")

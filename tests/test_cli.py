@@ -25,7 +25,7 @@ def empty_video(path: Path) -> Path:
     ("args", "message", "code"),
     [
         (["demo", "missing.mp4"], "video file missing.mp4 does not exist", 2),
-        (["demo", "notvideo.mp4"], "cannot open notvideo.mp4", 2),
+        (["demo", "notvideo.mp4"], "notvideo.mp4 is not a readable video file", 2),
         (["demo", "empty.mp4"], "empty.mp4", 2),
         (["demo", "notvideo.mp4", "--db", "mysql://x"], "database", 2),
         (["demo", "notvideo.mp4", "--redis", "redis://:pw@127.0.0.1:1/0"], "cannot reach Redis at redis://***@127.0.0.1:1/0", 2),

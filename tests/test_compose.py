@@ -191,3 +191,17 @@ def test_k8s_base() -> None:
     assert env_names <= known
     ingest = next(d for d in docs if d["metadata"]["name"] == "fervid-ingest")
     assert ingest["spec"]["replicas"] == 1 and ingest["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_cameras_example_is_a_valid_cameras_yaml() -> None:
+    from ingest.cameras import parse_cameras
+
+    text = (ROOT / "cameras.example.yaml").read_text()
+    names = set(re.findall(r"\$\{([A-Z_]+)\}", text))
+    cameras = parse_cameras(text, "cameras.example.yaml", env={n: "x" for n in names})
+    assert [c.name for c in cameras] == ["entrance", "lobby"]
+    k8s = yaml.safe_load_all((ROOT / "deploy" / "k8s" / "secrets.yaml").read_text())
+    by_name = {d["metadata"]["name"]: d for d in k8s}
+    creds = set(by_name["fervid-camera-credentials"]["stringData"])
+    assert names <= creds  # every ${VAR} of the camera list has a credential in the Secret
+    parse_cameras(by_name["fervid-cameras"]["stringData"]["cameras.yaml"], "k8s", env={n: "x" for n in creds})

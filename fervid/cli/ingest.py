@@ -1,0 +1,111 @@
+"""`fervid ingest` (many cameras from cameras.yaml, one process) and `fervid cameras` (their state)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from fervid.cli import DataDir, RedisUrl, Verbose, _setup_logging, app, console, out
+
+# A state not refreshed for this long belongs to a dead (or hung) ingest process.
+STALE_AFTER_S = 10.0
+
+
+@app.command()
+def ingest(
+    config: Annotated[Path, typer.Option("--config", "-c", help="cameras.yaml: the cameras to run.")],
+    redis: RedisUrl = None,
+    data_dir: DataDir = None,
+    metrics_port: Annotated[
+        Optional[int], typer.Option("--metrics-port", help="Serve /metrics, /health, /ready here; 0 = off (env FERVID_METRICS_PORT).")
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Run every enabled camera of a cameras.yaml, one thread each, reconnecting with backoff. SIGHUP reloads it."""
+    _setup_logging(verbose)
+    from fervid.bus import EmbeddedRedis, connect, redact_url
+    from fervid.settings import load_settings
+    from fervid.worker import StopFlag
+    from ingest.cameras import load_cameras
+    from ingest.service import serve
+
+    settings = load_settings(data_dir=data_dir, redis_url=redis, metrics_port=metrics_port)
+    cameras = load_cameras(config)  # fail fast, before connecting to anything
+    embedded = None
+    if not settings.redis_url:
+        embedded = EmbeddedRedis(settings.data_dir)
+        console.print(f"No --redis given: embedded Redis at {embedded.url}")
+    url = settings.redis_url or embedded.url  # type: ignore[union-attr]
+    client = connect(url)
+    enabled = [c.name for c in cameras if c.enabled]
+    console.print(f"ingest: {len(enabled)} camera(s) from {config} → {redact_url(url)}; SIGHUP reloads, Ctrl-C stops")
+    stop = StopFlag()
+    stop.install_signal_handlers()
+    from fervid.metrics import serve_health
+
+    health = serve_health("ingest", settings.metrics_port, client)
+    try:
+        serve(client, settings, config, should_stop=stop.is_set)
+    finally:
+        health.close()
+        if embedded:
+            embedded.close()
+
+
+@app.command()
+def cameras(redis: RedisUrl = None, data_dir: DataDir = None) -> None:
+    """State of every camera an ingest process has published: state, fps, frames, drops, reconnects, last error, age."""
+    from fervid.bus import EmbeddedRedis, connect
+    from fervid.settings import load_settings
+
+    settings = load_settings(data_dir=data_dir, redis_url=redis)
+    embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir)
+    try:
+        client = connect(settings.redis_url or embedded.url)  # type: ignore[union-attr]
+        rows = camera_rows(client)
+    finally:
+        if embedded:
+            embedded.close()
+    if not rows:
+        console.print("No cameras have been published yet.")
+        return
+    table = Table(title="cameras")
+    for col in ("camera", "state", "fps", "frames", "drops", "reconnects", "last error", "age"):
+        table.add_column(col, justify="right" if col in ("fps", "frames", "drops", "reconnects", "age") else "left")
+    for r in rows:
+        table.add_row(r["camera"], r["state"], r["fps"], r["frames"], r["drops"], r["reconnects"], r["last_error"], r["age"])
+    out.print(table)
+
+
+def camera_rows(client, now: float | None = None) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
+    """One row per known camera; a camera whose state expired or was not refreshed shows as stale."""
+    from fervid.contracts import CAMERAS_KEY, camera_key
+
+    now = time.time() if now is None else now
+    rows = []
+    for raw in sorted(client.smembers(CAMERAS_KEY)):
+        name = raw.decode()
+        h = {k.decode(): v.decode() for k, v in client.hgetall(camera_key(name, "state")).items()}
+        stats = {k.decode(): v.decode() for k, v in client.hgetall(camera_key(name, "stats")).items()}
+        updated = float(h.get("updated", 0) or 0)
+        age = now - updated if updated else None
+        state = h.get("state", "unknown")
+        if age is None or age > STALE_AFTER_S:
+            state = f"stale ({state})" if h else "stale"
+        rows.append(
+            {
+                "camera": name,
+                "state": state,
+                "fps": f"{float(h.get('fps', 0) or 0):.1f}",
+                "frames": h.get("frames", stats.get("published", "0")),
+                "drops": h.get("drops", stats.get("dropped", "0")),
+                "reconnects": h.get("reconnects", "0"),
+                "last_error": h.get("last_error", ""),
+                "age": "-" if age is None else f"{age:.0f}s",
+            }
+        )
+    return rows

@@ -1,0 +1,257 @@
+"""Ingest against real things: a GStreamer RTSP server (killed and restarted), bad URLs, bad files, a silent
+TCP listener, a slow consumer. Every camera runs in one IngestService, as `fervid ingest` runs them."""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import redis
+
+from fervid.backoff import Backoff
+from fervid.bus import iter_entries
+from fervid.contracts import DETECTOR_GROUP, FrameMsg, camera_key, frames_stream
+from fervid.settings import Settings
+from ingest.camera import CameraRunner
+from ingest.cameras import CameraConfig
+from ingest.service import IngestService
+
+PASSWORD = "s3cret-pw"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def seqs(client: redis.Redis, camera: str) -> list[tuple[int, float]]:
+    out = []
+    for _, fields in iter_entries(client, frames_stream(camera)):
+        f = FrameMsg.decode(fields).frame
+        out.append((f.seq, f.capture_ts))
+    return out
+
+
+@pytest.fixture
+def service(redis_client: redis.Redis, settings: Settings) -> Iterator[IngestService]:
+    # Seeded jitter: the real policy (0.5 s doubling to 30 s, full jitter), reproducible timings.
+    rng = random.Random(7)
+
+    def factory(cfg: CameraConfig, client: redis.Redis, s: Settings) -> CameraRunner:
+        return CameraRunner(cfg, client, s, backoff=Backoff(initial=0.5, cap=30.0, rng=rng))
+
+    svc = IngestService(redis_client, settings, runner_factory=factory)
+    yield svc
+    svc.stop(timeout=3)
+
+
+def assert_no_secret(client: redis.Redis, secret: str) -> None:
+    for key in client.scan_iter("*"):
+        kind = client.type(key)
+        if kind == b"hash":
+            blob = b" ".join(k + b"=" + v for k, v in client.hgetall(key).items())
+        elif kind == b"set":
+            blob = b" ".join(client.smembers(key))
+        else:
+            continue  # frame streams: JPEG + metadata, checked through FrameMsg fields below
+        assert secret.encode() not in blob, f"{key!r} holds the password"
+
+
+def test_kill_and_restart_server_reconnects_while_other_camera_flows(
+    service: IngestService, rtsp_server_factory, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+) -> None:
+    caplog.set_level(logging.INFO)
+    flaky = rtsp_server_factory(("cam",), "viewer", PASSWORD)
+    steady = rtsp_server_factory(("cam",))
+    service.apply(
+        [
+            CameraConfig(name="flaky", url=flaky.url(), fps=10, read_timeout=3),
+            CameraConfig(name="steady", url=steady.url(), fps=10),
+        ]
+    )
+    a, b = service.runners["flaky"], service.runners["steady"]
+    wait_for(lambda: a.snapshot().frames >= 5 and b.snapshot().frames >= 5, 15, "both cameras live")
+    before = a.snapshot().frames
+
+    flaky.kill()
+    wait_for(lambda: a.snapshot().state in ("backing_off", "connecting") and a.snapshot().reconnects >= 1, 6, "the loss noticed")
+    steady_frames = b.snapshot().frames
+    service.tick()
+    state = {k.decode(): v.decode() for k, v in redis_client.hgetall(camera_key("flaky", "state")).items()}
+    assert state["state"] in ("backing_off", "connecting")
+    assert state["url"] == f"rtsp://***@127.0.0.1:{flaky.port}/cam"
+    time.sleep(1.0)  # the camera stays down a while; the other one keeps flowing
+    assert b.snapshot().frames > steady_frames, "a dead camera blocked another one"
+    assert b.snapshot().state == "live"
+
+    flaky.start()  # same port
+    took = wait_for(lambda: a.snapshot().state == "live", 5.0, "live again within 5 s of the server's return")
+    wait_for(lambda: a.snapshot().frames >= before + 5, 5, "frames after the restart")
+    snap = a.snapshot()
+    assert snap.reconnects >= 1 and snap.last_error
+
+    got = seqs(redis_client, "flaky")
+    numbers = [s for s, _ in got]
+    assert numbers == sorted(set(numbers)), "sequence numbers must be strictly increasing across reconnects"
+    assert numbers[-1] >= before + 4
+    stamps = [t for _, t in got]
+    assert stamps == sorted(stamps) and abs(stamps[-1] - time.time()) < 3, "capture time: wall clock at connect + PTS"
+
+    assert_no_secret(redis_client, PASSWORD)
+    assert PASSWORD not in caplog.text
+    assert f"rtsp://***@127.0.0.1:{flaky.port}/cam" in caplog.text
+    print(f"live again {took:.2f}s after the server returned")
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[int]:
+    """A TCP port that accepts connections and never says anything: a camera that delivers nothing."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    conns: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.2)
+        while not done.is_set():
+            try:
+                conns.append(sock.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield sock.getsockname()[1]
+    done.set()
+    t.join()
+    for c in conns:
+        c.close()
+    sock.close()
+
+
+def test_broken_sources_each_get_a_clear_state(
+    service: IngestService, rtsp_server, silent_listener: int, tmp_path: Path, rtsp_clip: Path, redis_client: redis.Redis  # type: ignore[no-untyped-def]
+) -> None:
+    truncated = tmp_path / "truncated.mp4"
+    data = rtsp_clip.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("this is not a video\n" * 100)
+    refused_port = socket.socket()
+    refused_port.bind(("127.0.0.1", 0))
+    port = refused_port.getsockname()[1]
+    refused_port.close()
+
+    cams = {
+        "refused": (f"rtsp://viewer:{PASSWORD}@127.0.0.1:{port}/cam", "backing_off", "Connection refused"),
+        "notfound": (rtsp_server.url("nope"), "failed", "no such stream path on the camera (404 Not Found)"),
+        "badauth": (rtsp_server.url("cam", password="wrong-pw"), "failed", "rejected the credentials (401 Unauthorized)"),
+        "silent": (f"rtsp://viewer:{PASSWORD}@127.0.0.1:{silent_listener}/cam", "backing_off", "no answer within 2s (timed out)"),
+        "truncated": (str(truncated), "failed", "is not a readable video file"),
+        "notvideo": (str(not_video), "failed", "is not a readable video file"),
+        "missing": (str(tmp_path / "gone.mp4"), "backing_off", "does not exist"),
+        "webcam": ("/dev/video63", "backing_off", "webcam /dev/video63 does not exist"),
+        "good": (rtsp_server.url("cam2"), "live", ""),
+    }
+    service.apply([CameraConfig(name=n, url=u, fps=5, open_timeout=2, read_timeout=2) for n, (u, _, _) in cams.items()])
+
+    def settled() -> bool:
+        snaps = {s.name: s for s in service.statuses()}
+        return all(snaps[n].state == want and msg in snaps[n].last_error for n, (_, want, msg) in cams.items())
+
+    try:
+        wait_for(settled, 15, "every camera in its expected state")
+    finally:
+        for s in service.statuses():
+            print(f"{s.name:10} {s.state:12} {s.last_error}")
+    assert all(r.is_alive() for r in service.runners.values()), "a broken source killed its thread"
+    service.tick()
+    from fervid.cli.ingest import camera_rows
+
+    rows = {r["camera"]: r for r in camera_rows(redis_client)}
+    assert rows["notfound"]["state"] == "failed" and "404" in rows["notfound"]["last_error"]
+    assert rows["good"]["state"] == "live" and int(rows["good"]["frames"]) > 0
+    assert_no_secret(redis_client, PASSWORD)
+    assert_no_secret(redis_client, "wrong-pw")
+
+
+def test_slow_consumer_memory_flat_and_drops_exact(
+    rtsp_server, redis_client: redis.Redis, settings: Settings  # type: ignore[no-untyped-def]
+) -> None:
+    backlog = 6
+    settings = settings.model_copy(update={"bus": settings.bus.model_copy(update={"frame_backlog": backlog})})
+    runner = CameraRunner(CameraConfig(name="busy", url=rtsp_server.url("cam"), fps=None), redis_client, settings)
+    stream = frames_stream("busy")
+    delivered = 0
+    lengths: list[int] = []
+    runner.start()
+    try:
+        wait_for(lambda: runner.snapshot().frames > 0, 10, "first frame")
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:  # a detector at ~5 frames/s against 30 frames/s of video
+            resp = redis_client.xreadgroup(DETECTOR_GROUP, "slow", {stream: ">"}, count=1, block=100)
+            for _, entries in resp or []:
+                for entry_id, _ in entries:
+                    redis_client.xack(stream, DETECTOR_GROUP, entry_id)
+                    delivered += 1
+            lengths.append(redis_client.xlen(stream))
+            time.sleep(0.2)
+    finally:
+        runner.stop()
+        runner.join(5)
+    # Nothing is in flight now: every published frame was delivered, dropped, or is still waiting.
+    stats = {k.decode(): int(v) for k, v in redis_client.hgetall(f"fervid:camera:busy:stats").items() if k != b"last_seq"}
+    waiting = len(redis_client.xrange(stream, "-", "+"))
+    snap = runner.snapshot()
+    assert stats["published"] == snap.frames > 60
+    assert stats["dropped"] == snap.drops > 0
+    assert stats["published"] - delivered - waiting == stats["dropped"], (stats, delivered, waiting)
+    assert max(lengths) <= backlog + 1, f"stream grew to {max(lengths)} entries"
+
+
+def test_frozen_server_trips_the_read_timeout_then_recovers(
+    service: IngestService, rtsp_server_factory  # type: ignore[no-untyped-def]
+) -> None:
+    """SIGSTOP: the TCP connection stays open but nothing arrives; the read timeout must notice."""
+    import signal
+
+    server = rtsp_server_factory(("cam",))
+    service.apply([CameraConfig(name="frozen", url=server.url(), fps=5, open_timeout=2, read_timeout=1.5)])
+    runner = service.runners["frozen"]
+    wait_for(lambda: runner.snapshot().frames >= 2, 10, "live")
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: runner.snapshot().state != "live", 5, "the stall noticed")
+        assert runner.snapshot().reconnects >= 1
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    frames = runner.snapshot().frames
+    wait_for(lambda: runner.snapshot().frames > frames + 2, 12, "frames again after the server thawed")
+
+
+def test_fervid_demo_on_a_live_rtsp_camera_stops_after_seconds(rtsp_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The whole pipeline on the real RTSP server: a live source runs until --seconds of video."""
+    import subprocess
+    import sys
+
+    url = rtsp_server.url("cam")
+    r = subprocess.run(
+        [sys.executable, "-c", "from fervid.cli import main; main()", "demo", url, "--camera", "door", "--seconds", "2", "--fps", "5", "--data-dir", str(tmp_path / "d"), "-v"],
+        capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "COLUMNS": "120"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    analysed = int(next(line for line in r.stdout.splitlines() if "frames analysed" in line).split("│")[2])
+    assert 8 <= analysed <= 12, r.stdout  # 2 s at 5 fps
+    assert PASSWORD not in r.stdout + r.stderr
+    assert "rtsp://***@127.0.0.1" in r.stderr
