@@ -1,7 +1,10 @@
-"""Schema and writes: one row per analysed frame, one row per face per frame, both idempotent.
+"""Schema and writes: one row per analysed frame, one row per face per frame, both idempotent; plus a row per
+camera (first/last seen) and per track (summary), updated in the same transaction.
 
 Times are stored as integer epoch milliseconds: bucketing is then exact integer arithmetic that SQLite and
 PostgreSQL compute identically (the same events give the same timeline on both).
+
+The schema is owned by Alembic (``storage/migrations``); :func:`create_schema` upgrades to head.
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ from typing import Any, Sequence
 
 from sqlalchemy import (
     BigInteger,
+    bindparam,
+    select,
+    tuple_,
     Float,
     Index,
     Integer,
     String,
     UniqueConstraint,
     create_engine,
+    func,
     event,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -85,23 +92,59 @@ class EventRow(Base):
     )
 
 
+class CameraRow(Base):
+    """A camera that produced at least one analysed frame."""
+
+    __tablename__ = "cameras"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    first_seen_ms: Mapped[int] = mapped_column(BigInteger)
+    last_seen_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class TrackRow(Base):
+    """Per-track summary: span, face count, running mean probabilities and the dominant (highest mean) emotion.
+
+    Updated only from event rows that were actually inserted (``RETURNING`` of the idempotent insert), so a
+    redelivered message changes nothing here either."""
+
+    __tablename__ = "tracks"
+    camera: Mapped[str] = mapped_column(String(64), primary_key=True)
+    track_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    first_ts_ms: Mapped[int] = mapped_column(BigInteger)
+    last_ts_ms: Mapped[int] = mapped_column(BigInteger)
+    n_faces: Mapped[int] = mapped_column(Integer)
+    dominant: Mapped[str] = mapped_column(String(16))
+    mean_angry: Mapped[float] = mapped_column(Float)
+    mean_disgust: Mapped[float] = mapped_column(Float)
+    mean_fear: Mapped[float] = mapped_column(Float)
+    mean_happy: Mapped[float] = mapped_column(Float)
+    mean_sad: Mapped[float] = mapped_column(Float)
+    mean_surprise: Mapped[float] = mapped_column(Float)
+    mean_neutral: Mapped[float] = mapped_column(Float)
+    __table_args__ = (Index("ix_tracks_camera_last", "camera", "last_ts_ms"),)
+
+
 assert [c for c in EventRow.__table__.columns.keys() if c.startswith("p_")] == [f"p_{e}" for e in EMOTIONS]
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for `url`, checked with a connection so a typo or a dead server fails here in one line."""
+    """An engine for `url`, checked with a connection so a typo or a dead server fails here in one line.
+
+    ``postgresql://`` means psycopg 3 (the driver fervid ships), as ``postgresql+psycopg://``."""
+    if not isinstance(url, str) or not (url.startswith("sqlite://") or url.startswith("postgresql://") or url.startswith("postgresql+psycopg://")):
+        raise ConfigError(f"unsupported database URL {redact_url(str(url))}: use sqlite:///path.db or postgresql+psycopg://user:pw@host/db")
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if str(path) not in ("", ":memory:"):
             path.parent.mkdir(parents=True, exist_ok=True)
     try:
         engine = create_engine(url, pool_pre_ping=True)
-    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+    except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
         raise ConfigError(f"invalid database URL {redact_url(url)}: {exc}") from exc
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    elif engine.dialect.name != "postgresql":
-        raise ConfigError(f"unsupported database {engine.dialect.name!r} in {redact_url(url)}: use sqlite:/// or postgresql+psycopg://")
     try:
         with engine.connect():
             pass
@@ -120,7 +163,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def create_schema(engine: Engine) -> None:
-    Base.metadata.create_all(engine)
+    """Upgrade the database to the newest migration (creating it when empty)."""
+    from storage.migrate import upgrade
+
+    upgrade(engine)
 
 
 def rows_for(messages: Sequence[EventsMsg]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -140,14 +186,106 @@ def rows_for(messages: Sequence[EventsMsg]) -> tuple[list[dict[str, Any]], list[
     return frames, events
 
 
+def _insert(engine: Engine) -> Any:
+    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+
+_P_COLS = [f"p_{e}" for e in EMOTIONS]
+
+
 def insert_idempotent(engine: Engine, messages: Sequence[EventsMsg]) -> int:
-    """Write frames and events in one transaction; rows already present are skipped, so redelivery of a
-    message never duplicates. Returns the number of event rows in `messages`."""
+    """Write frames, events, cameras and track summaries in one transaction; rows already present are skipped,
+    so redelivery of a message never duplicates. Returns the number of event rows newly inserted."""
     frames, events = rows_for(messages)
-    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    insert = _insert(engine)
+    inserted = 0
     with engine.begin() as conn:
         if frames:
             conn.execute(insert(FrameRow).on_conflict_do_nothing(index_elements=["camera", "seq"]), frames)
+            _upsert_cameras(conn, insert, frames, engine.dialect.name)
         if events:
-            conn.execute(insert(EventRow).on_conflict_do_nothing(index_elements=["camera", "frame_seq", "face_index"]), events)
-    return len(events)
+            stmt = insert(EventRow).on_conflict_do_nothing(index_elements=["camera", "frame_seq", "face_index"])
+            if any(e["track_id"] is not None for e in events):
+                new = conn.execute(
+                    stmt.returning(EventRow.camera, EventRow.track_id, EventRow.ts_ms, *[getattr(EventRow, c) for c in _P_COLS]),
+                    events,
+                ).all()
+                inserted = len(new)
+                _update_tracks(conn, insert, [r for r in new if r.track_id is not None])
+            else:
+                inserted = conn.execute(stmt, events).rowcount
+                inserted = len(events) if inserted is None or inserted < 0 else inserted
+    return inserted
+
+
+def _upsert_cameras(conn: Any, insert: Any, frames: list[dict[str, Any]], dialect: str) -> None:
+    span: dict[str, list[int]] = {}
+    for f in frames:
+        lo_hi = span.setdefault(f["camera"], [f["ts_ms"], f["ts_ms"]])
+        lo_hi[0], lo_hi[1] = min(lo_hi[0], f["ts_ms"]), max(lo_hi[1], f["ts_ms"])
+    rows = [dict(name=c, first_seen_ms=lo, last_seen_ms=hi) for c, (lo, hi) in sorted(span.items())]
+    stmt = insert(CameraRow)
+    least, greatest = (func.least, func.greatest) if dialect == "postgresql" else (func.min, func.max)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["name"],
+        set_=dict(
+            first_seen_ms=least(CameraRow.first_seen_ms, stmt.excluded.first_seen_ms),
+            last_seen_ms=greatest(CameraRow.last_seen_ms, stmt.excluded.last_seen_ms),
+        ),
+    )
+    conn.execute(stmt, rows)
+
+
+def _update_tracks(conn: Any, insert: Any, new: Sequence[Any]) -> None:
+    """Fold newly inserted event rows into their tracks' summaries (read-modify-write under a row lock)."""
+    if not new:
+        return
+    agg: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in new:
+        a = agg.setdefault((r.camera, r.track_id), {"n": 0, "lo": r.ts_ms, "hi": r.ts_ms, "sum": [0.0] * len(EMOTIONS)})
+        a["n"] += 1
+        a["lo"], a["hi"] = min(a["lo"], r.ts_ms), max(a["hi"], r.ts_ms)
+        for i, c in enumerate(_P_COLS):
+            a["sum"][i] += getattr(r, c)
+    keys = sorted(agg)
+    blank = {f"mean_{e}": 0.0 for e in EMOTIONS}
+    conn.execute(
+        insert(TrackRow).on_conflict_do_nothing(index_elements=["camera", "track_id"]),
+        [dict(camera=c, track_id=t, first_ts_ms=agg[c, t]["lo"], last_ts_ms=agg[c, t]["hi"], n_faces=0, dominant=EMOTIONS[-1], **blank) for c, t in keys],
+    )
+    table = TrackRow.__table__
+    query = select(table).where(tuple_(table.c.camera, table.c.track_id).in_(keys))
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    updates = []
+    for t in conn.execute(query):
+        a = agg[t.camera, t.track_id]
+        n = t.n_faces + a["n"]
+        means = [(getattr(t, f"mean_{e}") * t.n_faces + a["sum"][i]) / n for i, e in enumerate(EMOTIONS)]
+        updates.append(
+            dict(
+                k_camera=t.camera, k_track=t.track_id, first_ts_ms=min(t.first_ts_ms, a["lo"]), last_ts_ms=max(t.last_ts_ms, a["hi"]),
+                n_faces=n, dominant=EMOTIONS[max(range(len(EMOTIONS)), key=means.__getitem__)],
+                **{f"mean_{e}": m for e, m in zip(EMOTIONS, means)},
+            )
+        )  # fmt: skip
+    conn.execute(
+        table.update()
+        .where(table.c.camera == bindparam("k_camera"), table.c.track_id == bindparam("k_track"))
+        .values({c: bindparam(c) for c in ["first_ts_ms", "last_ts_ms", "n_faces", "dominant", *[f"mean_{e}" for e in EMOTIONS]]}),
+        updates,
+    )
+
+
+def prune(engine: Engine, older_than_ms: int, now_ms: int | None = None) -> dict[str, int]:
+    """Delete frames, events and tracks that ended before ``now - older_than_ms``; returns rows deleted per table."""
+    import time
+
+    cutoff = (int(time.time() * 1000) if now_ms is None else now_ms) - older_than_ms
+    with engine.begin() as conn:
+        out = {
+            "events": conn.execute(EventRow.__table__.delete().where(EventRow.ts_ms < cutoff)).rowcount,
+            "frames": conn.execute(FrameRow.__table__.delete().where(FrameRow.ts_ms < cutoff)).rowcount,
+            "tracks": conn.execute(TrackRow.__table__.delete().where(TrackRow.last_ts_ms < cutoff)).rowcount,
+        }
+    return out
