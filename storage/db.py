@@ -15,19 +15,14 @@ from typing import Any, Sequence
 
 from sqlalchemy import (
     BigInteger,
-    bindparam,
-    select,
-    tuple_,
     Float,
     Index,
     Integer,
     String,
     UniqueConstraint,
     create_engine,
-    func,
     event,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -186,95 +181,168 @@ def rows_for(messages: Sequence[EventsMsg]) -> tuple[list[dict[str, Any]], list[
     return frames, events
 
 
-def _insert(engine: Engine) -> Any:
-    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-
-
 _P_COLS = [f"p_{e}" for e in EMOTIONS]
 
 
+_EVENT_COLS = (
+    "camera", "frame_seq", "face_index", "ts_ms", "x", "y", "w", "h", "det_score", "track_id",
+    *_P_COLS, "label", "label_smoothed", "model", "detector",
+)  # fmt: skip
+_EVENT_PG_TYPES = ("text", "bigint", "int", "bigint", *["float8"] * 5, "bigint", *["float8"] * 7, "text", "text", "text", "text")
+_EVENT_TEXT = frozenset(i for i, t in enumerate(_EVENT_PG_TYPES) if t == "text")
+_MAX_PARAMS = 30_000  # under SQLite's 32766 and PostgreSQL's 65535 bind parameters per statement
+
+
+def _chunks(items: list[Any], width: int) -> Any:
+    step = max(1, _MAX_PARAMS // width)
+    for i in range(0, len(items), step):
+        yield items[i : i + step]
+
+
+def _values(ph: str, width: int, n: int) -> str:
+    row = "(" + ", ".join([ph] * width) + ")"
+    return ", ".join([row] * n)
+
+
+def _pg_execute(conn: Any, sql: str, params: list[Any], fetch: bool = False) -> list[Any]:
+    """Run on the psycopg cursor with binary parameters: arrays of numbers are packed, not formatted as text."""
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        cur.execute(sql, params, binary=True)
+        return cur.fetchall() if fetch else []
+    finally:
+        cur.close()
+
+
 def insert_idempotent(engine: Engine, messages: Sequence[EventsMsg]) -> int:
-    """Write frames, events, cameras and track summaries in one transaction; rows already present are skipped,
-    so redelivery of a message never duplicates. Returns the number of event rows newly inserted."""
-    frames, events = rows_for(messages)
-    insert = _insert(engine)
-    inserted = 0
+    """Write frames, events, cameras and track summaries in one transaction; redelivery never duplicates.
+
+    A message's frame row and its event rows are always committed together, so the frames that the
+    ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` reports as new are exactly the messages whose events are new:
+    only those are written and folded into cameras and tracks (the events insert keeps its own ON CONFLICT
+    guard as well). Multi-row VALUES statements through the DB-API keep this close to a bare insert's speed.
+    Returns the number of event rows newly inserted."""
+    if not messages:
+        return 0
+    pg = engine.dialect.name == "postgresql"
+    by_key: dict[tuple[str, int], EventsMsg] = {}
+    for m in messages:
+        by_key.setdefault((m.frame.camera, m.frame.seq), m)
+    unique = list(by_key.values())
     with engine.begin() as conn:
-        if frames:
-            conn.execute(insert(FrameRow).on_conflict_do_nothing(index_elements=["camera", "seq"]), frames)
-            _upsert_cameras(conn, insert, frames, engine.dialect.name)
-        if events:
-            stmt = insert(EventRow).on_conflict_do_nothing(index_elements=["camera", "frame_seq", "face_index"])
-            if any(e["track_id"] is not None for e in events):
-                new = conn.execute(
-                    stmt.returning(EventRow.camera, EventRow.track_id, EventRow.ts_ms, *[getattr(EventRow, c) for c in _P_COLS]),
-                    events,
-                ).all()
-                inserted = len(new)
-                _update_tracks(conn, insert, [r for r in new if r.track_id is not None])
-            else:
-                inserted = conn.execute(stmt, events).rowcount
-                inserted = len(events) if inserted is None or inserted < 0 else inserted
-    return inserted
-
-
-def _upsert_cameras(conn: Any, insert: Any, frames: list[dict[str, Any]], dialect: str) -> None:
-    span: dict[str, list[int]] = {}
-    for f in frames:
-        lo_hi = span.setdefault(f["camera"], [f["ts_ms"], f["ts_ms"]])
-        lo_hi[0], lo_hi[1] = min(lo_hi[0], f["ts_ms"]), max(lo_hi[1], f["ts_ms"])
-    rows = [dict(name=c, first_seen_ms=lo, last_seen_ms=hi) for c, (lo, hi) in sorted(span.items())]
-    stmt = insert(CameraRow)
-    least, greatest = (func.least, func.greatest) if dialect == "postgresql" else (func.min, func.max)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["name"],
-        set_=dict(
-            first_seen_ms=least(CameraRow.first_seen_ms, stmt.excluded.first_seen_ms),
-            last_seen_ms=greatest(CameraRow.last_seen_ms, stmt.excluded.last_seen_ms),
-        ),
-    )
-    conn.execute(stmt, rows)
-
-
-def _update_tracks(conn: Any, insert: Any, new: Sequence[Any]) -> None:
-    """Fold newly inserted event rows into their tracks' summaries (read-modify-write under a row lock)."""
-    if not new:
-        return
-    agg: dict[tuple[str, int], dict[str, Any]] = {}
-    for r in new:
-        a = agg.setdefault((r.camera, r.track_id), {"n": 0, "lo": r.ts_ms, "hi": r.ts_ms, "sum": [0.0] * len(EMOTIONS)})
-        a["n"] += 1
-        a["lo"], a["hi"] = min(a["lo"], r.ts_ms), max(a["hi"], r.ts_ms)
-        for i, c in enumerate(_P_COLS):
-            a["sum"][i] += getattr(r, c)
-    keys = sorted(agg)
-    blank = {f"mean_{e}": 0.0 for e in EMOTIONS}
-    conn.execute(
-        insert(TrackRow).on_conflict_do_nothing(index_elements=["camera", "track_id"]),
-        [dict(camera=c, track_id=t, first_ts_ms=agg[c, t]["lo"], last_ts_ms=agg[c, t]["hi"], n_faces=0, dominant=EMOTIONS[-1], **blank) for c, t in keys],
-    )
-    table = TrackRow.__table__
-    query = select(table).where(tuple_(table.c.camera, table.c.track_id).in_(keys))
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    updates = []
-    for t in conn.execute(query):
-        a = agg[t.camera, t.track_id]
-        n = t.n_faces + a["n"]
-        means = [(getattr(t, f"mean_{e}") * t.n_faces + a["sum"][i]) / n for i, e in enumerate(EMOTIONS)]
-        updates.append(
-            dict(
-                k_camera=t.camera, k_track=t.track_id, first_ts_ms=min(t.first_ts_ms, a["lo"]), last_ts_ms=max(t.last_ts_ms, a["hi"]),
-                n_faces=n, dominant=EMOTIONS[max(range(len(EMOTIONS)), key=means.__getitem__)],
-                **{f"mean_{e}": m for e, m in zip(EMOTIONS, means)},
+        new: set[tuple[str, int]] = set()
+        frame_rows = [(m.frame.camera, m.frame.seq, int(round(m.frame.capture_ts * 1000)), m.frame.width, m.frame.height, len(m.emotions)) for m in unique]
+        if pg:
+            # unnest of one array per column: 6 bind parameters whatever the batch size (psycopg parses fast).
+            sql = (
+                "INSERT INTO frames (camera, seq, ts_ms, width, height, faces) "
+                "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::int[], %s::int[], %s::int[]) "
+                "ON CONFLICT (camera, seq) DO NOTHING RETURNING camera, seq"
             )
-        )  # fmt: skip
-    conn.execute(
-        table.update()
-        .where(table.c.camera == bindparam("k_camera"), table.c.track_id == bindparam("k_track"))
-        .values({c: bindparam(c) for c in ["first_ts_ms", "last_ts_ms", "n_faces", "dominant", *[f"mean_{e}" for e in EMOTIONS]]}),
-        updates,
+            new.update((r[0], r[1]) for r in _pg_execute(conn, sql, [list(c) for c in zip(*frame_rows)], fetch=True))
+        else:
+            for chunk in _chunks(frame_rows, 6):
+                sql = (
+                    f"INSERT INTO frames (camera, seq, ts_ms, width, height, faces) VALUES {_values('?', 6, len(chunk))} "
+                    "ON CONFLICT (camera, seq) DO NOTHING RETURNING camera, seq"
+                )
+                new.update((r[0], r[1]) for r in conn.exec_driver_sql(sql, tuple(v for row in chunk for v in row)))
+        fresh = [m for key, m in by_key.items() if key in new]
+        if not fresh:
+            return 0
+        _upsert_cameras(conn, fresh, pg)
+        events: list[tuple[Any, ...]] = []
+        tracks: dict[tuple[str, int], dict[str, Any]] = {}
+        for m in fresh:
+            f = m.frame
+            ts_ms = int(round(f.capture_ts * 1000))
+            for e in m.emotions:
+                b = e.box
+                events.append((f.camera, f.seq, e.index, ts_ms, b.x, b.y, b.w, b.h, e.score, e.track_id, *e.probs, e.label, e.smoothed_label, m.model, m.detector))
+                if e.track_id is not None:
+                    a = tracks.get((f.camera, e.track_id))
+                    if a is None:
+                        a = tracks[f.camera, e.track_id] = {"n": 0, "lo": ts_ms, "hi": ts_ms, "sum": [0.0] * len(EMOTIONS)}
+                    a["n"] += 1
+                    a["lo"], a["hi"] = min(a["lo"], ts_ms), max(a["hi"], ts_ms)
+                    sums = a["sum"]
+                    for i, p in enumerate(e.probs):
+                        sums[i] += p
+        cols = ", ".join(_EVENT_COLS)
+        if pg and events:
+            # Strings go as indexes into one small dictionary array: per-element text formatting is the slow part
+            # of sending arrays, and a batch has only a handful of distinct cameras, labels, models and detectors.
+            words: dict[str | None, int] = {None: 0}
+            cols_data = [list(c) for c in zip(*events)]
+            for i in _EVENT_TEXT:
+                cols_data[i] = [words.setdefault(v, len(words)) if v is not None else None for v in cols_data[i]]
+            dictionary = [w for w in words if w is not None]
+            select_list = ", ".join(f"d[u.c{i}]" if i in _EVENT_TEXT else f"u.c{i}" for i in range(len(_EVENT_COLS)))
+            casts = ", ".join(f"%s::{'int' if i in _EVENT_TEXT else t}[]" for i, t in enumerate(_EVENT_PG_TYPES))
+            aliases = ", ".join(f"c{i}" for i in range(len(_EVENT_COLS)))
+            sql = (
+                f"INSERT INTO events ({cols}) SELECT {select_list} FROM unnest({casts}) AS u({aliases}), "
+                "(SELECT %s::text[] AS d) k ON CONFLICT (camera, frame_seq, face_index) DO NOTHING"
+            )
+            _pg_execute(conn, sql, [*cols_data, dictionary])
+        elif events:
+            sql = f"INSERT INTO events ({cols}) VALUES ({', '.join('?' * len(_EVENT_COLS))}) ON CONFLICT (camera, frame_seq, face_index) DO NOTHING"
+            conn.exec_driver_sql(sql, events)  # sqlite3 executemany: the loop runs in C
+        _update_tracks(conn, tracks, pg)
+    return len(events)
+
+
+def _upsert_cameras(conn: Any, messages: Sequence[EventsMsg], pg: bool) -> None:
+    span: dict[str, list[int]] = {}
+    for m in messages:
+        ts = int(round(m.frame.capture_ts * 1000))
+        lo_hi = span.setdefault(m.frame.camera, [ts, ts])
+        lo_hi[0], lo_hi[1] = min(lo_hi[0], ts), max(lo_hi[1], ts)
+    least, greatest, ph = ("least", "greatest", "%s") if pg else ("min", "max", "?")
+    sql = (
+        f"INSERT INTO cameras (name, first_seen_ms, last_seen_ms) VALUES ({ph}, {ph}, {ph}) ON CONFLICT (name) DO UPDATE SET "
+        f"first_seen_ms = {least}(cameras.first_seen_ms, excluded.first_seen_ms), "
+        f"last_seen_ms = {greatest}(cameras.last_seen_ms, excluded.last_seen_ms)"
     )
+    conn.exec_driver_sql(sql, [(c, lo, hi) for c, (lo, hi) in sorted(span.items())])
+
+
+def _tracks_upsert_sql(pg: bool) -> str:
+    """One upsert per track: running means weighted by face counts, dominant = highest mean (ties: EMOTIONS order).
+    The row lock of ON CONFLICT DO UPDATE makes concurrent workers add up correctly."""
+    least, greatest, ph = ("least", "greatest", "%s") if pg else ("min", "max", "?")
+    n = "(tracks.n_faces + excluded.n_faces)"
+    new = {e: f"((tracks.mean_{e} * tracks.n_faces + excluded.mean_{e} * excluded.n_faces) / {n})" for e in EMOTIONS}
+    whens = " ".join(
+        f"WHEN {' AND '.join(f'{new[e]} >= {new[o]}' for o in EMOTIONS if o != e)} THEN '{e}'" for e in EMOTIONS[:-1]
+    )
+    cols = ["camera", "track_id", "first_ts_ms", "last_ts_ms", "n_faces", "dominant", *[f"mean_{e}" for e in EMOTIONS]]
+    sets = [
+        f"first_ts_ms = {least}(tracks.first_ts_ms, excluded.first_ts_ms)",
+        f"last_ts_ms = {greatest}(tracks.last_ts_ms, excluded.last_ts_ms)",
+        f"dominant = CASE {whens} ELSE '{EMOTIONS[-1]}' END",
+        *[f"mean_{e} = {new[e]}" for e in EMOTIONS],
+        f"n_faces = {n}",
+    ]
+    return (
+        f"INSERT INTO tracks ({', '.join(cols)}) VALUES ({', '.join([ph] * len(cols))}) "
+        f"ON CONFLICT (camera, track_id) DO UPDATE SET {', '.join(sets)}"
+    )
+
+
+_TRACKS_SQL = {True: _tracks_upsert_sql(True), False: _tracks_upsert_sql(False)}
+
+
+def _update_tracks(conn: Any, agg: dict[tuple[str, int], dict[str, Any]], pg: bool) -> None:
+    """Fold new event rows (aggregated per track in this batch) into the tracks' summaries."""
+    if not agg:
+        return
+    rows = []
+    for (camera, track), a in sorted(agg.items()):
+        means = [x / a["n"] for x in a["sum"]]
+        dominant = EMOTIONS[max(range(len(EMOTIONS)), key=means.__getitem__)]
+        rows.append((camera, track, a["lo"], a["hi"], a["n"], dominant, *means))
+    conn.exec_driver_sql(_TRACKS_SQL[pg], rows)
 
 
 def prune(engine: Engine, older_than_ms: int, now_ms: int | None = None) -> dict[str, int]:
