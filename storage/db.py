@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sqlalchemy import (
+    Column,
     BigInteger,
     Float,
     Index,
@@ -117,6 +118,24 @@ class TrackRow(Base):
     mean_surprise: Mapped[float] = mapped_column(Float)
     mean_neutral: Mapped[float] = mapped_column(Float)
     __table_args__ = (Index("ix_tracks_camera_last", "camera", "last_ts_ms"),)
+
+
+class MinuteRow(Base):
+    """Per-minute rollup of events, maintained in the insert transaction: timelines with buckets that are whole
+    minutes read this (1 440 rows a day) instead of every event row."""
+
+    __tablename__ = "events_1m"
+    camera: Mapped[str] = mapped_column(String(64), primary_key=True)
+    minute_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    faces: Mapped[int] = mapped_column(BigInteger)
+
+
+for _e in EMOTIONS:
+    MinuteRow.__table__.append_column(Column(f"n_{_e}", BigInteger, nullable=False))  # raw label counts
+for _e in EMOTIONS:
+    MinuteRow.__table__.append_column(Column(f"s_{_e}", BigInteger, nullable=False))  # smoothed (else raw) label counts
+for _e in EMOTIONS:
+    MinuteRow.__table__.append_column(Column(f"sum_{_e}", Float, nullable=False))  # probability sums
 
 
 assert [c for c in EventRow.__table__.columns.keys() if c.startswith("p_")] == [f"p_{e}" for e in EMOTIONS]
@@ -289,6 +308,7 @@ def insert_idempotent(engine: Engine, messages: Sequence[EventsMsg]) -> int:
             sql = f"INSERT INTO events ({cols}) VALUES ({', '.join('?' * len(_EVENT_COLS))}) ON CONFLICT (camera, frame_seq, face_index) DO NOTHING"
             conn.exec_driver_sql(sql, events)  # sqlite3 executemany: the loop runs in C
         _update_tracks(conn, tracks, pg)
+        _update_minutes(conn, fresh, pg)
     return len(events)
 
 
@@ -345,13 +365,48 @@ def _update_tracks(conn: Any, agg: dict[tuple[str, int], dict[str, Any]], pg: bo
     conn.exec_driver_sql(_TRACKS_SQL[pg], rows)
 
 
+_MINUTE_COLS = ["camera", "minute_ms", "faces", *[f"{k}_{e}" for k in ("n", "s", "sum") for e in EMOTIONS]]
+_EMOTION_INDEX = {e: i for i, e in enumerate(EMOTIONS)}
+
+
+def _update_minutes(conn: Any, messages: Sequence[EventsMsg], pg: bool) -> None:
+    acc: dict[tuple[str, int], list[Any]] = {}
+    k = len(EMOTIONS)
+    for m in messages:
+        if not m.emotions:
+            continue
+        ts = int(round(m.frame.capture_ts * 1000))
+        key = (m.frame.camera, ts - ts % 60_000)
+        a = acc.get(key)
+        if a is None:
+            a = acc[key] = [0] * (1 + 2 * k) + [0.0] * k
+        for e in m.emotions:
+            a[0] += 1
+            raw = _EMOTION_INDEX[e.label]
+            a[1 + raw] += 1
+            a[1 + k + (_EMOTION_INDEX[e.smoothed_label] if e.smoothed_label is not None else raw)] += 1
+            for i, p in enumerate(e.probs):
+                a[1 + 2 * k + i] += p
+    if not acc:
+        return
+    ph = "%s" if pg else "?"
+    sets = ", ".join(f"{c} = events_1m.{c} + excluded.{c}" for c in _MINUTE_COLS[2:])
+    sql = (
+        f"INSERT INTO events_1m ({', '.join(_MINUTE_COLS)}) VALUES ({', '.join([ph] * len(_MINUTE_COLS))}) "
+        f"ON CONFLICT (camera, minute_ms) DO UPDATE SET {sets}"
+    )
+    conn.exec_driver_sql(sql, [(c, minute, *a) for (c, minute), a in sorted(acc.items())])
+
+
 def prune(engine: Engine, older_than_ms: int, now_ms: int | None = None) -> dict[str, int]:
     """Delete frames, events and tracks that ended before ``now - older_than_ms``; returns rows deleted per table."""
     import time
 
     cutoff = (int(time.time() * 1000) if now_ms is None else now_ms) - older_than_ms
+    cutoff -= cutoff % 60_000  # whole minutes, so the per-minute rollup stays equal to the events it sums
     with engine.begin() as conn:
         out = {
+            "events_1m": conn.execute(MinuteRow.__table__.delete().where(MinuteRow.minute_ms < cutoff)).rowcount,
             "events": conn.execute(EventRow.__table__.delete().where(EventRow.ts_ms < cutoff)).rowcount,
             "frames": conn.execute(FrameRow.__table__.delete().where(FrameRow.ts_ms < cutoff)).rowcount,
             "tracks": conn.execute(TrackRow.__table__.delete().where(TrackRow.last_ts_ms < cutoff)).rowcount,

@@ -11,12 +11,12 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-from sqlalchemy import and_, case, func, literal, select
+from sqlalchemy import and_, case, func, literal, literal_column, select, union_all
 from sqlalchemy.engine import Engine
 
 from fervid.contracts import EMOTIONS
 from fervid.errors import ConfigError, NotFound
-from storage.db import CameraRow, EventRow
+from storage.db import CameraRow, EventRow, MinuteRow
 
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION = re.compile(r"^(\d{1,12})(ms|s|m|h|d)$")
@@ -109,6 +109,7 @@ def timeline(
     since: datetime | None = None,
     until: datetime | None = None,
     labels: Labels = "raw",
+    source: Literal["auto", "raw"] = "auto",
 ) -> list[dict[str, Any]]:
     """Buckets of `bucket_ms` with at least one face, oldest first:
     ``{"start": ISO-8601, "faces": n, "counts": {emotion: n}, "mean": {emotion: p}, "dominant": emotion}``.
@@ -132,12 +133,15 @@ def timeline(
             n_buckets = 0 if span[0] is None else span[1] // bucket_ms - span[0] // bucket_ms + 1
         if n_buckets > MAX_BUCKETS:
             raise ConfigError(f"{n_buckets} buckets requested (over {MAX_BUCKETS}): use a larger bucket or a shorter range")
-        label = EventRow.label if labels == "raw" else func.coalesce(EventRow.label_smoothed, EventRow.label)
-        start = (EventRow.ts_ms - EventRow.ts_ms % bucket_ms).label("start")
-        columns = [start, func.count().label("faces")]
-        columns += [func.sum(case((label == e, 1), else_=0)).label(f"n_{e}") for e in EMOTIONS]
-        columns += [func.avg(getattr(EventRow, f"p_{e}")).label(f"mean_{e}") for e in EMOTIONS]
-        inner = select(*columns).where(*where).group_by(start).subquery()
+        if bucket_ms % 60_000 == 0 and source == "auto":
+            inner = _rollup_query(camera, bucket_ms, lo, hi, labels)
+        else:
+            label = EventRow.label if labels == "raw" else func.coalesce(EventRow.label_smoothed, EventRow.label)
+            start = (EventRow.ts_ms - EventRow.ts_ms % bucket_ms).label("start")
+            columns = [start, func.count().label("faces")]
+            columns += [func.sum(case((label == e, 1), else_=0)).label(f"n_{e}") for e in EMOTIONS]
+            columns += [func.avg(getattr(EventRow, f"p_{e}")).label(f"mean_{e}") for e in EMOTIONS]
+            inner = select(*columns).where(*where).group_by(start).subquery()
         counts = {e: inner.c[f"n_{e}"] for e in EMOTIONS}
         query = select(inner, dominant_case(counts).label("dominant")).order_by(inner.c.start)
         rows = conn.execute(query).all()
@@ -151,6 +155,47 @@ def timeline(
         }
         for r in rows
     ]
+
+
+def _rollup_query(camera: str, bucket_ms: int, lo: int | None, hi: int | None, labels: Labels) -> Any:
+    """Whole minutes from the per-minute rollup, the partial minutes at either end of the range from raw events,
+    summed per bucket in one SQL statement."""
+    lo_up = None if lo is None else lo + (-lo % 60_000)
+    hi_down = None if hi is None else hi - hi % 60_000
+    m = MinuteRow.__table__.c
+    prefix = "n" if labels == "raw" else "s"
+    rolled = [m.camera == camera]
+    if lo_up is not None:
+        rolled.append(m.minute_ms >= lo_up)
+    if hi_down is not None:
+        rolled.append(m.minute_ms < hi_down)
+    parts = [
+        select(
+            (m.minute_ms - m.minute_ms % bucket_ms).label("start"), m.faces.label("faces"),
+            *[m[f"{prefix}_{e}"].label(f"c_{e}") for e in EMOTIONS], *[m[f"sum_{e}"].label(f"p_{e}") for e in EMOTIONS],
+        ).where(*rolled)
+    ]  # fmt: skip
+    edges = []
+    if lo is not None:
+        edges.append((lo, lo_up if hi is None else min(lo_up, hi)))  # type: ignore[type-var]
+    if hi is not None:
+        edges.append((hi_down if lo_up is None else max(hi_down, lo_up), hi))  # type: ignore[type-var]
+    label = EventRow.label if labels == "raw" else func.coalesce(EventRow.label_smoothed, EventRow.label)
+    for a, b in edges:
+        if a >= b:
+            continue
+        parts.append(
+            select(
+                (EventRow.ts_ms - EventRow.ts_ms % bucket_ms).label("start"), literal_column("1").label("faces"),
+                *[case((label == e, 1), else_=0).label(f"c_{e}") for e in EMOTIONS], *[getattr(EventRow, f"p_{e}").label(f"p_{e}") for e in EMOTIONS],
+            ).where(EventRow.camera == camera, EventRow.ts_ms >= a, EventRow.ts_ms < b)
+        )  # fmt: skip
+    u = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+    faces = func.sum(u.c.faces)
+    columns = [u.c.start, faces.label("faces")]
+    columns += [func.sum(u.c[f"c_{e}"]).label(f"n_{e}") for e in EMOTIONS]
+    columns += [(func.sum(u.c[f"p_{e}"]) / faces).label(f"mean_{e}") for e in EMOTIONS]
+    return select(*columns).group_by(u.c.start).subquery()
 
 
 def events(

@@ -169,3 +169,22 @@ def test_pre_migration_database_is_stamped_and_upgraded(tmp_path: Path) -> None:
     assert current_revision(eng) == head_revision()
     with eng.connect() as conn:
         assert conn.execute(select(CameraRow.name)).scalars().all() == ["old"]
+
+
+@pytest.mark.parametrize(
+    "since, until",
+    [(None, None), (T0 + 10.4, None), (None, T0 + 200.7), (T0 + 61.3, T0 + 161.9), (T0 + 5.5, T0 + 40.2), (T0 + 60, T0 + 180)],
+)
+def test_minute_rollup_equals_raw_events(engine, since, until) -> None:
+    msgs = make_messages(1500, fps=5)
+    insert_idempotent(engine, msgs[:900])
+    insert_idempotent(engine, msgs[500:])  # overlap: the rollup must not double count either
+    kw = dict(
+        since=None if since is None else datetime.fromtimestamp(since, timezone.utc),
+        until=None if until is None else datetime.fromtimestamp(until, timezone.utc),
+    )
+    for bucket in (60_000, 120_000):
+        for labels in ("raw", "smoothed"):
+            fast = timeline(engine, "cam1", bucket, labels=labels, **kw)
+            raw = timeline(engine, "cam1", bucket, labels=labels, source="raw", **kw)
+            assert fast == raw and fast

@@ -157,7 +157,7 @@ def test_cli_migrate_prune_timeline_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     db = f"sqlite:///{tmp_path / 'cli.db'}"
     r = runner.invoke(cli_app, ["migrate", "--db", db])
-    assert r.exit_code == 0 and "schema at 0002_cameras_tracks" in r.stdout
+    assert r.exit_code == 0 and "schema at 0003_events_1m" in r.stdout
     assert "already up to date" in runner.invoke(cli_app, ["migrate", "--db", db]).stdout
     from storage.db import insert_idempotent
 
