@@ -25,7 +25,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fervid.bus import redact_url
@@ -225,12 +225,20 @@ def _values(ph: str, width: int, n: int) -> str:
 
 def _pg_execute(conn: Any, sql: str, params: list[Any], fetch: bool = False) -> list[Any]:
     """Run on the psycopg cursor with binary parameters: arrays of numbers are packed, not formatted as text."""
+    dbapi = conn.dialect.loaded_dbapi
     cur = conn.connection.driver_connection.cursor()
     try:
         cur.execute(sql, params, binary=True)
         return cur.fetchall() if fetch else []
+    except dbapi.Error as exc:
+        # Wrap like SQLAlchemy does (psycopg.OperationalError → sqlalchemy OperationalError), so the worker's
+        # outage handling sees the same exceptions on this path as on every other.
+        if isinstance(exc, dbapi.OperationalError):
+            conn.invalidate()
+        raise DBAPIError.instance(sql, None, exc, dbapi.Error) from exc
     finally:
-        cur.close()
+        if not cur.closed:
+            cur.close()
 
 
 def insert_idempotent(engine: Engine, messages: Sequence[EventsMsg]) -> int:

@@ -192,3 +192,29 @@ def test_cli_errors_are_one_line_with_exit_codes(tmp_path: Path, args: list[str]
     proc = subprocess.run([sys.executable, "-m", "fervid.cli", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == code, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr and "hunter2" not in proc.stderr
+
+
+def test_connection_lost_inside_the_transaction_is_retried(pg_url: str, settings, monkeypatch) -> None:
+    """A psycopg error on the raw (unnest) insert path surfaces as SQLAlchemy's OperationalError and is retried."""
+    import psycopg
+
+    from fervid.bus import Delivery
+
+    engine = make_engine(pg_url)
+    create_schema(engine)
+    real = psycopg.Cursor.execute
+    failures = []
+
+    def flaky(self, query, params=None, **kw):
+        if kw.get("binary") and "INSERT INTO events" in str(query) and not failures:
+            failures.append(1)
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return real(self, query, params, **kw)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", flaky)
+    msgs = make_messages(30)
+    outcome = StorageStage(engine, settings).handle([(Delivery(EVENTS_STREAM, f"{i}-0", {}), m) for i, m in enumerate(msgs)])
+    assert failures == [1] and len(outcome.done) == 30
+    n = sum(len(m.emotions) for m in msgs)
+    assert counts(pg_url) == (n, n, 30)
+    engine.dispose()
