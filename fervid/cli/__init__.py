@@ -73,6 +73,7 @@ DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Where embed
 def _register_commands() -> None:
     from fervid.cli import demo  # noqa: F401  (registers demo, timeline)
     from fervid.cli import ingest  # noqa: F401  (registers ingest, cameras)
+    from fervid.cli import storage  # noqa: F401  (registers store, migrate, prune, api, grafana)
 
 
 _register_commands()
