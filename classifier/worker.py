@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable, Sequence
 
 import cv2
 import numpy as np
 
 from classifier.serving import EmotionClassifier
-from fervid.bus import Bus, Delivery
+from fervid.bus import Bus, Delivery, StopRequested
 from fervid.contracts import FACES_STREAM, STORAGE_GROUP, EVENTS_STREAM, Emotion, EventsMsg, FacesMsg
+from fervid.metrics import CAMERA_FACES, CAMERA_SKIPPED, INFERENCE_BATCH, INFERENCE_SECONDS, FpsMeter
 from fervid.settings import Settings
 from fervid.worker import Outcome
 
@@ -29,6 +31,7 @@ class ClassifierStage:
         self.max_wait_ms = settings.classifier.max_wait_ms
         self.events_backlog = settings.bus.events_backlog
         self.should_stop = should_stop
+        self.fps = FpsMeter(self.name)
 
     def input_streams(self) -> Sequence[str]:
         return [FACES_STREAM]
@@ -43,7 +46,12 @@ class ClassifierStage:
                 good.append((delivery, msg))
             except ValueError as exc:
                 outcome.dead.append((delivery, str(exc)))
+                CAMERA_SKIPPED.labels(msg.frame.camera, self.name).inc()
+        started = time.perf_counter()
         probs = self.classifier.predict(crops)
+        if crops:
+            INFERENCE_SECONDS.labels(self.name, self.classifier.model_id).observe(time.perf_counter() - started)
+            INFERENCE_BATCH.labels(self.name, self.classifier.model_id).observe(len(crops))
         k = 0
         for delivery, msg in good:
             emotions = []
@@ -52,8 +60,13 @@ class ClassifierStage:
                 k += 1
                 emotions.append(Emotion(face.index, face.box, face.score, tuple(float(x) for x in p), face.track_id))
             out = EventsMsg(msg.frame, msg.detector, self.classifier.model_id, tuple(emotions))
-            self.bus.publish(EVENTS_STREAM, out, downstream_group=STORAGE_GROUP, backlog=self.events_backlog, should_stop=self.should_stop)
+            try:
+                self.bus.publish(EVENTS_STREAM, out, downstream_group=STORAGE_GROUP, backlog=self.events_backlog, should_stop=self.should_stop)
+            except StopRequested:
+                return outcome  # acked: the frames published so far; the rest is returned
             outcome.done.append(delivery)
+            self.fps.add(msg.frame.camera)
+            CAMERA_FACES.labels(msg.frame.camera, self.name).inc(len(msg.faces))
         return outcome
 
 

@@ -12,8 +12,9 @@ import numpy as np
 from detector.base import Detection, FaceDetector
 from detector.crops import quality, square_crop
 from detector.tracking import FaceTracker
-from fervid.bus import Bus, Delivery
+from fervid.bus import Bus, Delivery, StopRequested
 from fervid.contracts import CAMERAS_KEY, CLASSIFIER_GROUP, FACES_STREAM, Box, Face, FacesMsg, FrameMsg, camera_key, frames_stream
+from fervid.metrics import CAMERA_FACES, CAMERA_SKIPPED, INFERENCE_BATCH, INFERENCE_SECONDS, FpsMeter
 from fervid.settings import Settings
 from fervid.worker import Outcome
 
@@ -37,6 +38,7 @@ class DetectorStage:
         self.tracker = FaceTracker(lambda camera: int(bus.redis.incr(camera_key(camera, "track_epoch"))))
         self._streams: list[str] = []
         self._streams_at = 0.0
+        self.fps = FpsMeter(self.name)
 
     def input_streams(self) -> Sequence[str]:
         # Cameras come and go while we run: refresh the set every couple of seconds, not on every read.
@@ -56,16 +58,26 @@ class DetectorStage:
                 good.append((delivery, msg))
             except ValueError as exc:
                 outcome.dead.append((delivery, str(exc)))
+                CAMERA_SKIPPED.labels(msg.frame.camera, self.name).inc()
+        started = time.perf_counter()
         detections = self.detector.detect(images) if images else []
+        if images:
+            INFERENCE_SECONDS.labels(self.name, self.detector.name).observe(time.perf_counter() - started)
+            INFERENCE_BATCH.labels(self.name, self.detector.name).observe(len(images))
         # Track in each camera's frame order, whatever order the batch arrived in.
         for i in sorted(range(len(good)), key=lambda i: (good[i][1].frame.camera, good[i][1].frame.seq)):
             delivery, msg = good[i]
             faces = self.faces(images[i], msg, detections[i])
             out = FacesMsg(frame=msg.frame, detector=self.detector.name, faces=tuple(faces))
-            self.bus.publish(
-                FACES_STREAM, out, downstream_group=CLASSIFIER_GROUP, backlog=self.faces_backlog, should_stop=self.should_stop
-            )
+            try:
+                self.bus.publish(
+                    FACES_STREAM, out, downstream_group=CLASSIFIER_GROUP, backlog=self.faces_backlog, should_stop=self.should_stop
+                )
+            except StopRequested:
+                return outcome  # acked: the frames published so far; the rest is returned
             outcome.done.append(delivery)
+            self.fps.add(msg.frame.camera)
+            CAMERA_FACES.labels(msg.frame.camera, self.name).inc(len(faces))
         return outcome
 
     def faces(self, image: np.ndarray, msg: FrameMsg, detections: list[Detection]) -> list[Face]:

@@ -262,6 +262,16 @@ class Bus:
             pipe.xack(stream, self.group, *ids)
         pipe.execute()
 
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Hand unfinished entries back on shutdown: they stay pending (nothing is lost) but are marked idle for
+        ``claim_idle_ms``, so a live replica's next XAUTOCLAIM takes them now instead of after the timeout.
+        JUSTID: the delivery count is not incremented, so returning an entry never counts towards dead-lettering."""
+        by_stream: dict[str, list[str]] = {}
+        for d in deliveries:
+            by_stream.setdefault(d.stream, []).append(d.id)
+        for stream, ids in by_stream.items():
+            self.redis.xclaim(stream, self.group, self.consumer, 0, ids, idle=self.claim_idle_ms, justid=True)
+
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Park the entry with its reason on the dead-letter stream, and ack it, in one transaction."""
         fields: dict[bytes | str, bytes | str] = {k: v for k, v in delivery.fields.items() if not k.startswith(b"dl_")}

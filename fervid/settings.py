@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     # None: SQLite under data_dir. Production: postgresql+psycopg://user:password@host/fervid
     db_url: str | None = None
+    # Each worker process serves /metrics, /health and /ready here; 0 = no HTTP server.
+    metrics_port: int = Field(0, ge=0, le=65535)
     bus: BusSettings = BusSettings()
     ingest: IngestSettings = IngestSettings()
     detector: DetectorSettings = DetectorSettings()

@@ -19,6 +19,7 @@ import redis
 from fervid.backoff import Backoff
 from fervid.bus import Bus, Delivery, StopRequested
 from fervid.contracts import BadMessage, Message
+from fervid.metrics import STAGE_BATCH_FAILURES, STAGE_BATCH_SIZE, STAGE_DEAD_LETTERS, STAGE_HANDLE_SECONDS, STAGE_MESSAGES
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +106,24 @@ def run_stage(
                     if idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
                         break
                     continue
+                started = time.perf_counter()
                 outcome = _process(stage, bus, batch)
                 bus.ack(outcome.done)
+                if stop.is_set():  # a stage that stopped mid-batch returned what it finished; hand back the rest
+                    settled = {d.id for d in outcome.done} | {d.id for d, _ in outcome.dead}
+                    _release(bus, [d for d in batch if d.id not in settled])
+                STAGE_HANDLE_SECONDS.labels(stage.name).observe(time.perf_counter() - started)
                 backoff.reset()
             except StopRequested:
-                break  # the batch stays pending; another consumer (or our next start) claims it
+                _release(bus, batch)  # stays pending, marked idle: another replica claims it at once
+                break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 delay = backoff.next_delay()
                 log.warning("%s: Redis unreachable (%s); retrying in %.1fs", stage.name, exc, delay)
                 stop.wait(delay)
                 continue
             except Exception:
+                STAGE_BATCH_FAILURES.labels(stage.name).inc()
                 # A bug or an unexpected failure of the whole batch: it stays pending, is claimed again after
                 # the idle timeout, and is dead-lettered once it has failed `max_deliveries` times.
                 delay = backoff.next_delay()
@@ -126,9 +134,22 @@ def run_stage(
             stats.batches += 1
             stats.messages += len(batch)
             stats.dead += len(outcome.dead)
+            STAGE_BATCH_SIZE.labels(stage.name).observe(len(batch))
+            STAGE_MESSAGES.labels(stage.name).inc(len(batch))
+            STAGE_DEAD_LETTERS.labels(stage.name).inc(len(outcome.dead))
     finally:
         log.info("%s: stopped after %d messages (%d dead-lettered)", stage.name, stats.messages, stats.dead)
     return stats
+
+
+def _release(bus: Bus, deliveries: list[Delivery]) -> None:
+    if not deliveries:
+        return
+    try:
+        bus.release(deliveries)
+        log.info("%s: returned %d unfinished entries for another replica", bus.group, len(deliveries))
+    except redis.RedisError as exc:  # they stay pending anyway and are reclaimed after claim_idle_ms
+        log.warning("%s: could not return %d entries (%s); they will be reclaimed after the idle timeout", bus.group, len(deliveries), exc)
 
 
 def _process(stage: Stage[M], bus: Bus, batch: list[Delivery]) -> Outcome:

@@ -74,6 +74,8 @@ def _register_commands() -> None:
     from fervid.cli import demo  # noqa: F401  (registers demo, timeline)
     from fervid.cli import ingest  # noqa: F401  (registers ingest, cameras)
     from fervid.cli import storage  # noqa: F401  (registers store, migrate, prune, api, grafana)
+    from fervid.cli import services  # noqa: F401  (registers detect, classify, ingest-files)
+    from fervid.cli import up  # noqa: F401  (registers up)
 
 
 _register_commands()

@@ -20,6 +20,9 @@ def ingest(
     config: Annotated[Path, typer.Option("--config", "-c", help="cameras.yaml: the cameras to run.")],
     redis: RedisUrl = None,
     data_dir: DataDir = None,
+    metrics_port: Annotated[
+        Optional[int], typer.Option("--metrics-port", help="Serve /metrics, /health, /ready here; 0 = off (env FERVID_METRICS_PORT).")
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Run every enabled camera of a cameras.yaml, one thread each, reconnecting with backoff. SIGHUP reloads it."""
@@ -30,7 +33,7 @@ def ingest(
     from ingest.cameras import load_cameras
     from ingest.service import serve
 
-    settings = load_settings(data_dir=data_dir, redis_url=redis)
+    settings = load_settings(data_dir=data_dir, redis_url=redis, metrics_port=metrics_port)
     cameras = load_cameras(config)  # fail fast, before connecting to anything
     embedded = None
     if not settings.redis_url:
@@ -42,9 +45,13 @@ def ingest(
     console.print(f"ingest: {len(enabled)} camera(s) from {config} → {redact_url(url)}; SIGHUP reloads, Ctrl-C stops")
     stop = StopFlag()
     stop.install_signal_handlers()
+    from fervid.metrics import serve_health
+
+    health = serve_health("ingest", settings.metrics_port, client)
     try:
         serve(client, settings, config, should_stop=stop.is_set)
     finally:
+        health.close()
         if embedded:
             embedded.close()
 

