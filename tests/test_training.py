@@ -198,7 +198,17 @@ def test_transfer_learning_mobilenet_v2_imagenet(faces: Path, tmp_path: Path) ->
 
 def test_fer_csv_training_smoke(tmp_path: Path) -> None:
     csv = write_fer_csv(tmp_path / "fer2013.csv", n_train=10, n_val=3, n_test=3)
-    result = train(_config(csv, tmp_path / "run", epochs=1, sampler="weighted", optimizer="sgd", scheduler="onecycle"))
+    result = train(
+        _config(
+            csv,
+            tmp_path / "run",
+            epochs=1,
+            sampler="weighted",
+            optimizer="sgd",
+            scheduler="onecycle",
+            precise_bn_batches=2,
+        )
+    )
     assert result.best_checkpoint.is_file() and len(result.history["epoch"]) == 1
 
 
