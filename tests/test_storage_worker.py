@@ -50,37 +50,42 @@ def pending(client: redis.Redis) -> int:
 def test_sigkill_mid_run_and_restart_leaves_one_row_per_face(tmp_path: Path, redis_url: str, redis_client: redis.Redis) -> None:
     db = f"sqlite:///{tmp_path / 'kill.db'}"
     create_schema(make_engine(db))
-    msgs = make_messages(400)
+    total = 2000
+    msgs = make_messages(total)
     faces = sum(len(m.emotions) for m in msgs)
     publish(redis_client, msgs)
-    env = {**os.environ, "FERVID_STORAGE__BATCH_SIZE": "16"}
+    env = {**os.environ, "FERVID_STORAGE__BATCH_SIZE": "4"}
     # 1. A worker that commits a batch and dies before acking it: the exact crash window redelivery must cover.
     crash = (
         "import os, signal; from fervid.bus import Bus, connect; from fervid.settings import load_settings;"
         "from storage.db import make_engine, create_schema; from storage.worker import StorageStage; from fervid.contracts import *;"
         f"bus = Bus(connect({redis_url!r}), STORAGE_GROUP, claim_idle_ms=200); e = make_engine({db!r}); create_schema(e);"
-        "stage = StorageStage(e, load_settings()); batch = bus.read_batch(stage.input_streams(), 16, 50, 500);"
+        "stage = StorageStage(e, load_settings()); batch = bus.read_batch(stage.input_streams(), 4, 50, 500);"
         "stage.handle([(d, EventsMsg.decode(d.fields)) for d in batch]); os.kill(os.getpid(), signal.SIGKILL)"
     )
     proc = subprocess.run([sys.executable, "-c", crash], env=env, cwd=ROOT, timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    assert pending(redis_client) == 16 and counts(db)[0] > 0
+    assert pending(redis_client) == 4 and counts(db)[2] == 4
     # 2. The real service, SIGKILLed at an arbitrary point mid-run.
     store = [sys.executable, "-m", "fervid.cli", "store", "--redis", redis_url, "--db", db, "--claim-idle-ms", "200"]
     worker = subprocess.Popen(store, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    import sqlite3
+
+    poll = sqlite3.connect(str(tmp_path / "kill.db"))
     deadline = time.monotonic() + 60
-    while counts(db)[2] < 150 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while poll.execute("SELECT count(*) FROM frames").fetchone()[0] < 100 and time.monotonic() < deadline:
+        time.sleep(0.01)
     worker.send_signal(signal.SIGKILL)
+    poll.close()
     worker.wait(10)
     stored = counts(db)[2]
-    assert 0 < stored < 400, f"kill landed outside the run ({stored} frames stored)"
+    assert 0 < stored < total, f"kill landed outside the run ({stored} frames stored)"
     # 3. Restart: it reclaims the dead consumers' pending entries and finishes.
     time.sleep(0.3)
     done = subprocess.run([*store, "--idle-timeout", "2"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     n_events, distinct, n_frames = counts(db)
-    assert (n_events, distinct, n_frames) == (faces, faces, 400)
+    assert (n_events, distinct, n_frames) == (faces, faces, total)
     assert pending(redis_client) == 0
     assert redis_client.xlen(DEAD_LETTER_STREAM) == 0
 
