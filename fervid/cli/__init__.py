@@ -76,6 +76,7 @@ def _register_commands() -> None:
     from fervid.cli import storage  # noqa: F401  (registers store, migrate, prune, api, grafana)
     from fervid.cli import services  # noqa: F401  (registers detect, classify, ingest-files)
     from fervid.cli import up  # noqa: F401  (registers up)
+    from fervid.cli import classifier  # noqa: F401  (registers train, evaluate, compare, export)
 
 
 _register_commands()
