@@ -1,37 +1,60 @@
-"""Per-camera emotion timelines, aggregated by the database: bucketed face counts, per-emotion label counts
-and mean probabilities."""
+"""Per-camera emotion timelines, aggregated by the database: bucketed face counts, per-emotion label counts,
+mean probabilities and the dominant emotion, all in one SQL query (no Python loop over events).
+
+Buckets are ``ts_ms - ts_ms % bucket_ms`` on integer epoch milliseconds, which SQLite and PostgreSQL compute
+identically, so the same events give the same JSON on both.
+"""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import case, func, inspect, select
+from sqlalchemy import and_, case, func, literal, literal_column, select, union_all
 from sqlalchemy.engine import Engine
 
 from fervid.contracts import EMOTIONS
 from fervid.errors import ConfigError, NotFound
-from storage.db import EventRow, FrameRow
+from storage.db import CameraRow, EventRow, MinuteRow
 
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
-MAX_BUCKETS = 100_000  # a bigger answer is a mistake (1 s buckets over a year), not a query to run
+_DURATION = re.compile(r"^(\d{1,12})(ms|s|m|h|d)$")
+MAX_BUCKETS = 10_000  # a bigger answer is a mistake (1 s buckets over a week), not a query to run
+MIN_BUCKET_MS = 1_000
+MAX_BUCKET_MS = 86_400_000
+# Anything outside this is a typo (year 20260) or a unit mix-up, not a time a camera recorded.
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
+
+Labels = Literal["raw", "smoothed"]
 
 
 def parse_duration_ms(text: str) -> int:
     """'10s', '1m', '1h', '1d' → milliseconds."""
-    m = _DURATION.match(text.strip())
+    m = _DURATION.match(text.strip()) if isinstance(text, str) else None
     if not m or int(m.group(1)) == 0:
         raise ConfigError(f"invalid duration {text!r}: use a positive number and a unit, e.g. 1s, 10s, 1m, 1h, 1d")
     return int(m.group(1)) * _UNITS_MS[m.group(2)]
 
 
+def parse_bucket_ms(text: str) -> int:
+    ms = parse_duration_ms(text)
+    if not MIN_BUCKET_MS <= ms <= MAX_BUCKET_MS:
+        raise ConfigError(f"bucket {text!r} is out of range: use 1s to 1d")
+    return ms
+
+
 def parse_time(text: str, now: datetime | None = None) -> datetime:
     """ISO-8601 ('2026-11-25T10:00:00', naive = UTC) or a duration ago ('30m' = thirty minutes ago)."""
     now = now or datetime.now(timezone.utc)
+    if not isinstance(text, str):
+        raise ConfigError(f"invalid time {text!r}")
     if _DURATION.match(text.strip()):
-        return now - timedelta(milliseconds=parse_duration_ms(text))
+        try:
+            return now - timedelta(milliseconds=parse_duration_ms(text))
+        except OverflowError:
+            raise ConfigError(f"time {text!r} is too far in the past") from None
     try:
         t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -39,11 +62,44 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
-def cameras(engine: Engine) -> list[str]:
-    if not inspect(engine).has_table(FrameRow.__tablename__):
-        return []
+def validate_range(since: datetime | None, until: datetime | None) -> tuple[int | None, int | None]:
+    """Epoch-ms bounds; raises ConfigError for an absurd or inverted range."""
+    for name, t in (("since", since), ("until", until)):
+        if t is not None and not EARLIEST <= t <= LATEST:
+            raise ConfigError(f"{name} {t.isoformat()} is outside {EARLIEST.year}..{LATEST.year}: check the date")
+    lo = None if since is None else int(since.timestamp() * 1000)
+    hi = None if until is None else int(until.timestamp() * 1000)
+    if lo is not None and hi is not None and lo >= hi:
+        raise ConfigError(f"empty time range: since ({since.isoformat()}) is not before until ({until.isoformat()})")  # type: ignore[union-attr]
+    return lo, hi
+
+
+def cameras(engine: Engine) -> list[dict[str, Any]]:
     with engine.connect() as conn:
-        return list(conn.execute(select(FrameRow.camera).distinct().order_by(FrameRow.camera)).scalars())
+        rows = conn.execute(select(CameraRow.name, CameraRow.first_seen_ms, CameraRow.last_seen_ms).order_by(CameraRow.name)).all()
+    return [{"name": r.name, "first_seen": iso(r.first_seen_ms), "last_seen": iso(r.last_seen_ms)} for r in rows]
+
+
+def require_camera(engine: Engine, camera: str) -> None:
+    with engine.connect() as conn:
+        found = conn.execute(select(CameraRow.name).where(CameraRow.name == camera)).first()
+    if found is None:
+        known = [c["name"] for c in cameras(engine)]
+        shown = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "")
+        raise NotFound(f"unknown camera {camera!r}; known: {shown if known else 'none yet'}")
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def dominant_case(counts: dict[str, Any]) -> Any:
+    """SQL CASE picking the emotion with the highest count; ties go to the first in EMOTIONS order."""
+    whens = []
+    for e in EMOTIONS:
+        others = [counts[e] >= counts[o] for o in EMOTIONS if o != e]
+        whens.append((and_(counts[e] > 0, *others), literal(e)))
+    return case(*whens, else_=None)
 
 
 def timeline(
@@ -52,46 +108,137 @@ def timeline(
     bucket_ms: int,
     since: datetime | None = None,
     until: datetime | None = None,
+    labels: Labels = "raw",
+    source: Literal["auto", "raw"] = "auto",
 ) -> list[dict[str, Any]]:
     """Buckets of `bucket_ms` with at least one face, oldest first:
-    ``{"start": ISO-8601, "faces": n, "counts": {emotion: n}, "mean": {emotion: p}}``.
+    ``{"start": ISO-8601, "faces": n, "counts": {emotion: n}, "mean": {emotion: p}, "dominant": emotion}``.
 
-    Raises NotFound for a camera that never produced a frame, ConfigError for an inverted or oversized range.
+    ``labels="smoothed"`` counts the per-track smoothed label (falling back to the raw label for faces that have
+    none: untracked faces and a track's first observations). Raises NotFound for an unknown camera, ConfigError
+    for a bad bucket, an inverted or absurd range, or too many buckets.
     """
-    if bucket_ms <= 0:
-        raise ConfigError("bucket must be positive")
-    lo = None if since is None else int(since.timestamp() * 1000)
-    hi = None if until is None else int(until.timestamp() * 1000)
-    if lo is not None and hi is not None and lo >= hi:
-        raise ConfigError(f"empty time range: since ({since}) is not before until ({until})")
-    if not inspect(engine).has_table(FrameRow.__tablename__):
-        raise NotFound(f"unknown camera {camera!r}: this database holds no fervid data yet (is --db right?)")
+    if not MIN_BUCKET_MS <= bucket_ms <= MAX_BUCKET_MS:
+        raise ConfigError(f"bucket of {bucket_ms} ms is out of range: use 1s to 1d")
+    if labels not in ("raw", "smoothed"):
+        raise ConfigError(f"labels must be 'raw' or 'smoothed', got {labels!r}")
+    lo, hi = validate_range(since, until)
+    require_camera(engine, camera)
+    where = _filters(camera, lo, hi)
     with engine.connect() as conn:
-        if conn.execute(select(FrameRow.id).where(FrameRow.camera == camera).limit(1)).first() is None:
-            known = cameras(engine)
-            raise NotFound(f"unknown camera {camera!r}; known: {', '.join(known) if known else 'none yet'}")
-        span = conn.execute(
-            select(func.min(EventRow.ts_ms), func.max(EventRow.ts_ms)).where(*_filters(camera, lo, hi))
-        ).one()
-        if span[0] is not None and (span[1] - span[0]) // bucket_ms + 1 > MAX_BUCKETS:
-            raise ConfigError(
-                f"{(span[1] - span[0]) // bucket_ms + 1} buckets requested (over {MAX_BUCKETS}): use a larger bucket or a shorter range"
-            )
-        start = (EventRow.ts_ms - EventRow.ts_ms % bucket_ms).label("start")
-        columns = [start, func.count().label("faces")]
-        columns += [func.sum(case((EventRow.label == e, 1), else_=0)).label(f"n_{e}") for e in EMOTIONS]
-        columns += [func.avg(getattr(EventRow, f"p_{e}")).label(f"mean_{e}") for e in EMOTIONS]
-        query = select(*columns).where(*_filters(camera, lo, hi)).group_by(start).order_by(start)
+        if lo is not None and hi is not None:
+            n_buckets = (hi - 1) // bucket_ms - lo // bucket_ms + 1
+        else:
+            span = conn.execute(select(func.min(EventRow.ts_ms), func.max(EventRow.ts_ms)).where(*where)).one()
+            n_buckets = 0 if span[0] is None else span[1] // bucket_ms - span[0] // bucket_ms + 1
+        if n_buckets > MAX_BUCKETS:
+            raise ConfigError(f"{n_buckets} buckets requested (over {MAX_BUCKETS}): use a larger bucket or a shorter range")
+        if bucket_ms % 60_000 == 0 and source == "auto":
+            inner = _rollup_query(camera, bucket_ms, lo, hi, labels)
+        else:
+            label = EventRow.label if labels == "raw" else func.coalesce(EventRow.label_smoothed, EventRow.label)
+            start = (EventRow.ts_ms - EventRow.ts_ms % bucket_ms).label("start")
+            columns = [start, func.count().label("faces")]
+            columns += [func.sum(case((label == e, 1), else_=0)).label(f"n_{e}") for e in EMOTIONS]
+            columns += [func.avg(getattr(EventRow, f"p_{e}")).label(f"mean_{e}") for e in EMOTIONS]
+            inner = select(*columns).where(*where).group_by(start).subquery()
+        counts = {e: inner.c[f"n_{e}"] for e in EMOTIONS}
+        query = select(inner, dominant_case(counts).label("dominant")).order_by(inner.c.start)
         rows = conn.execute(query).all()
     return [
         {
-            "start": datetime.fromtimestamp(r.start / 1000, timezone.utc).isoformat().replace("+00:00", "Z"),
+            "start": iso(r.start),
             "faces": int(r.faces),
             "counts": {e: int(getattr(r, f"n_{e}")) for e in EMOTIONS},
             "mean": {e: round(float(getattr(r, f"mean_{e}")), 6) for e in EMOTIONS},
+            "dominant": r.dominant,
         }
         for r in rows
     ]
+
+
+def _rollup_query(camera: str, bucket_ms: int, lo: int | None, hi: int | None, labels: Labels) -> Any:
+    """Whole minutes from the per-minute rollup, the partial minutes at either end of the range from raw events,
+    summed per bucket in one SQL statement."""
+    lo_up = None if lo is None else lo + (-lo % 60_000)
+    hi_down = None if hi is None else hi - hi % 60_000
+    m = MinuteRow.__table__.c
+    prefix = "n" if labels == "raw" else "s"
+    rolled = [m.camera == camera]
+    if lo_up is not None:
+        rolled.append(m.minute_ms >= lo_up)
+    if hi_down is not None:
+        rolled.append(m.minute_ms < hi_down)
+    parts = [
+        select(
+            (m.minute_ms - m.minute_ms % bucket_ms).label("start"), m.faces.label("faces"),
+            *[m[f"{prefix}_{e}"].label(f"c_{e}") for e in EMOTIONS], *[m[f"sum_{e}"].label(f"p_{e}") for e in EMOTIONS],
+        ).where(*rolled)
+    ]  # fmt: skip
+    edges = []
+    if lo is not None:
+        edges.append((lo, lo_up if hi is None else min(lo_up, hi)))  # type: ignore[type-var]
+    if hi is not None:
+        edges.append((hi_down if lo_up is None else max(hi_down, lo_up), hi))  # type: ignore[type-var]
+    label = EventRow.label if labels == "raw" else func.coalesce(EventRow.label_smoothed, EventRow.label)
+    for a, b in edges:
+        if a >= b:
+            continue
+        parts.append(
+            select(
+                (EventRow.ts_ms - EventRow.ts_ms % bucket_ms).label("start"), literal_column("1").label("faces"),
+                *[case((label == e, 1), else_=0).label(f"c_{e}") for e in EMOTIONS], *[getattr(EventRow, f"p_{e}").label(f"p_{e}") for e in EMOTIONS],
+            ).where(EventRow.camera == camera, EventRow.ts_ms >= a, EventRow.ts_ms < b)
+        )  # fmt: skip
+    u = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+    faces = func.sum(u.c.faces)
+    columns = [u.c.start, faces.label("faces")]
+    columns += [func.sum(u.c[f"c_{e}"]).label(f"n_{e}") for e in EMOTIONS]
+    columns += [(func.sum(u.c[f"p_{e}"]) / faces).label(f"mean_{e}") for e in EMOTIONS]
+    return select(*columns).group_by(u.c.start).subquery()
+
+
+def events(
+    engine: Engine,
+    camera: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    label: str | None = None,
+    limit: int = 100,
+    after_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """Event rows, oldest first, keyset-paged by id (pass the last id seen as `after_id`)."""
+    if label is not None and label not in EMOTIONS:
+        raise ConfigError(f"unknown label {label!r}: use one of {', '.join(EMOTIONS)}")
+    if not 1 <= limit <= 1000:
+        raise ConfigError(f"limit must be within 1..1000, got {limit}")
+    lo, hi = validate_range(since, until)
+    where: list[Any] = []
+    if camera is not None:
+        require_camera(engine, camera)
+        where.append(EventRow.camera == camera)
+    if lo is not None:
+        where.append(EventRow.ts_ms >= lo)
+    if hi is not None:
+        where.append(EventRow.ts_ms < hi)
+    if label is not None:
+        where.append(EventRow.label == label)
+    if after_id is not None:
+        where.append(EventRow.id > after_id)
+    cols = EventRow.__table__.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(EventRow.__table__).where(*where).order_by(cols.id).limit(limit)).mappings().all()
+    out = []
+    for r in rows:
+        out.append(
+            {
+                "id": r["id"], "camera": r["camera"], "frame_seq": r["frame_seq"], "face_index": r["face_index"],
+                "ts": iso(r["ts_ms"]), "ts_ms": r["ts_ms"], "box": {k: r[k] for k in ("x", "y", "w", "h")},
+                "score": r["det_score"], "track_id": r["track_id"], "label": r["label"], "label_smoothed": r["label_smoothed"],
+                "probs": {e: r[f"p_{e}"] for e in EMOTIONS}, "model": r["model"], "detector": r["detector"],
+            }
+        )  # fmt: skip
+    return out
 
 
 def _filters(camera: str, lo: int | None, hi: int | None) -> list[Any]:

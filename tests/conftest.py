@@ -49,3 +49,4 @@ def sample_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GroundT
     path = tmp_path_factory.mktemp("clips") / "two_faces.mp4"
     truth = make_sample_clip(path, seconds=2.0, fps=30)
     return path, truth
+from pg_fixtures import *  # noqa

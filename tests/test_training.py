@@ -198,7 +198,17 @@ def test_transfer_learning_mobilenet_v2_imagenet(faces: Path, tmp_path: Path) ->
 
 def test_fer_csv_training_smoke(tmp_path: Path) -> None:
     csv = write_fer_csv(tmp_path / "fer2013.csv", n_train=10, n_val=3, n_test=3)
-    result = train(_config(csv, tmp_path / "run", epochs=1, sampler="weighted", optimizer="sgd", scheduler="onecycle"))
+    result = train(
+        _config(
+            csv,
+            tmp_path / "run",
+            epochs=1,
+            sampler="weighted",
+            optimizer="sgd",
+            scheduler="onecycle",
+            precise_bn_batches=2,
+        )
+    )
     assert result.best_checkpoint.is_file() and len(result.history["epoch"]) == 1
 
 
@@ -238,3 +248,34 @@ def test_bad_data_does_not_clobber_existing_run(trained, tmp_path: Path) -> None
     with pytest.raises(DataError, match="does not exist"):
         train(_config(tmp_path / "no-such-data", trained.out_dir, overwrite=True))
     assert (trained.out_dir / "best.pt").read_bytes() == before
+
+
+def test_resume_after_crash_matches_uninterrupted_run(
+    faces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """last.pt restores model, optimizer, scheduler and RNG: a run killed after epoch 2 and resumed
+    ends exactly where an uninterrupted run does."""
+    import classifier.train as train_mod
+
+    straight = train(_config(faces, tmp_path / "straight", epochs=3))
+
+    real = train_mod.evaluate
+    calls = {"n": 0}
+
+    def crash_in_epoch_3(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "evaluate", crash_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(faces, tmp_path / "crashed", epochs=3))
+    monkeypatch.setattr(train_mod, "evaluate", real)
+    assert not (tmp_path / "crashed" / "best.pt").exists()
+    resumed = train(_config(faces, tmp_path / "x", epochs=3, resume=str(tmp_path / "crashed" / "last.pt")))
+    for key in ("train_loss", "val_loss", "val_accuracy", "lr"):
+        assert resumed.history[key] == pytest.approx(straight.history[key], rel=1e-5), key
+    a = read_checkpoint(straight.best_checkpoint)["state_dict"]
+    b = read_checkpoint(resumed.best_checkpoint)["state_dict"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)

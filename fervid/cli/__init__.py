@@ -73,8 +73,10 @@ DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Where embed
 def _register_commands() -> None:
     from fervid.cli import demo  # noqa: F401  (registers demo, timeline)
     from fervid.cli import ingest  # noqa: F401  (registers ingest, cameras)
-    from fervid.cli import services  # noqa: F401  (registers detect, classify, store, ingest-files)
+    from fervid.cli import storage  # noqa: F401  (registers store, migrate, prune, api, grafana)
+    from fervid.cli import services  # noqa: F401  (registers detect, classify, ingest-files)
     from fervid.cli import up  # noqa: F401  (registers up)
+    from fervid.cli import classifier  # noqa: F401  (registers train, evaluate, compare, export)
 
 
 _register_commands()

@@ -106,25 +106,37 @@ def timeline(
     until: Annotated[Optional[str], typer.Option(help="End (exclusive): ISO-8601 or a duration ago.")] = None,
     bucket: Annotated[str, typer.Option(help="Bucket size: 1s, 10s, 1m, 1h, 1d, ...")] = "10s",
     format: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    labels: Annotated[str, typer.Option(help="raw (per frame) or smoothed (per track) labels.")] = "raw",
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also write a stacked-area PNG of emotion shares here.")] = None,
 ) -> None:
     """Emotion timeline of one camera: faces, label counts and mean probabilities per time bucket."""
     from fervid.contracts import EMOTIONS
     from fervid.settings import load_settings
     from storage.db import make_engine
-    from storage.timeline import parse_duration_ms, parse_time
+    from storage.db import create_schema
+    from storage.timeline import parse_bucket_ms, parse_time
     from storage.timeline import timeline as query
 
     if format not in ("table", "json", "csv"):
         raise FervidError(f"unknown format {format!r}: use table, json or csv")
     settings = load_settings(data_dir=data_dir, db_url=db)
+    if labels not in ("raw", "smoothed"):
+        raise FervidError(f"unknown labels {labels!r}: use raw or smoothed")
     engine = make_engine(settings.resolved_db_url)
+    create_schema(engine)
     buckets = query(
         engine,
         camera,
-        parse_duration_ms(bucket),
+        parse_bucket_ms(bucket),
         since=parse_time(since) if since else None,
         until=parse_time(until) if until else None,
+        labels=labels,  # type: ignore[arg-type]
     )
+    if plot is not None:
+        from storage.plot import plot_timeline
+
+        plot_timeline(buckets, plot, f"{camera}: share of {labels} emotion labels per {bucket}")
+        console.print(f"plot written to {plot}")
     if format == "json":
         out.print_json(json.dumps(buckets)) if sys.stdout.isatty() else print(json.dumps(buckets))
         return
@@ -144,6 +156,5 @@ def timeline(
         table.add_column(e[:4], justify="right")
     table.add_column("dominant")
     for b in buckets:
-        dominant = max(b["counts"], key=b["counts"].get)
-        table.add_row(b["start"].replace("T", " ").removesuffix("Z"), str(b["faces"]), *[str(b["counts"][e]) for e in EMOTIONS], dominant)
+        table.add_row(b["start"].replace("T", " ").removesuffix("Z"), str(b["faces"]), *[str(b["counts"][e]) for e in EMOTIONS], b["dominant"])
     out.print(table)

@@ -28,7 +28,15 @@ Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cu
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Messages per batch.")]
 
 
-def _serve(service: str, group: str, settings: Any, build_stage: Callable[[Any, Any], Any]) -> None:
+def serve_stage(
+    service: str,
+    group: str,
+    settings: Any,
+    build_stage: Callable[[Any, Any], Any],
+    *,
+    max_messages: int | None = None,
+    idle_timeout: float | None = None,
+) -> tuple[Any, Any]:
     """Connect, start the health server, build the stage (loads the model), run the loop until SIGTERM."""
     from fervid.bus import Bus, connect
     from fervid.metrics import HealthServer, register_bus_collector
@@ -53,7 +61,8 @@ def _serve(service: str, group: str, settings: Any, build_stage: Callable[[Any, 
         loaded["stage"] = stage
         stop.install_signal_handlers()
         log.info("%s: ready", service)
-        run_stage(stage, bus, stop=stop, block_ms=settings.bus.block_ms)
+        stats = run_stage(stage, bus, stop=stop, block_ms=settings.bus.block_ms, max_messages=max_messages, idle_timeout=idle_timeout)
+        return stats, stage
     finally:
         health.close()
 
@@ -97,7 +106,7 @@ def detect(
         model = create_configured(cfg.backend, device=cfg.device, min_face=cfg.min_face)
         return DetectorStage(bus, model, settings, stop.is_set)
 
-    _serve("detector", DETECTOR_GROUP, settings, build)
+    serve_stage("detector", DETECTOR_GROUP, settings, build)
 
 
 @app.command()
@@ -128,34 +137,7 @@ def classify(
         cfg = settings.classifier
         return ClassifierStage(bus, load_classifier(cfg.model, cfg.checkpoint, cfg.device), settings, stop.is_set)
 
-    _serve("classifier", CLASSIFIER_GROUP, settings, build)
-
-
-@app.command()
-def store(
-    redis: RedisUrl = None,
-    db: DbUrl = None,
-    data_dir: DataDir = None,
-    batch_size: BatchSize = None,
-    metrics_port: MetricsPort = None,
-    verbose: Verbose = False,
-) -> None:
-    """Storage worker: emotion events → database rows (idempotent: a redelivered event is never stored twice)."""
-    _setup_logging(verbose)
-    from fervid.contracts import STORAGE_GROUP
-    from fervid.settings import load_settings
-
-    settings = load_settings(redis_url=redis, db_url=db, data_dir=data_dir, metrics_port=metrics_port, storage__batch_size=batch_size)
-
-    def build(bus: Any, stop: Any) -> Any:
-        from storage.db import create_schema, make_engine
-        from storage.worker import StorageStage
-
-        engine = make_engine(settings.resolved_db_url)
-        create_schema(engine)
-        return StorageStage(engine, settings, stop.is_set)
-
-    _serve("storage", STORAGE_GROUP, settings, build)
+    serve_stage("classifier", CLASSIFIER_GROUP, settings, build)
 
 
 @app.command("ingest-files")

@@ -1,0 +1,5 @@
+"""`python -m fervid.cli` is `fervid`."""
+
+from fervid.cli import main
+
+main()

@@ -1,0 +1,96 @@
+"""Training commands: `fervid train | evaluate | compare | export` (the comparative study's tools)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fervid.cli import app, out
+from fervid.errors import ConfigError, NotFound
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def train(ctx: typer.Context) -> None:
+    """Transfer-learn a model on FER-2013 (CSV or ImageFolder): --model NAME --data PATH --epochs N --out DIR.
+
+    Every option of classifier/train.py (see `fervid train --help`): --weights imagenet|PATH|none,
+    --freeze-epochs, --resume, --seed, ...
+    """
+    from classifier.train import main as train_main
+
+    try:
+        result = train_main(ctx.args)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+    if result is not None:
+        out.print(f"best val_accuracy {result.best_val_accuracy:.4f}; artefacts in {result.out_dir}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A best.pt written by `fervid train`.")],
+    data: Annotated[Path, typer.Option(help="FER-2013 CSV or an ImageFolder root (train/, test/).")],
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    tta: Annotated[str, typer.Option(help="Test-time augmentation: none, flip or tencrop.")] = "none",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Accuracy, macro-F1, per-class precision/recall and the confusion matrix of a checkpoint (JSON)."""
+    from classifier.evaluate import evaluate_checkpoint
+
+    if not checkpoint.is_file():
+        raise NotFound(f"checkpoint {checkpoint} does not exist")
+    try:
+        result = evaluate_checkpoint(checkpoint, data, split=split, tta=tta, device=device)  # type: ignore[arg-type]
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise ConfigError(str(exc)) from exc
+    print(json.dumps(result.to_dict(), indent=2))
+
+
+@app.command()
+def compare(
+    models: Annotated[str, typer.Option(help="Comma-separated registry names, e.g. densenet161,resnet152,vgg16.")],
+    data: Annotated[Path, typer.Option(help="FER-2013 CSV or an ImageFolder root.")],
+    epochs: Annotated[int, typer.Option(help="Epochs per model.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory: one sub-directory per model + comparison.md.")],
+    weights: Annotated[Optional[str], typer.Option(help="imagenet, none or a PATH, for every model.")] = None,
+) -> None:
+    """Train and evaluate several models on the same data; writes comparison.md and overlay curves."""
+    from classifier.compare import compare as run_compare
+    from classifier.train import TrainConfig
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        raise ConfigError("--models is empty: give names such as densenet161,resnet152,vgg16")
+    base = None
+    if weights is not None:
+        base = TrainConfig(model=names[0], data=str(data), out=str(out_dir), epochs=epochs, weights=weights)  # type: ignore[call-arg]
+    try:
+        report = run_compare(names, data, epochs, out_dir, base=base)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+    out.print(f"comparison written to {report}")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A best.pt written by `fervid train`.")],
+    onnx_path: Annotated[Optional[Path], typer.Option("--out", help="Where to write the .onnx (default: beside the checkpoint).")] = None,
+) -> None:
+    """Export a checkpoint to ONNX (dynamic batch), checked against the PyTorch outputs."""
+    from classifier.export import export_onnx
+
+    if not checkpoint.is_file():
+        raise NotFound(f"checkpoint {checkpoint} does not exist")
+    target = onnx_path or checkpoint.with_suffix(".onnx")
+    try:
+        result = export_onnx(checkpoint, target)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+    check = f"max |onnx - torch| = {result.max_abs_diff:.2e}" if result.max_abs_diff is not None else result.note
+    out.print(f"wrote {result.path} ({check})")

@@ -1,0 +1,202 @@
+"""The HTTP API: cameras, timelines (the same JSON as ``fervid timeline --format json``), paged events,
+snapshots with boxes drawn, health/readiness and Prometheus metrics.
+
+Auth: when a token is configured (``FERVID_API_TOKEN``), every path but ``/health`` needs
+``Authorization: Bearer <token>`` (compared in constant time). Errors are JSON ``{"detail": message}``:
+400 bad input, 401 auth, 404 unknown camera or no frame, 422 malformed parameters, 503 database unreachable.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any, Literal, Optional
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from sqlalchemy import select, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+
+from fervid.contracts import FrameMsg, frames_stream, validate_camera_name
+from fervid.errors import ConfigError, NotFound, ServiceUnavailable
+from storage import timeline as tl
+from storage.db import EventRow
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = {"/health"}
+
+
+def create_app(engine: Engine, *, token: str | None = None, redis_url: str | None = None) -> FastAPI:
+    app = FastAPI(
+        title="fervid",
+        version="1",
+        description="Per-camera facial-expression timelines. Send `Authorization: Bearer <token>` when the server has a token.",
+    )
+    registry = CollectorRegistry()
+    requests = Counter("fervid_api_requests", "HTTP requests", ["route", "status"], registry=registry)
+    latency = Histogram("fervid_api_request_seconds", "HTTP request latency", ["route"], registry=registry)
+    redis_client: list[Any] = []
+
+    def redis() -> Any:
+        if redis_url is None:
+            raise NotFound("no Redis configured for this API (start it with --redis): snapshots come from the frame streams")
+        if not redis_client:
+            from fervid.bus import connect
+
+            redis_client.append(connect(redis_url))
+        return redis_client[0]
+
+    @app.middleware("http")
+    async def auth_and_metrics(request: Request, call_next: Any) -> Response:
+        start = time.perf_counter()
+        if token and request.url.path not in OPEN_PATHS:
+            given = request.headers.get("authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+                response: Response = JSONResponse(
+                    {"detail": "missing or wrong bearer token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+                )
+                requests.labels("unauthorized", "401").inc()
+                return response
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        requests.labels(route, str(response.status_code)).inc()
+        latency.labels(route).observe(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(ConfigError)
+    async def bad_input(_: Request, exc: ConfigError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(NotFound)
+    async def not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(ServiceUnavailable)
+    async def unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(DBAPIError)
+    async def db_down(_: Request, exc: DBAPIError) -> JSONResponse:
+        log.warning("database error: %s", exc)
+        return JSONResponse({"detail": "database unavailable"}, status_code=503)
+
+    def camera_name(name: str) -> str:
+        try:
+            return validate_camera_name(name)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @app.get("/health", summary="Liveness (always open, no auth)")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Readiness: the database answers")
+    def ready() -> JSONResponse:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except DBAPIError as exc:
+            return JSONResponse({"status": "unavailable", "detail": str(exc.orig).strip()[:200]}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", summary="Prometheus text exposition")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/cameras", summary="Cameras that produced frames, with first/last seen")
+    def list_cameras() -> list[dict[str, Any]]:
+        return tl.cameras(engine)
+
+    @app.get("/cameras/{name}/timeline", summary="Bucketed emotion timeline (same JSON as `fervid timeline --format json`)")
+    def camera_timeline(
+        name: str,
+        since: Optional[str] = Query(None, max_length=64, description="ISO-8601 or a duration ago (30m)"),
+        until: Optional[str] = Query(None, max_length=64, description="exclusive end: ISO-8601 or a duration ago"),
+        bucket: str = Query("10s", max_length=16, description="1s .. 1d"),
+        labels: Literal["raw", "smoothed"] = "raw",
+    ) -> list[dict[str, Any]]:
+        return tl.timeline(
+            engine,
+            camera_name(name),
+            tl.parse_bucket_ms(bucket),
+            since=tl.parse_time(since) if since else None,
+            until=tl.parse_time(until) if until else None,
+            labels=labels,
+        )
+
+    @app.get("/events", summary="Event rows, oldest first; page with after_id = next_after_id")
+    def list_events(
+        camera: Optional[str] = Query(None, max_length=64),
+        since: Optional[str] = Query(None, max_length=64),
+        until: Optional[str] = Query(None, max_length=64),
+        label: Optional[str] = Query(None, max_length=16),
+        limit: int = Query(100, ge=1, le=1000),
+        after_id: Optional[int] = Query(None, ge=0),
+    ) -> dict[str, Any]:
+        rows = tl.events(
+            engine,
+            camera=camera_name(camera) if camera is not None else None,
+            since=tl.parse_time(since) if since else None,
+            until=tl.parse_time(until) if until else None,
+            label=label,
+            limit=limit,
+            after_id=after_id,
+        )
+        return {"events": rows, "next_after_id": rows[-1]["id"] if len(rows) == limit else None}
+
+    @app.get(
+        "/cameras/{name}/snapshot.jpg",
+        summary="Newest frame with faces (or the newest frame), boxes and labels drawn",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}},
+    )
+    def snapshot(name: str) -> Response:
+        return Response(render_snapshot(engine, redis(), camera_name(name)), media_type="image/jpeg")
+
+    return app
+
+
+def render_snapshot(engine: Engine, client: Any, camera: str, scan: int = 64) -> bytes:
+    """JPEG of the newest of the last `scan` frames in Redis that has events in SQL (else the newest frame)."""
+    import cv2
+    import numpy as np
+
+    entries = client.xrevrange(frames_stream(camera), count=scan)
+    if not entries:
+        raise NotFound(f"no frames of camera {camera!r} in Redis (the frame stream is empty or the camera is unknown)")
+    frames = []
+    for _, fields in entries:
+        try:
+            frames.append(FrameMsg.decode(fields))
+        except ValueError:
+            continue
+    if not frames:
+        raise NotFound(f"no decodable frame of camera {camera!r} in Redis")
+    seqs = [f.frame.seq for f in frames]
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(EventRow.frame_seq, EventRow.x, EventRow.y, EventRow.w, EventRow.h, EventRow.label, EventRow.label_smoothed)
+            .where(EventRow.camera == camera, EventRow.frame_seq.in_(seqs))
+        ).all()
+    by_seq: dict[int, list[Any]] = {}
+    for r in rows:
+        by_seq.setdefault(r.frame_seq, []).append(r)
+    chosen = next((f for f in frames if f.frame.seq in by_seq), frames[0])
+    image = cv2.imdecode(np.frombuffer(chosen.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise NotFound(f"the newest frame of camera {camera!r} is not a decodable JPEG")
+    for r in by_seq.get(chosen.frame.seq, []):
+        x, y, w, h = (int(round(v)) for v in (r.x, r.y, r.w, r.h))
+        cv2.rectangle(image, (x, y), (x + w, y + h), (0, 255, 0), 2)
+        label = r.label if r.label_smoothed in (None, r.label) else f"{r.label} ({r.label_smoothed})"
+        cv2.putText(image, label, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1, cv2.LINE_AA)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    assert ok
+    return buf.tobytes()
+
+

@@ -1,0 +1,253 @@
+"""Grafana dashboards as code, and provisioning through the HTTP API with grafana-client.
+
+The panels query PostgreSQL directly with Grafana's SQL macros on the integer epoch-ms ``ts_ms`` column:
+``$__unixEpochGroupAlias(ts_ms/1000, $__interval)`` buckets, and the range filter is written as
+``ts_ms >= $__unixEpochFrom()::bigint * 1000 AND ts_ms < $__unixEpochTo()::bigint * 1000`` so the
+(camera, ts_ms) indexes are used. :func:`expand_macros` performs the same substitution Grafana does for a fixed
+range, which is how the tests run every panel's SQL against a real PostgreSQL (no Grafana server here).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from fervid.contracts import EMOTIONS
+
+DATASOURCE_UID = "fervid-pg"
+DATASOURCE_NAME = "fervid PostgreSQL"
+DATASOURCE_TYPE = "grafana-postgresql-datasource"
+FOLDER_UID = "fervid"
+FOLDER_TITLE = "fervid"
+DS = {"type": DATASOURCE_TYPE, "uid": DATASOURCE_UID}
+
+_RANGE = "ts_ms >= $__unixEpochFrom()::bigint * 1000 AND ts_ms < $__unixEpochTo()::bigint * 1000"
+_EMOTION_ARRAY = "ARRAY[" + ", ".join(f"'{e}'" for e in EMOTIONS) + "]"
+
+SQL = {
+    "emotion_share": (
+        "SELECT $__unixEpochGroupAlias(ts_ms/1000, $__interval), label AS metric, count(*) AS faces\n"
+        f"FROM events\nWHERE camera = '$camera' AND {_RANGE}\nGROUP BY 1, 2\nORDER BY 1"
+    ),
+    "faces_per_minute": (
+        "SELECT $__unixEpochGroupAlias(ts_ms/1000, '1m'), camera AS metric, count(*) AS faces\n"
+        f"FROM events\nWHERE camera IN ($camera) AND {_RANGE}\nGROUP BY 1, 2\nORDER BY 1"
+    ),
+    "dominant_state": (
+        "SELECT time, label AS dominant FROM (\n"
+        "  SELECT $__unixEpochGroup(ts_ms/1000, $__interval) AS time, label,\n"
+        "         row_number() OVER (PARTITION BY $__unixEpochGroup(ts_ms/1000, $__interval)\n"
+        f"                            ORDER BY count(*) DESC, array_position({_EMOTION_ARRAY}, label::text)) AS rank\n"
+        f"  FROM events\n  WHERE camera = '$camera' AND {_RANGE}\n  GROUP BY 1, 2\n) ranked\nWHERE rank = 1\nORDER BY 1"
+    ),
+    "frames_per_minute": (
+        "SELECT $__unixEpochGroupAlias(ts_ms/1000, '1m'), camera AS metric, count(*) AS frames\n"
+        f"FROM frames\nWHERE camera IN ($camera) AND {_RANGE}\nGROUP BY 1, 2\nORDER BY 1"
+    ),
+    "camera_variable": "SELECT name FROM cameras ORDER BY name",
+}
+
+
+def _camera_variable() -> dict[str, Any]:
+    return {
+        "name": "camera",
+        "label": "Camera",
+        "type": "query",
+        "datasource": DS,
+        "query": SQL["camera_variable"],
+        "definition": SQL["camera_variable"],
+        "refresh": 2,
+        "multi": True,
+        "includeAll": True,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+    }
+
+
+def _target(sql: str, fmt: str = "time_series") -> dict[str, Any]:
+    return {"refId": "A", "datasource": DS, "rawQuery": True, "editorMode": "code", "format": fmt, "rawSql": sql}
+
+
+def _panel(pid: int, title: str, kind: str, sql: str, grid: tuple[int, int, int, int], **extra: Any) -> dict[str, Any]:
+    x, y, w, h = grid
+    panel = {
+        "id": pid,
+        "type": kind,
+        "title": title,
+        "datasource": DS,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "targets": [_target(sql)],
+        "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}, "tooltip": {"mode": "multi"}},
+        "fieldConfig": {"defaults": {}, "overrides": []},
+    }
+    panel.update(extra)
+    return panel
+
+
+def _dashboard(uid: str, title: str, panels: list[dict[str, Any]], description: str) -> dict[str, Any]:
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["fervid"],
+        "timezone": "utc",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"},
+        "templating": {"list": [_camera_variable()]},
+        "panels": panels,
+    }
+
+
+def dashboards() -> dict[str, dict[str, Any]]:
+    """Every dashboard, by file name stem."""
+    share = _panel(
+        1, "Emotion share — $camera", "timeseries", SQL["emotion_share"], (0, 0, 24, 9),
+        repeat="camera", repeatDirection="v",
+        fieldConfig={
+            "defaults": {"custom": {"stacking": {"mode": "percent", "group": "A"}, "fillOpacity": 70, "lineWidth": 0, "drawStyle": "line"}, "unit": "percentunit"},
+            "overrides": [],
+        },
+    )  # fmt: skip
+    faces = _panel(
+        2, "Faces per minute", "timeseries", SQL["faces_per_minute"], (0, 9, 24, 8),
+        fieldConfig={"defaults": {"custom": {"drawStyle": "bars", "fillOpacity": 60}, "unit": "short"}, "overrides": []},
+    )  # fmt: skip
+    state = _panel(
+        3, "Dominant emotion — $camera", "state-timeline", SQL["dominant_state"], (0, 17, 24, 5),
+        repeat="camera", repeatDirection="v", options={"showValue": "auto", "mergeValues": True, "legend": {"showLegend": True, "displayMode": "list", "placement": "bottom"}},
+    )  # fmt: skip
+    frames = _panel(
+        1, "Analysed frames per minute", "timeseries", SQL["frames_per_minute"], (0, 0, 24, 9),
+        fieldConfig={"defaults": {"custom": {"drawStyle": "line", "fillOpacity": 10}, "unit": "short"}, "overrides": []},
+        description="Frames that reached storage, with or without faces. A camera dropping to zero has stalled upstream.",
+    )  # fmt: skip
+    return {
+        "fervid-emotions": _dashboard("fervid-emotions", "fervid — emotions", [share, faces, state], "Emotion timelines per camera."),
+        "fervid-pipeline": _dashboard("fervid-pipeline", "fervid — pipeline health", [frames], "Throughput of the analysis pipeline."),
+    }
+
+
+def dashboard_json(dashboard: dict[str, Any]) -> str:
+    return json.dumps(dashboard, indent=2, sort_keys=True) + "\n"
+
+
+def export(directory: Path) -> list[Path]:
+    """Write every dashboard as ``<uid>.json`` into `directory` (file provisioning reads them from there)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stem, d in dashboards().items():
+        path = directory / f"{stem}.json"
+        path.write_text(dashboard_json(d))
+        paths.append(path)
+    return paths
+
+
+def panel_queries() -> Iterator[tuple[str, str, str]]:
+    """(dashboard uid, panel title, SQL) for every panel target and template variable."""
+    for uid, d in dashboards().items():
+        for var in d["templating"]["list"]:
+            yield uid, f"${var['name']}", var["query"]
+        for panel in d["panels"]:
+            for t in panel["targets"]:
+                yield uid, panel["title"], t["rawSql"]
+
+
+def _interval_seconds(text: str) -> int:
+    m = re.fullmatch(r"'?(\d+)(s|m|h|d)'?", text.strip())
+    if not m:
+        raise ValueError(f"interval {text!r}")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def expand_macros(sql: str, *, from_s: int, to_s: int, interval: str, cameras: list[str]) -> str:
+    """Substitute template variables and macros the way Grafana's PostgreSQL datasource does for a fixed range:
+    ``$camera`` (multi-value: ``'a','b'``), ``$__interval``, ``$__unixEpochFrom()``, ``$__unixEpochTo()``,
+    ``$__unixEpochGroup(expr, interval)`` → ``floor((expr)/N)*N`` (+ ``AS "time"`` for the Alias form)."""
+    quoted = ",".join("'" + c.replace("'", "''") + "'" for c in cameras)
+    sql = sql.replace("'$camera'", quoted).replace("$camera", quoted)
+    sql = sql.replace("$__interval", interval)
+    sql = sql.replace("$__unixEpochFrom()", str(from_s)).replace("$__unixEpochTo()", str(to_s))
+
+    def group(m: re.Match[str]) -> str:
+        expr, iv = m.group(2).rsplit(",", 1)
+        n = _interval_seconds(iv)
+        out = f"floor(({expr.strip()})/{n})*{n}"
+        return out + ' AS "time"' if m.group(1) == "Alias" else out
+
+    return re.sub(r"\$__unixEpochGroup(Alias)?\(([^()]*(?:\([^()]*\))?[^()]*)\)", group, sql)
+
+
+# -- provisioning over the HTTP API -------------------------------------------------------------------------
+
+
+def datasource_payload(db_url: str) -> dict[str, Any]:
+    """Grafana's datasource JSON for a SQLAlchemy/libpq PostgreSQL URL."""
+    from sqlalchemy.engine import make_url
+
+    from fervid.errors import ConfigError
+
+    try:
+        url = make_url(db_url)
+    except Exception as exc:
+        raise ConfigError(f"invalid --db-url: {exc}") from None
+    if not url.drivername.startswith("postgresql"):
+        raise ConfigError(f"Grafana dashboards need PostgreSQL, got {url.drivername!r}")
+    if not url.host or not url.database:
+        raise ConfigError("--db-url needs a host and a database, e.g. postgresql://grafana:pw@db:5432/fervid")
+    return {
+        "uid": DATASOURCE_UID,
+        "name": DATASOURCE_NAME,
+        "type": DATASOURCE_TYPE,
+        "access": "proxy",
+        "url": f"{url.host}:{url.port or 5432}",
+        "user": url.username or "",
+        "isDefault": False,
+        "jsonData": {"database": url.database, "sslmode": url.query.get("sslmode", "disable"), "postgresVersion": 1500, "timescaledb": False},
+        "secureJsonData": {"password": url.password or ""},
+    }
+
+
+def provision(grafana_url: str, token: str, db_url: str) -> list[str]:
+    """Create or update the datasource, the folder and every dashboard. Idempotent: fixed uids, overwrite."""
+    from grafana_client import GrafanaApi
+    from grafana_client.client import GrafanaClientError, GrafanaException
+
+    from fervid.errors import ServiceUnavailable
+
+    api = GrafanaApi.from_url(grafana_url, credential=token)
+    done = []
+    ds = datasource_payload(db_url)
+    try:
+        try:
+            api.datasource.get_datasource_by_uid(DATASOURCE_UID)
+            api.datasource.update_datasource_by_uid(DATASOURCE_UID, ds)
+            done.append(f"datasource {DATASOURCE_UID}: updated")
+        except GrafanaClientError as exc:
+            if exc.status_code != 404:
+                raise
+            api.datasource.create_datasource(ds)
+            done.append(f"datasource {DATASOURCE_UID}: created")
+        try:
+            api.folder.get_folder(FOLDER_UID)
+            done.append(f"folder {FOLDER_UID}: exists")
+        except GrafanaClientError as exc:
+            if exc.status_code != 404:
+                raise
+            api.folder.create_folder(FOLDER_TITLE, uid=FOLDER_UID)
+            done.append(f"folder {FOLDER_UID}: created")
+        for uid, d in dashboards().items():
+            body = {"dashboard": {**d, "id": None}, "folderUid": FOLDER_UID, "overwrite": True, "message": "fervid grafana provision"}
+            api.dashboard.update_dashboard(body)
+            done.append(f"dashboard {uid}: saved")
+    except GrafanaException as exc:
+        raise ServiceUnavailable(f"Grafana at {grafana_url} answered {exc.status_code}: {exc.message}") from None
+    except Exception as exc:  # connection refused, DNS, TLS
+        if type(exc).__module__.startswith(("niquests", "urllib3", "requests")):
+            raise ServiceUnavailable(f"cannot reach Grafana at {grafana_url}: {exc}") from None
+        raise
+    return done

@@ -1,0 +1,33 @@
+"""Deterministic EventsMsg generators for the storage tests."""
+
+from __future__ import annotations
+
+import random
+
+from fervid.contracts import EMOTIONS, Box, Emotion, EventsMsg, FrameRef
+
+T0 = 1_764_028_800.0  # 2025-11-25T00:00:00Z
+
+
+def probs(rng: random.Random, favourite: int) -> tuple[float, ...]:
+    raw = [rng.random() * 0.2 for _ in EMOTIONS]
+    raw[favourite] += 1.0
+    s = sum(raw)
+    return tuple(x / s for x in raw)
+
+
+def make_messages(n_frames: int, camera: str = "cam1", seed: int = 1, fps: float = 5.0, t0: float = T0, faces: int = 2) -> list[EventsMsg]:
+    rng = random.Random(seed)
+    out = []
+    for seq in range(n_frames):
+        emotions = []
+        for i in range(rng.randint(0, faces)):
+            p = probs(rng, (seq // 7 + i * 3) % len(EMOTIONS))
+            smoothed = p if seq % 3 else None
+            emotions.append(
+                Emotion(index=i, box=Box(10.0 + i * 50, 20.0, 40.0, 40.0), score=0.99, probs=p, track_id=i + 1,
+                        smoothed=smoothed, smoothed_label=None if smoothed is None else EMOTIONS[(seq // 7 + i * 3 + 1) % 7])
+            )  # fmt: skip
+        frame = FrameRef(camera=camera, seq=seq, capture_ts=t0 + seq / fps, width=640, height=480)
+        out.append(EventsMsg(frame=frame, detector="mtcnn", model="mini_xception", emotions=tuple(emotions)))
+    return out

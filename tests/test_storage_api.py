@@ -1,0 +1,160 @@
+"""The HTTP API on real SQLite (and PostgreSQL for readiness), through FastAPI's TestClient."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from storage_data import make_messages
+from typer.testing import CliRunner
+
+from fervid.cli import app as cli_app
+from fervid.contracts import FrameMsg, FrameRef, frames_stream
+from storage.api import create_app
+from storage.db import create_schema, insert_idempotent, make_engine
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    engine = make_engine(url)
+    create_schema(engine)
+    insert_idempotent(engine, make_messages(200) + make_messages(50, camera="cam2", seed=3))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def client(db_url: str, redis_url: str):
+    engine = make_engine(db_url)
+    with TestClient(create_app(engine, redis_url=redis_url)) as c:
+        yield c
+    engine.dispose()
+
+
+def test_timeline_json_is_the_same_as_the_cli(client: TestClient, db_url: str) -> None:
+    args = ["--since", "2025-11-25T00:00:00Z", "--until", "2025-11-25T00:01:00Z", "--bucket", "5s"]
+    result = CliRunner().invoke(cli_app, ["timeline", "cam1", "--db", db_url, "--format", "json", *args])
+    assert result.exit_code == 0, result.output
+    r = client.get("/cameras/cam1/timeline", params={"since": "2025-11-25T00:00:00Z", "until": "2025-11-25T00:01:00Z", "bucket": "5s"})
+    assert r.status_code == 200
+    assert r.json() == json.loads(result.stdout) and len(r.json()) == 8
+
+
+def test_cameras_events_paging_and_filters(client: TestClient) -> None:
+    assert [c["name"] for c in client.get("/cameras").json()] == ["cam1", "cam2"]
+    seen, after = [], None
+    while True:
+        page = client.get("/events", params={"camera": "cam2", "limit": 17, **({"after_id": after} if after else {})}).json()
+        seen += page["events"]
+        after = page["next_after_id"]
+        if after is None:
+            break
+    assert len(seen) == len({e["id"] for e in seen}) > 17
+    assert {e["camera"] for e in seen} == {"cam2"}
+    happy = client.get("/events", params={"label": "happy", "limit": 1000}).json()["events"]
+    assert happy and {e["label"] for e in happy} == {"happy"}
+    ranged = client.get("/events", params={"since": "2025-11-25T00:00:10Z", "until": "2025-11-25T00:00:20Z", "limit": 1000}).json()["events"]
+    assert ranged and all("2025-11-25T00:00:10" <= e["ts"] < "2025-11-25T00:00:20" for e in ranged)
+
+
+@pytest.mark.parametrize(
+    "path, params, status, message",
+    [
+        ("/cameras/nope/timeline", {}, 404, "unknown camera"),
+        ("/cameras/cam1/timeline", {"bucket": "100ms"}, 400, "out of range"),
+        ("/cameras/cam1/timeline", {"bucket": "soon"}, 400, "invalid duration"),
+        ("/cameras/cam1/timeline", {"since": "2025-11-26T00:00:00Z", "until": "2025-11-25T00:00:00Z"}, 400, "empty time range"),
+        ("/cameras/cam1/timeline", {"since": "0001-01-01T00:00:00"}, 400, "outside"),
+        ("/cameras/cam1/timeline", {"since": "2020-01-01T00:00:00Z", "until": "2025-01-01T00:00:00Z", "bucket": "1s"}, 400, "buckets requested"),
+        ("/cameras/cam1/timeline", {"labels": "fancy"}, 422, ""),
+        ("/events", {"limit": 0}, 422, ""),
+        ("/events", {"label": "bored"}, 400, "unknown label"),
+        ("/events", {"camera": "ghost"}, 404, "unknown camera"),
+        ("/cameras/cam1/snapshot.jpg", {}, 404, "no frames"),
+    ],
+)
+def test_bad_input_is_4xx_with_a_message(client: TestClient, path: str, params: dict, status: int, message: str) -> None:
+    r = client.get(path, params=params)
+    assert r.status_code == status, r.text
+    assert message in json.dumps(r.json()["detail"])
+
+
+INJECTIONS = ["' OR '1'='1", "cam1'; DROP TABLE events; --", "1) OR (1=1", "cam1\" --", "%27%20OR%201=1", "$camera", "../../etc/passwd"]
+
+
+@pytest.mark.parametrize("payload", INJECTIONS)
+@pytest.mark.parametrize("param", ["camera_path", "since", "until", "bucket", "labels", "events_camera", "events_label", "after_id", "limit"])
+def test_sql_injection_is_harmless(client: TestClient, param: str, payload: str) -> None:
+    if param == "camera_path":
+        r = client.get(f"/cameras/{payload}/timeline")
+    elif param.startswith("events_"):
+        r = client.get("/events", params={param.removeprefix("events_"): payload})
+    elif param in ("after_id", "limit"):
+        r = client.get("/events", params={param: payload})
+    else:
+        r = client.get("/cameras/cam1/timeline", params={param: payload})
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert len(client.get("/events", params={"limit": 1000}).json()["events"]) > 0
+    assert [c["name"] for c in client.get("/cameras").json()] == ["cam1", "cam2"]
+
+
+def test_bearer_token(db_url: str) -> None:
+    engine = make_engine(db_url)
+    with TestClient(create_app(engine, token=TOKEN)) as c:
+        assert c.get("/health").status_code == 200
+        assert c.get("/cameras").status_code == 401
+        assert c.get("/cameras", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/cameras", headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
+        assert c.get("/metrics").status_code == 401
+        ok = c.get("/cameras", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert ok.status_code == 200 and ok.json()
+        assert c.get("/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}).json()["paths"]["/cameras/{name}/timeline"]
+
+
+def test_metrics_health_ready_docs(client: TestClient) -> None:
+    client.get("/cameras")
+    client.get("/cameras/nope/timeline")
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"status": "ready"}
+    assert client.get("/docs").status_code == 200
+    text = client.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = {(s.labels.get("route"), s.labels.get("status")): s.value for s in families["fervid_api_requests"].samples if s.name.endswith("_total")}
+    assert samples[("/cameras", "200")] == 1 and samples[("/cameras/{name}/timeline", "404")] == 1
+    assert "fervid_api_request_seconds" in families
+
+
+def test_ready_is_503_when_postgresql_is_gone(pg_url: str, pg_server: str) -> None:
+    import psycopg
+
+    engine = make_engine(pg_url)
+    create_schema(engine)
+    with TestClient(create_app(engine)) as c:
+        assert c.get("/ready").status_code == 200
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{engine.url.database}" WITH (FORCE)')
+        r = c.get("/ready")
+        assert r.status_code == 503 and r.json()["status"] == "unavailable"
+        assert c.get("/cameras").status_code == 503
+    engine.dispose()
+
+
+def test_snapshot_draws_the_newest_frame_with_faces(client: TestClient, redis_client) -> None:
+    for seq in (198, 199, 500):  # 199 has faces in SQL (make_messages), 500 is newer but has no events
+        image = np.full((480, 640, 3), 40, np.uint8)
+        ok, jpeg = cv2.imencode(".jpg", image)
+        msg = FrameMsg(FrameRef("cam1", seq, 1.0 + seq, 640, 480), jpeg.tobytes())
+        redis_client.xadd(frames_stream("cam1"), msg.encode())
+    r = client.get("/cameras/cam1/snapshot.jpg")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    img = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
+    green = (img[:, :, 1] > 200) & (img[:, :, 0] < 80) & (img[:, :, 2] < 80)
+    assert green.sum() > 100  # boxes of frame 199's faces were drawn (frame 500 has none)

@@ -1,0 +1,190 @@
+"""Schema, migrations, idempotent writes, cameras/tracks summaries and timelines on real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, inspect, select
+from storage_data import T0, make_messages
+
+from fervid.contracts import EMOTIONS
+from fervid.errors import ConfigError, NotFound, ServiceUnavailable
+from storage.db import CameraRow, EventRow, FrameRow, TrackRow, create_schema, insert_idempotent, make_engine, prune
+from storage.migrate import current_revision, head_revision
+from storage.timeline import parse_bucket_ms, parse_time, timeline
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'f.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    eng = make_engine(url)
+    create_schema(eng)
+    yield eng
+    eng.dispose()
+
+
+def count(engine, table) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def test_schema_is_at_head_with_camera_time_indexes(engine) -> None:
+    assert current_revision(engine) == head_revision()
+    insp = inspect(engine)
+    assert {"frames", "events", "cameras", "tracks", "alembic_version"} <= set(insp.get_table_names())
+    assert any(ix["column_names"] == ["camera", "ts_ms"] for ix in insp.get_indexes("events"))
+    create_schema(engine)  # idempotent
+    assert current_revision(engine) == head_revision()
+
+
+def test_redelivery_never_duplicates_rows_or_track_counts(engine) -> None:
+    msgs = make_messages(40)
+    n_faces = sum(len(m.emotions) for m in msgs)
+    assert insert_idempotent(engine, msgs[:25]) == sum(len(m.emotions) for m in msgs[:25])
+    insert_idempotent(engine, msgs[20:])  # overlapping redelivery
+    assert insert_idempotent(engine, msgs) == 0
+    assert count(engine, EventRow) == n_faces
+    assert count(engine, FrameRow) == 40
+    with engine.connect() as conn:
+        tracks = {r.track_id: r for r in conn.execute(select(TrackRow.__table__))}
+        cam = conn.execute(select(CameraRow.__table__)).one()
+        per_track = dict(conn.execute(select(EventRow.track_id, func.count()).group_by(EventRow.track_id)).all())
+        mean_happy = dict(conn.execute(select(EventRow.track_id, func.avg(EventRow.p_happy)).group_by(EventRow.track_id)).all())
+    assert {t: r.n_faces for t, r in tracks.items()} == per_track
+    for t, r in tracks.items():
+        assert r.mean_happy == pytest.approx(mean_happy[t], abs=1e-9)
+        assert r.dominant in EMOTIONS
+    assert cam.name == "cam1" and cam.first_seen_ms == int(T0 * 1000) and cam.last_seen_ms == int(round((T0 + 39 / 5) * 1000))
+
+
+def test_timeline_buckets_dominant_and_smoothed(engine) -> None:
+    insert_idempotent(engine, make_messages(100))
+    raw = timeline(engine, "cam1", 10_000)
+    assert sum(b["faces"] for b in raw) == count(engine, EventRow)
+    for b in raw:
+        assert sum(b["counts"].values()) == b["faces"]
+        top = max(b["counts"].values())
+        assert b["dominant"] == next(e for e in EMOTIONS if b["counts"][e] == top)
+        assert sum(b["mean"].values()) == pytest.approx(1.0, abs=1e-4)
+    smoothed = timeline(engine, "cam1", 10_000, labels="smoothed")
+    assert [b["faces"] for b in smoothed] == [b["faces"] for b in raw]
+    assert [b["counts"] for b in smoothed] != [b["counts"] for b in raw]
+    since = datetime.fromtimestamp(T0 + 5, timezone.utc)
+    until = datetime.fromtimestamp(T0 + 15, timezone.utc)
+    part = timeline(engine, "cam1", 1000, since=since, until=until)
+    assert [b["start"] for b in part][0] == "2025-11-25T00:00:05Z" and len(part) == 10
+
+
+def test_prune_deletes_only_old_rows(engine) -> None:
+    insert_idempotent(engine, make_messages(50, t0=T0) + make_messages(50, camera="cam2", t0=T0 + 86400 * 40))
+    now_ms = int((T0 + 86400 * 41) * 1000)
+    deleted = prune(engine, 30 * 86_400_000, now_ms=now_ms)
+    assert deleted["frames"] == 50 and deleted["events"] > 0
+    with engine.connect() as conn:
+        assert set(conn.execute(select(EventRow.camera).distinct()).scalars()) == {"cam2"}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(bucket_ms=500), "out of range"),
+        (dict(bucket_ms=86_400_001), "out of range"),
+        (dict(since=datetime(2025, 11, 26, tzinfo=timezone.utc), until=datetime(2025, 11, 25, tzinfo=timezone.utc)), "empty time range"),
+        (dict(since=datetime(1970, 1, 2, tzinfo=timezone.utc)), "outside"),
+        (dict(since=datetime(2025, 1, 1, tzinfo=timezone.utc), until=datetime(2025, 12, 1, tzinfo=timezone.utc)), "buckets requested"),
+    ],
+)
+def test_timeline_rejects_bad_ranges(engine, kwargs, message) -> None:
+    insert_idempotent(engine, make_messages(5))
+    kwargs.setdefault("bucket_ms", 1000)
+    with pytest.raises(ConfigError, match=message):
+        timeline(engine, "cam1", **kwargs)
+
+
+def test_unknown_camera_and_injection_are_not_found(engine) -> None:
+    insert_idempotent(engine, make_messages(5))
+    for name in ["nope", "cam1' OR '1'='1", "cam1; DROP TABLE events; --"]:
+        with pytest.raises(NotFound, match="unknown camera"):
+            timeline(engine, name, 1000)
+    assert count(engine, EventRow) > 0
+
+
+@pytest.mark.parametrize("text", ["0s", "1x", "-5m", "", "1 m", "10ms"])
+def test_bad_buckets(text) -> None:
+    with pytest.raises(ConfigError):
+        parse_bucket_ms(text)
+
+
+def test_bad_times() -> None:
+    with pytest.raises(ConfigError, match="invalid time"):
+        parse_time("yesterday")
+
+
+@pytest.mark.parametrize(
+    "url, error",
+    [
+        ("postgres+psycopg://x@localhost/db", ConfigError),
+        ("mysql://x@localhost/db", ConfigError),
+        ("sqlite:/relative-typo.db", ConfigError),
+        ("postgresql+psycopg://u:secret@127.0.0.1:1/db", ServiceUnavailable),
+    ],
+)
+def test_db_url_typos_fail_clearly(url, error) -> None:
+    with pytest.raises(error) as info:
+        make_engine(url)
+    assert "secret" not in str(info.value)
+
+
+def test_sqlite_and_postgresql_give_identical_timeline_json(tmp_path: Path, pg_url: str) -> None:
+    msgs = make_messages(300, seed=7) + make_messages(120, camera="cam2", seed=8)
+    outputs = []
+    for url in (f"sqlite:///{tmp_path / 'a.db'}", pg_url):
+        eng = make_engine(url)
+        create_schema(eng)
+        insert_idempotent(eng, msgs[::2])
+        insert_idempotent(eng, msgs)
+        result = {
+            (cam, bucket, labels): timeline(eng, cam, bucket, labels=labels)
+            for cam in ("cam1", "cam2")
+            for bucket in (1000, 10_000, 60_000)
+            for labels in ("raw", "smoothed")
+        }
+        outputs.append(json.dumps({str(k): v for k, v in result.items()}, sort_keys=True))
+        eng.dispose()
+    assert outputs[0] == outputs[1]
+
+
+def test_pre_migration_database_is_stamped_and_upgraded(tmp_path: Path) -> None:
+    from storage.db import Base
+
+    eng = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    Base.metadata.tables["frames"].create(eng)
+    Base.metadata.tables["events"].create(eng)
+    with eng.begin() as conn:
+        conn.execute(FrameRow.__table__.insert(), [dict(camera="old", seq=0, ts_ms=1_700_000_000_000, width=1, height=1, faces=0)])
+    create_schema(eng)
+    assert current_revision(eng) == head_revision()
+    with eng.connect() as conn:
+        assert conn.execute(select(CameraRow.name)).scalars().all() == ["old"]
+
+
+@pytest.mark.parametrize(
+    "since, until",
+    [(None, None), (T0 + 10.4, None), (None, T0 + 200.7), (T0 + 61.3, T0 + 161.9), (T0 + 5.5, T0 + 40.2), (T0 + 60, T0 + 180)],
+)
+def test_minute_rollup_equals_raw_events(engine, since, until) -> None:
+    msgs = make_messages(1500, fps=5)
+    insert_idempotent(engine, msgs[:900])
+    insert_idempotent(engine, msgs[500:])  # overlap: the rollup must not double count either
+    kw = dict(
+        since=None if since is None else datetime.fromtimestamp(since, timezone.utc),
+        until=None if until is None else datetime.fromtimestamp(until, timezone.utc),
+    )
+    for bucket in (60_000, 120_000):
+        for labels in ("raw", "smoothed"):
+            fast = timeline(engine, "cam1", bucket, labels=labels, **kw)
+            raw = timeline(engine, "cam1", bucket, labels=labels, source="raw", **kw)
+            assert fast == raw and fast
