@@ -77,8 +77,12 @@ def variables(value: Any) -> set[str]:
 
 
 def settings_env_names() -> set[str]:
-    """Every environment variable the settings read: FERVID_<FIELD> and FERVID_<SECTION>__<FIELD>."""
+    """Every environment variable fervid reads: FERVID_<FIELD> and FERVID_<SECTION>__<FIELD> of the settings, and
+    the few read directly from os.environ (e.g. FERVID_API_TOKEN)."""
     names = set()
+    for package in ("fervid", "storage", "ingest", "detector", "classifier"):
+        for path in (ROOT / package).rglob("*.py"):
+            names |= set(re.findall(r"environ(?:\.get)?[\[(]\s*[\"'](FERVID_[A-Z0-9_]+)[\"']", path.read_text()))
     for name, f in Settings.model_fields.items():
         names.add(f"FERVID_{name.upper()}")
         sub = getattr(f.annotation, "model_fields", None)
@@ -205,3 +209,11 @@ def test_cameras_example_is_a_valid_cameras_yaml() -> None:
     creds = set(by_name["fervid-camera-credentials"]["stringData"])
     assert names <= creds  # every ${VAR} of the camera list has a credential in the Secret
     parse_cameras(by_name["fervid-cameras"]["stringData"]["cameras.yaml"], "k8s", env={n: "x" for n in creds})
+
+
+def test_grafana_gets_every_variable_its_provisioning_reads() -> None:
+    grafana = load("compose.yaml")["services"]["grafana"]
+    needed = set()
+    for path in (ROOT / "deploy" / "grafana" / "provisioning").rglob("*.y*ml"):
+        needed |= set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", path.read_text()))
+    assert needed and needed <= set(grafana["environment"])

@@ -61,17 +61,23 @@ def http_get(port: int, path: str) -> tuple[int, str]:
         return 0, ""
 
 
-def stored(db: Path, camera: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """(seq, faces) per stored frame, and (frame_seq, face_index) per stored event."""
-    if not db.exists():
+def stored(db_url: str, camera: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(seq, faces) per stored frame, and (frame_seq, face_index) per stored event (SQLite or PostgreSQL)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    if db_url.startswith("sqlite:///") and not Path(db_url.removeprefix("sqlite:///")).exists():
         return [], []
-    with sqlite3.connect(db) as conn:
-        try:
-            frames = conn.execute("select seq, faces from frames where camera = ? order by seq", (camera,)).fetchall()
-            events = conn.execute("select frame_seq, face_index from events where camera = ? order by 1, 2", (camera,)).fetchall()
-        except sqlite3.OperationalError:
-            return [], []
-    return frames, events
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            frames = conn.execute(text("select seq, faces from frames where camera = :c order by seq"), {"c": camera}).all()
+            events = conn.execute(text("select frame_seq, face_index from events where camera = :c order by 1, 2"), {"c": camera}).all()
+    except (OperationalError, ProgrammingError):  # no schema yet
+        return [], []
+    finally:
+        engine.dispose()
+    return [tuple(r) for r in frames], [tuple(r) for r in events]  # type: ignore[misc]
 
 
 def pending_by_consumer(client: redislib.Redis, stream: str) -> dict[str, int]:
@@ -82,7 +88,7 @@ def pending_by_consumer(client: redislib.Redis, stream: str) -> dict[str, int]:
     return {c["name"].decode(): int(c["pending"]) for c in info.get("consumers") or []}
 
 
-def assert_every_face_once(db: Path, camera: str, published: int, faces_per_frame: int) -> None:
+def assert_every_face_once(db: str, camera: str, published: int, faces_per_frame: int) -> None:
     frames, events = stored(db, camera)
     seqs = [s for s, _ in frames]
     assert seqs == list(range(published)), f"frames stored: {seqs}"
@@ -97,11 +103,11 @@ def test_stage_processes_sigterm_metrics(redis_url: str, redis_client: redislib.
     from ingest.runner import SourceSpec, run_source
 
     clip, truth = sample_clip
-    db = tmp_path / "fervid.db"
+    db = f"sqlite:///{tmp_path / 'fervid.db'}"
     env = {
         **os.environ,
         "FERVID_REDIS_URL": redis_url,
-        "FERVID_DB_URL": f"sqlite:///{db}",
+        "FERVID_DB_URL": db,
         "FERVID_DATA_DIR": str(tmp_path),
         "FERVID_BUS__CLAIM_IDLE_MS": "1500",
         "FERVID_DETECTOR__BATCH_SIZE": "4",
@@ -181,9 +187,13 @@ def test_stage_processes_sigterm_metrics(redis_url: str, redis_client: redislib.
                 p.wait()
 
 
-def test_up_two_detectors_one_sigkilled(redis_url: str, redis_client: redislib.Redis, sample_clip: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_up_two_detectors_one_sigkilled(
+    backend: str, redis_url: str, redis_client: redislib.Redis, sample_clip: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     clip, truth = sample_clip
     data = tmp_path / "data"
+    db = f"sqlite:///{data / 'fervid.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
     env = {
         **os.environ,
         "FERVID_BUS__CLAIM_IDLE_MS": "2000",
@@ -191,7 +201,7 @@ def test_up_two_detectors_one_sigkilled(redis_url: str, redis_client: redislib.R
         "FERVID_DETECTOR__MAX_WAIT_MS": "100",
     }
     cmd = [*FERVID, "up", "--source", str(clip), "--camera", "cam2", "--fps", "15", "--detectors", "2",
-           "--redis", redis_url, "--data-dir", str(data), "--until-drained", "--drain-timeout", "240"]  # fmt: skip
+           "--redis", redis_url, "--db", db, "--data-dir", str(data), "--until-drained", "--drain-timeout", "240"]  # fmt: skip
     up = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         status_file = data / "up.json"
@@ -225,7 +235,7 @@ def test_up_two_detectors_one_sigkilled(redis_url: str, redis_client: redislib.R
 
     published = int(redis_client.hget("fervid:camera:cam2:stats", "published"))
     assert published == 30
-    assert_every_face_once(data / "fervid.db", "cam2", published, len(truth.boxes[0]))
+    assert_every_face_once(db, "cam2", published, len(truth.boxes[0]))
     # What the killed detector held was reclaimed (XAUTOCLAIM), not dead-lettered.
     assert not any(n for c, n in pending_by_consumer(redis_client, stream).items() if f"-{pid}-" in c)
     assert not redis_client.hgetall("fervid:dead:counts")
