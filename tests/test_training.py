@@ -162,9 +162,9 @@ def test_freeze_then_unfreeze(faces: Path, tmp_path: Path, monkeypatch: pytest.M
     torch.manual_seed(0)
     from classifier.models import create_model
 
-    init = create_model("vgg2").state_dict()
-    train(_config(faces, tmp_path / "run", model="vgg2", epochs=3, freeze_epochs=2, seed=0))
-    head = set(head_parameter_names("vgg2", create_model("vgg2")))
+    init = create_model("vgg1").state_dict()
+    train(_config(faces, tmp_path / "run", model="vgg1", epochs=3, freeze_epochs=2, seed=0))
+    head = set(head_parameter_names("vgg1", create_model("vgg1")))
     assert head and len(snapshots) == 3
     assert all(h.startswith("classifier.") for h in head)
     backbone = [k for k in init if k.startswith("features.")]  # params and BN buffers
@@ -253,27 +253,27 @@ def test_bad_data_does_not_clobber_existing_run(trained, tmp_path: Path) -> None
 def test_resume_after_crash_matches_uninterrupted_run(
     faces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """last.pt restores model, optimizer, scheduler and RNG: a run killed after epoch 2 and resumed
+    """last.pt restores model, optimizer, scheduler and RNG: a run killed in epoch 2 and resumed
     ends exactly where an uninterrupted run does."""
     import classifier.train as train_mod
 
-    straight = train(_config(faces, tmp_path / "straight", epochs=3))
+    straight = train(_config(faces, tmp_path / "straight", epochs=2))
 
     real = train_mod.evaluate
     calls = {"n": 0}
 
-    def crash_in_epoch_3(*a, **k):
+    def crash_in_epoch_2(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 2:
             raise KeyboardInterrupt("killed")
         return real(*a, **k)
 
-    monkeypatch.setattr(train_mod, "evaluate", crash_in_epoch_3)
+    monkeypatch.setattr(train_mod, "evaluate", crash_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        train(_config(faces, tmp_path / "crashed", epochs=3))
+        train(_config(faces, tmp_path / "crashed", epochs=2))
     monkeypatch.setattr(train_mod, "evaluate", real)
     assert not (tmp_path / "crashed" / "best.pt").exists()
-    resumed = train(_config(faces, tmp_path / "x", epochs=3, resume=str(tmp_path / "crashed" / "last.pt")))
+    resumed = train(_config(faces, tmp_path / "x", epochs=2, resume=str(tmp_path / "crashed" / "last.pt")))
     for key in ("train_loss", "val_loss", "val_accuracy", "lr"):
         assert resumed.history[key] == pytest.approx(straight.history[key], rel=1e-5), key
     a = read_checkpoint(straight.best_checkpoint)["state_dict"]
