@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from classifier.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
 from classifier.data import CLASSES, FaceDataset, Splits, eval_transform, load_splits, tencrop_transform
 from classifier.metrics import ClassificationReport, classification_report
+from fervid.device import resolve_device
 
 __all__ = ["EvalResult", "evaluate_checkpoint", "load_checkpoint", "predict", "resolve_device"]
 
@@ -39,12 +40,6 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @torch.inference_mode()
