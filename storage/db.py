@@ -277,7 +277,6 @@ def insert_idempotent(engine: Engine, messages: Sequence[EventsMsg]) -> int:
         fresh = [m for key, m in by_key.items() if key in new]
         if not fresh:
             return 0
-        _upsert_cameras(conn, fresh, pg)
         events: list[tuple[Any, ...]] = []
         tracks: dict[tuple[str, int], dict[str, Any]] = {}
         for m in fresh:
@@ -295,89 +294,52 @@ def insert_idempotent(engine: Engine, messages: Sequence[EventsMsg]) -> int:
                     sums = a["sum"]
                     for i, p in enumerate(e.probs):
                         sums[i] += p
-        cols = ", ".join(_EVENT_COLS)
-        if pg and events:
-            # Strings go as indexes into one small dictionary array: per-element text formatting is the slow part
-            # of sending arrays, and a batch has only a handful of distinct cameras, labels, models and detectors.
-            words: dict[str | None, int] = {None: 0}
-            cols_data = [list(c) for c in zip(*events)]
-            for i in _EVENT_TEXT:
-                cols_data[i] = [words.setdefault(v, len(words)) if v is not None else None for v in cols_data[i]]
-            dictionary = [w for w in words if w is not None]
-            select_list = ", ".join(f"d[u.c{i}]" if i in _EVENT_TEXT else f"u.c{i}" for i in range(len(_EVENT_COLS)))
-            casts = ", ".join(f"%s::{'int' if i in _EVENT_TEXT else t}[]" for i, t in enumerate(_EVENT_PG_TYPES))
-            aliases = ", ".join(f"c{i}" for i in range(len(_EVENT_COLS)))
-            sql = (
-                f"INSERT INTO events ({cols}) SELECT {select_list} FROM unnest({casts}) AS u({aliases}), "
-                "(SELECT %s::text[] AS d) k ON CONFLICT (camera, frame_seq, face_index) DO NOTHING"
-            )
-            _pg_execute(conn, sql, [*cols_data, dictionary])
-        elif events:
-            sql = f"INSERT INTO events ({cols}) VALUES ({', '.join('?' * len(_EVENT_COLS))}) ON CONFLICT (camera, frame_seq, face_index) DO NOTHING"
-            conn.exec_driver_sql(sql, events)  # sqlite3 executemany: the loop runs in C
-        _update_tracks(conn, tracks, pg)
-        _update_minutes(conn, fresh, pg)
+        cameras, track_rows, minutes = _camera_rows(fresh), _track_rows(tracks), _minute_rows(fresh)
+        if pg:
+            _pg_write_all(conn, events, cameras, track_rows, minutes)
+        else:
+            cols = ", ".join(_EVENT_COLS)
+            if events:
+                sql = f"INSERT INTO events ({cols}) VALUES ({', '.join('?' * len(_EVENT_COLS))}) ON CONFLICT (camera, frame_seq, face_index) DO NOTHING"
+                conn.exec_driver_sql(sql, events)  # sqlite3 executemany: the loop runs in C
+            conn.exec_driver_sql(_upsert_sql("cameras", False), cameras)
+            if track_rows:
+                conn.exec_driver_sql(_upsert_sql("tracks", False), track_rows)
+            if minutes:
+                conn.exec_driver_sql(_upsert_sql("events_1m", False), minutes)
     return len(events)
 
 
-def _upsert_cameras(conn: Any, messages: Sequence[EventsMsg], pg: bool) -> None:
+def _camera_rows(messages: Sequence[EventsMsg]) -> list[tuple[str, int, int]]:
     span: dict[str, list[int]] = {}
     for m in messages:
         ts = int(round(m.frame.capture_ts * 1000))
         lo_hi = span.setdefault(m.frame.camera, [ts, ts])
         lo_hi[0], lo_hi[1] = min(lo_hi[0], ts), max(lo_hi[1], ts)
-    least, greatest, ph = ("least", "greatest", "%s") if pg else ("min", "max", "?")
-    sql = (
-        f"INSERT INTO cameras (name, first_seen_ms, last_seen_ms) VALUES ({ph}, {ph}, {ph}) ON CONFLICT (name) DO UPDATE SET "
-        f"first_seen_ms = {least}(cameras.first_seen_ms, excluded.first_seen_ms), "
-        f"last_seen_ms = {greatest}(cameras.last_seen_ms, excluded.last_seen_ms)"
-    )
-    conn.exec_driver_sql(sql, [(c, lo, hi) for c, (lo, hi) in sorted(span.items())])
+    return [(c, lo, hi) for c, (lo, hi) in sorted(span.items())]
 
 
-def _tracks_upsert_sql(pg: bool) -> str:
-    """One upsert per track: running means weighted by face counts, dominant = highest mean (ties: EMOTIONS order).
-    The row lock of ON CONFLICT DO UPDATE makes concurrent workers add up correctly."""
-    least, greatest, ph = ("least", "greatest", "%s") if pg else ("min", "max", "?")
-    n = "(tracks.n_faces + excluded.n_faces)"
-    new = {e: f"((tracks.mean_{e} * tracks.n_faces + excluded.mean_{e} * excluded.n_faces) / {n})" for e in EMOTIONS}
-    whens = " ".join(
-        f"WHEN {' AND '.join(f'{new[e]} >= {new[o]}' for o in EMOTIONS if o != e)} THEN '{e}'" for e in EMOTIONS[:-1]
-    )
-    cols = ["camera", "track_id", "first_ts_ms", "last_ts_ms", "n_faces", "dominant", *[f"mean_{e}" for e in EMOTIONS]]
-    sets = [
-        f"first_ts_ms = {least}(tracks.first_ts_ms, excluded.first_ts_ms)",
-        f"last_ts_ms = {greatest}(tracks.last_ts_ms, excluded.last_ts_ms)",
-        f"dominant = CASE {whens} ELSE '{EMOTIONS[-1]}' END",
-        *[f"mean_{e} = {new[e]}" for e in EMOTIONS],
-        f"n_faces = {n}",
-    ]
-    return (
-        f"INSERT INTO tracks ({', '.join(cols)}) VALUES ({', '.join([ph] * len(cols))}) "
-        f"ON CONFLICT (camera, track_id) DO UPDATE SET {', '.join(sets)}"
-    )
-
-
-_TRACKS_SQL = {True: _tracks_upsert_sql(True), False: _tracks_upsert_sql(False)}
-
-
-def _update_tracks(conn: Any, agg: dict[tuple[str, int], dict[str, Any]], pg: bool) -> None:
-    """Fold new event rows (aggregated per track in this batch) into the tracks' summaries."""
-    if not agg:
-        return
+def _track_rows(agg: dict[tuple[str, int], dict[str, Any]]) -> list[tuple[Any, ...]]:
     rows = []
     for (camera, track), a in sorted(agg.items()):
         means = [x / a["n"] for x in a["sum"]]
         dominant = EMOTIONS[max(range(len(EMOTIONS)), key=means.__getitem__)]
         rows.append((camera, track, a["lo"], a["hi"], a["n"], dominant, *means))
-    conn.exec_driver_sql(_TRACKS_SQL[pg], rows)
+    return rows
 
 
 _MINUTE_COLS = ["camera", "minute_ms", "faces", *[f"{k}_{e}" for k in ("n", "s", "sum") for e in EMOTIONS]]
+_TRACK_COLS = ["camera", "track_id", "first_ts_ms", "last_ts_ms", "n_faces", "dominant", *[f"mean_{e}" for e in EMOTIONS]]
+_CAMERA_COLS = ["name", "first_seen_ms", "last_seen_ms"]
 _EMOTION_INDEX = {e: i for i, e in enumerate(EMOTIONS)}
+_PG_TYPES = {
+    "cameras": ["text", "bigint", "bigint"],
+    "tracks": ["text", "bigint", "bigint", "bigint", "int", "text", *["float8"] * len(EMOTIONS)],
+    "events_1m": ["text", "bigint", "bigint", *["bigint"] * (2 * len(EMOTIONS)), *["float8"] * len(EMOTIONS)],
+}
 
 
-def _update_minutes(conn: Any, messages: Sequence[EventsMsg], pg: bool) -> None:
+def _minute_rows(messages: Sequence[EventsMsg]) -> list[tuple[Any, ...]]:
     acc: dict[tuple[str, int], list[Any]] = {}
     k = len(EMOTIONS)
     for m in messages:
@@ -395,15 +357,77 @@ def _update_minutes(conn: Any, messages: Sequence[EventsMsg], pg: bool) -> None:
             a[1 + k + (_EMOTION_INDEX[e.smoothed_label] if e.smoothed_label is not None else raw)] += 1
             for i, p in enumerate(e.probs):
                 a[1 + 2 * k + i] += p
-    if not acc:
-        return
-    ph = "%s" if pg else "?"
-    sets = ", ".join(f"{c} = events_1m.{c} + excluded.{c}" for c in _MINUTE_COLS[2:])
-    sql = (
-        f"INSERT INTO events_1m ({', '.join(_MINUTE_COLS)}) VALUES ({', '.join([ph] * len(_MINUTE_COLS))}) "
-        f"ON CONFLICT (camera, minute_ms) DO UPDATE SET {sets}"
+    return [(c, minute, *a) for (c, minute), a in sorted(acc.items())]
+
+
+def _conflict_clause(table: str, pg: bool) -> str:
+    """The ON CONFLICT part of each summary upsert: cameras widen their span; tracks fold in running means (weighted
+    by face counts; dominant = highest mean, ties in EMOTIONS order); minutes add up. The row lock of
+    ON CONFLICT DO UPDATE makes concurrent workers add up correctly."""
+    least, greatest = ("least", "greatest") if pg else ("min", "max")
+    if table == "cameras":
+        return (
+            "ON CONFLICT (name) DO UPDATE SET "
+            f"first_seen_ms = {least}(cameras.first_seen_ms, excluded.first_seen_ms), "
+            f"last_seen_ms = {greatest}(cameras.last_seen_ms, excluded.last_seen_ms)"
+        )
+    if table == "events_1m":
+        return "ON CONFLICT (camera, minute_ms) DO UPDATE SET " + ", ".join(f"{c} = events_1m.{c} + excluded.{c}" for c in _MINUTE_COLS[2:])
+    n = "(tracks.n_faces + excluded.n_faces)"
+    new = {e: f"((tracks.mean_{e} * tracks.n_faces + excluded.mean_{e} * excluded.n_faces) / {n})" for e in EMOTIONS}
+    whens = " ".join(f"WHEN {' AND '.join(f'{new[e]} >= {new[o]}' for o in EMOTIONS if o != e)} THEN '{e}'" for e in EMOTIONS[:-1])
+    sets = [
+        f"first_ts_ms = {least}(tracks.first_ts_ms, excluded.first_ts_ms)",
+        f"last_ts_ms = {greatest}(tracks.last_ts_ms, excluded.last_ts_ms)",
+        f"dominant = CASE {whens} ELSE '{EMOTIONS[-1]}' END",
+        *[f"mean_{e} = {new[e]}" for e in EMOTIONS],
+        f"n_faces = {n}",
+    ]
+    return "ON CONFLICT (camera, track_id) DO UPDATE SET " + ", ".join(sets)
+
+
+_COLS = {"cameras": _CAMERA_COLS, "tracks": _TRACK_COLS, "events_1m": _MINUTE_COLS}
+
+
+def _upsert_sql(table: str, pg: bool) -> str:
+    cols = _COLS[table]
+    if pg:
+        source = "SELECT * FROM unnest(" + ", ".join(f"%s::{t}[]" for t in _PG_TYPES[table]) + ")"
+    else:
+        source = "VALUES (" + ", ".join("?" * len(cols)) + ")"
+    return f"INSERT INTO {table} ({', '.join(cols)}) {source} {_conflict_clause(table, pg)}"
+
+
+def _pg_events_sql() -> str:
+    # Strings go as indexes into one small dictionary array: per-element text formatting is the slow part of
+    # sending arrays, and a batch has only a handful of distinct cameras, labels, models and detectors.
+    select_list = ", ".join(f"d[u.c{i}]" if i in _EVENT_TEXT else f"u.c{i}" for i in range(len(_EVENT_COLS)))
+    casts = ", ".join(f"%s::{'int' if i in _EVENT_TEXT else t}[]" for i, t in enumerate(_EVENT_PG_TYPES))
+    aliases = ", ".join(f"c{i}" for i in range(len(_EVENT_COLS)))
+    return (
+        f"INSERT INTO events ({', '.join(_EVENT_COLS)}) SELECT {select_list} FROM unnest({casts}) AS u({aliases}), "
+        "(SELECT %s::text[] AS d) k ON CONFLICT (camera, frame_seq, face_index) DO NOTHING"
     )
-    conn.exec_driver_sql(sql, [(c, minute, *a) for (c, minute), a in sorted(acc.items())])
+
+
+# One statement, one round trip: data-modifying CTEs write events, cameras, tracks and the minute rollup.
+_PG_WRITE_ALL = (
+    f"WITH ev AS ({_pg_events_sql()}), cam AS ({_upsert_sql('cameras', True)}), trk AS ({_upsert_sql('tracks', True)}) "
+    f"{_upsert_sql('events_1m', True)}"
+)
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [list(c) for c in zip(*rows)] if rows else [[] for _ in range(width)]
+
+
+def _pg_write_all(conn: Any, events: list[tuple[Any, ...]], cameras: list[Any], tracks: list[Any], minutes: list[Any]) -> None:
+    words: dict[str, int] = {}
+    ev = _columns(events, len(_EVENT_COLS))
+    for i in _EVENT_TEXT:
+        ev[i] = [None if v is None else words.setdefault(v, len(words) + 1) for v in ev[i]]
+    params = [*ev, list(words), *_columns(cameras, 3), *_columns(tracks, len(_TRACK_COLS)), *_columns(minutes, len(_MINUTE_COLS))]
+    _pg_execute(conn, _PG_WRITE_ALL, params)
 
 
 def prune(engine: Engine, older_than_ms: int, now_ms: int | None = None) -> dict[str, int]:

@@ -158,3 +158,36 @@ def test_snapshot_draws_the_newest_frame_with_faces(client: TestClient, redis_cl
     img = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
     green = (img[:, :, 1] > 200) & (img[:, :, 0] < 80) & (img[:, :, 2] < 80)
     assert green.sum() > 100  # boxes of frame 199's faces were drawn (frame 500 has none)
+
+
+def test_fervid_api_serves_and_warns_on_public_bind_without_token(db_url: str) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "FERVID_API_TOKEN"}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fervid.cli", "api", "--db", db_url, "--host", "0.0.0.0", "--port", str(port)],
+        cwd=root, env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/cameras/cam1/timeline", params={"bucket": "1m"}, timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert r.status_code == 200 and r.json()[0]["faces"] > 0
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert "WARNING" in err and "without FERVID_API_TOKEN" in err

@@ -188,3 +188,9 @@ def test_minute_rollup_equals_raw_events(engine, since, until) -> None:
             fast = timeline(engine, "cam1", bucket, labels=labels, **kw)
             raw = timeline(engine, "cam1", bucket, labels=labels, source="raw", **kw)
             assert fast == raw and fast
+
+
+def test_frames_without_faces_and_untracked_faces(engine) -> None:
+    assert insert_idempotent(engine, make_messages(10, faces=0)) == 0
+    assert count(engine, FrameRow) == 10 and count(engine, EventRow) == 0 and count(engine, CameraRow) == 1
+    assert insert_idempotent(engine, []) == 0

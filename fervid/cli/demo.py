@@ -142,9 +142,9 @@ def timeline(
         return
     if format == "csv":
         writer = csv.writer(sys.stdout)
-        writer.writerow(["start", "faces", *[f"n_{e}" for e in EMOTIONS], *[f"mean_{e}" for e in EMOTIONS]])
+        writer.writerow(["start", "faces", *[f"n_{e}" for e in EMOTIONS], *[f"mean_{e}" for e in EMOTIONS], "dominant"])
         for b in buckets:
-            writer.writerow([b["start"], b["faces"], *b["counts"].values(), *b["mean"].values()])
+            writer.writerow([b["start"], b["faces"], *b["counts"].values(), *b["mean"].values(), b["dominant"]])
         return
     if not buckets:
         console.print(f"No faces for camera {camera!r} in that range.")
