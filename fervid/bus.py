@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import redis
 from redis.exceptions import ResponseError
@@ -32,11 +32,12 @@ log = logging.getLogger(__name__)
 # Atomically: measure the downstream group's backlog, drop (and count) the oldest undelivered entries when a
 # live stream is full, append, and trim what the group has fully consumed. Atomic so that a drop is never
 # counted for an entry the consumer read in between.
-# KEYS: stream, stats hash.  ARGV: group, cap, policy ('drop_oldest'|'wait'), field1, value1, ...
+# KEYS: stream, stats hash.  ARGV: group, cap, policy ('drop_oldest'|'wait'), n, n stats field/value pairs
+# (HSET with the entry, e.g. the producer's last sequence number), then the entry's field1, value1, ...
 # Returns {id or false, dropped, backlog}.
 _PUBLISH_LUA = """
 local stream, stats = KEYS[1], KEYS[2]
-local group, cap, policy = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local group, cap, policy, nstats = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local last, pending, has_group = '0-0', 0, false
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
 if ok then
@@ -46,22 +47,29 @@ if ok then
     if info['name'] == group then last, pending, has_group = info['last-delivered-id'], info['pending'], true end
   end
 end
-local undelivered = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', cap + 1)
-local dropped = 0
-if policy == 'drop_oldest' then
-  local excess = #undelivered - cap + 1
-  for i = 1, excess do
-    redis.call('XDEL', stream, undelivered[i][1])
-    dropped = dropped + 1
+-- Undelivered entries are in the stream, so undelivered + pending <= XLEN + pending. Below the cap, neither a
+-- drop nor a wait can be due: skip the exact count, whose XRANGE copies every waiting entry (whole JPEGs).
+local length = redis.call('XLEN', stream)
+local nundelivered, dropped = length, 0
+if length + pending >= cap then
+  local undelivered = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', cap + 1)
+  nundelivered = #undelivered
+  if policy == 'drop_oldest' then
+    local excess = #undelivered - cap + 1
+    for i = 1, excess do
+      redis.call('XDEL', stream, undelivered[i][1])
+      dropped = dropped + 1
+    end
+    if dropped > 0 then redis.call('HINCRBY', stats, 'dropped', dropped) end
+  elseif #undelivered + pending >= cap then
+    return {false, 0, #undelivered + pending}
   end
-  if dropped > 0 then redis.call('HINCRBY', stats, 'dropped', dropped) end
-elseif #undelivered + pending >= cap then
-  return {false, 0, #undelivered + pending}
 end
 local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 5 + 2 * nstats, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', stream, '*', unpack(fields))
 redis.call('HINCRBY', stats, 'published', 1)
+for i = 5, 4 + 2 * nstats, 2 do redis.call('HSET', stats, ARGV[i], ARGV[i + 1]) end
 if has_group then
   local minid = nil
   if pending > 0 then
@@ -72,7 +80,7 @@ if has_group then
   end
   redis.call('XTRIM', stream, 'MINID', minid)
 end
-return {id, dropped, #undelivered - dropped + pending + 1}
+return {id, dropped, nundelivered - dropped + pending + 1}
 """
 
 
@@ -301,18 +309,23 @@ class Bus:
         backlog: int,
         policy: Policy = "wait",
         stats_key: str | None = None,
+        stats: Mapping[str, str | int] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         poll_s: float = 0.01,
     ) -> Published:
         """Append `message`, keeping the downstream backlog under `backlog` (see the module doc).
 
         With ``policy="wait"`` this blocks until there is room, raising :class:`StopRequested` if
-        `should_stop` turns true meanwhile.
+        `should_stop` turns true meanwhile. `stats` fields are set in the stats hash atomically with the
+        append (one round trip, and never one without the other). The returned ``backlog`` is exact near the
+        cap and an upper bound below it.
         """
         if backlog < 1:
             raise ValueError(f"backlog must be >= 1, got {backlog}")
         self.ensure_group(stream, downstream_group)
-        args: list[bytes | str | int] = [downstream_group, backlog, policy]
+        args: list[bytes | str | int] = [downstream_group, backlog, policy, len(stats or {})]
+        for k, v in (stats or {}).items():
+            args += [k, v]
         for k, v in message.encode().items():
             args += [k, v]
         keys = [stream, stats_key or f"{stream}:stats"]

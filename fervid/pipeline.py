@@ -87,7 +87,7 @@ def run_pipeline(
     from classifier.worker import ClassifierStage
     from detector.registry import create_configured
     from detector.worker import DetectorStage
-    from ingest.runner import run_source
+    from ingest.runner import run_live, run_source
     from ingest.source import is_live, probe_file
     from storage.db import create_schema, make_engine
     from storage.worker import StorageStage
@@ -119,7 +119,8 @@ def run_pipeline(
     ]
     counters: dict[str, Any] = {}
     ingests = [
-        _Thread(f"ingest-{spec.camera}", lambda spec=spec: counters.__setitem__(spec.camera, run_source(bus("ingest"), spec, settings, should_stop=stop.is_set)))
+        # Live sources reconnect (backoff, stall watchdog) until stopped; files are read once.
+        _Thread(f"ingest-{spec.camera}", lambda spec=spec, run=run_live if is_live(spec.url) else run_source: counters.__setitem__(spec.camera, run(bus("ingest"), spec, settings, should_stop=stop.is_set)))
         for spec in sources
     ]
     progress = Progress(expected=None)

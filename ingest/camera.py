@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import redis
@@ -26,7 +26,7 @@ from fervid.contracts import CAMERAS_KEY, camera_key
 from fervid.errors import SourceError
 from fervid.settings import Settings
 from ingest.cameras import CameraConfig
-from ingest.publisher import FramePublisher
+from ingest.publisher import CameraCounters, FramePublisher
 from ingest.source import PermanentSourceError, Sampler, decode, is_live, open_container, redact_text, source_kind
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,12 @@ class CameraRunner(threading.Thread):
     def stopping(self) -> bool:
         return self._halt.is_set()
 
+    def counters(self) -> CameraCounters:
+        """What this runner published (first and last seq, drops), across all its connections."""
+        c = self._publisher.counters if self._publisher is not None else CameraCounters()
+        with self._lock:
+            return replace(c, decoded=self.status.decoded)
+
     def snapshot(self) -> CameraStatus:
         with self._lock:
             now = time.monotonic()
@@ -135,6 +141,13 @@ class CameraRunner(threading.Thread):
     # -- the loop ----------------------------------------------------------------------------------------
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            if self._publisher is not None:
+                self._publisher.close()
+
+    def _run(self) -> None:
         name, url = self.config.name, redact_url(self.config.url)
         while not self._halt.is_set():
             self._set("connecting")
@@ -189,33 +202,43 @@ class CameraRunner(threading.Thread):
             read_timeout_s=cfg.read_timeout,
             transport=cfg.transport,
             decoder_threads=cfg.decoder_threads,
+            hwaccel=cfg.hwaccel,
         )
         sampler = Sampler(cfg.fps)
         anchor: float | None = None
         last_pts = 0.0
-        with container:
-            for frame in decode(container, cfg.url, stall_s=cfg.stall_timeout):
-                if self._halt.is_set():
-                    return
-                if anchor is None:
-                    # Live: wall clock at connect + PTS since connect. Files: start of the run + PTS (+ loops).
-                    anchor = time.time() - frame.pts if self.live else self._file_start + self._file_offset
-                    self.backoff.mark_up()
-                    self._set("live")
-                last_pts = frame.pts
-                with self._lock:
-                    self.status.decoded += 1
-                if not sampler.keep(frame.pts):
-                    continue
-                ts = anchor + frame.pts
-                if self.live:
-                    ts = max(ts, self._last_ts + 1e-3)  # never go back in time across reconnects
-                self._last_ts = ts
-                before = publisher.counters.dropped
-                publisher.publish(frame.image, ts, should_stop=self._halt.is_set)
-                with self._lock:
-                    self.status.frames += 1
-                    self.status.drops += publisher.counters.dropped - before
-                    self.status.last_frame_at = time.time()
+        try:
+            with container:
+                for frame in decode(container, cfg.url, stall_s=cfg.stall_timeout):
+                    if self._halt.is_set():
+                        return
+                    if anchor is None:
+                        # Live: wall clock at connect + PTS since connect. Files: start of the run + PTS (+ loops).
+                        anchor = time.time() - frame.pts if self.live else self._file_start + self._file_offset
+                        self.backoff.mark_up()
+                        self._set("live")
+                    last_pts = frame.pts
+                    with self._lock:
+                        self.status.decoded += 1
+                    if not sampler.keep(frame.pts):
+                        continue
+                    ts = anchor + frame.pts
+                    if self.live:
+                        ts = max(ts, self._last_ts + 1e-3)  # never go back in time across reconnects
+                    self._last_ts = ts
+                    publisher.publish(frame.raw, ts, should_stop=self._halt.is_set)  # encodes while we decode on
+                    self._sync_counters(publisher)
+        finally:
+            try:
+                publisher.flush()  # the frame in flight; its error (Redis, stop) ends the session too
+            finally:
+                self._sync_counters(publisher)
         if not self.live and anchor is not None:
             self._file_offset += last_pts + 1.0 / float(cfg.fps or 30)
+
+    def _sync_counters(self, publisher: FramePublisher) -> None:
+        c = publisher.counters  # frames this runner published; lags the frame in flight by one
+        with self._lock:
+            if c.published != self.status.frames:
+                self.status.last_frame_at = time.time()
+            self.status.frames, self.status.drops = c.published, c.dropped

@@ -46,11 +46,22 @@ class CameraConfig(BaseModel):
     read_timeout: float = Field(5.0, gt=0, le=300)  # no packet for this long: the connection is dead
     stall_timeout: float = Field(10.0, gt=0, le=600)  # packets but no decoded frame for this long: reconnect
     decoder_threads: int = Field(0, ge=0, le=64)  # 0: FFmpeg picks
+    hwaccel: str | None = None  # hardware decoding: cuda, vaapi, qsv, videotoolbox, ... (software when unavailable)
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return validate_camera_name(v)
+
+    @field_validator("hwaccel")
+    @classmethod
+    def _hwaccel(cls, v: str | None) -> str | None:
+        from av.codec.hwaccel import HWDeviceType
+
+        known = [t.name for t in HWDeviceType if t.name != "none"]
+        if v is not None and v not in known:
+            raise ValueError(f"unknown hardware decoder {v!r}; FFmpeg knows: {', '.join(known)}")
+        return v
 
     @model_validator(mode="after")
     def _loop_only_for_files(self) -> CameraConfig:

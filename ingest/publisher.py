@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
-import cv2
+import av
 import numpy as np
 
 from fervid.bus import Bus
 from fervid.contracts import CAMERAS_KEY, DETECTOR_GROUP, FrameMsg, FrameRef, camera_key, frames_stream
 from fervid.settings import Settings
+from ingest.jpeg import encode_bgr, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +34,16 @@ class CameraCounters:
 class FramePublisher:
     """Resizes, JPEG-encodes and publishes frames of one camera with a per-camera monotonic sequence number.
 
-    The sequence continues from the last one stored in Redis, so it stays monotonic across reconnects and
-    ingest restarts, which keeps (camera, seq) a unique key downstream.
+    The sequence continues from the last one stored in Redis (written atomically with each entry), so it stays
+    monotonic across reconnects and ingest restarts, which keeps (camera, seq) a unique key downstream.
+
+    With ``threads`` > 0 (default 2), frames are encoded and published on helper threads while the caller
+    decodes the next ones (libjpeg-turbo, FFmpeg and socket I/O release the GIL); frames still reach the stream
+    in order, each as soon as it is encoded. At most ``threads`` frames are in flight; an error of one is raised
+    by a later :meth:`publish` or by :meth:`flush`. Call :meth:`close` when done.
     """
 
-    def __init__(self, bus: Bus, camera: str, settings: Settings, *, live: bool) -> None:
+    def __init__(self, bus: Bus, camera: str, settings: Settings, *, live: bool, threads: int = 2) -> None:
         self.bus = bus
         self.camera = camera
         self.live = live
@@ -46,15 +57,41 @@ class FramePublisher:
         self._next_seq = int(last) + 1 if last is not None else 0
         bus.ensure_group(self.stream, DETECTOR_GROUP)
         bus.redis.sadd(CAMERAS_KEY, camera)
+        self._pool = _OrderedPool(threads, f"jpeg-{camera}") if threads > 0 else None
+        self._in_flight: deque[Future[None]] = deque()
 
-    def publish(self, image: np.ndarray, capture_ts: float, should_stop: Callable[[], bool] | None = None) -> None:
-        image = downscale(image, self.max_size)
-        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-        if not ok:
-            raise ValueError(f"{self.camera}: JPEG encoding failed for a {image.shape} frame")
-        h, w = image.shape[:2]
+    def publish(
+        self, frame: av.VideoFrame | np.ndarray, capture_ts: float, should_stop: Callable[[], bool] | None = None
+    ) -> None:
+        """Publish a decoded frame (or a BGR image). Raises the error of an earlier frame, if one failed."""
+        stop = should_stop or (lambda: False)
+        if self._pool is None:
+            self._send(self._encode(frame), capture_ts, stop)
+            return
+        while self._in_flight and (self._in_flight[0].done() or len(self._in_flight) >= self._pool.size):
+            self._in_flight.popleft().result()
+        self._in_flight.append(self._pool.submit(lambda: self._encode(frame), lambda jpeg: self._send(jpeg, capture_ts, stop)))
+
+    def flush(self) -> None:
+        """Wait for the frames in flight; raise the first error."""
+        while self._in_flight:
+            self._in_flight.popleft().result()
+
+    def close(self) -> None:
+        """Stop the helper threads (frames in flight are finished first; their errors are not raised)."""
+        self._in_flight.clear()
+        if self._pool is not None:
+            self._pool.close()
+
+    def _encode(self, frame: av.VideoFrame | np.ndarray) -> tuple[bytes, int, int]:
+        if isinstance(frame, np.ndarray):
+            return encode_bgr(frame, self.max_size, self.quality)
+        return encode_frame(frame, self.max_size, self.quality)
+
+    def _send(self, encoded: tuple[bytes, int, int], capture_ts: float, should_stop: Callable[[], bool]) -> None:
+        jpeg, w, h = encoded
         seq = self._next_seq
-        msg = FrameMsg(FrameRef(self.camera, seq, capture_ts, w, h), jpeg.tobytes(), live=self.live)
+        msg = FrameMsg(FrameRef(self.camera, seq, capture_ts, w, h), jpeg, live=self.live)
         result = self.bus.publish(
             self.stream,
             msg,
@@ -63,9 +100,9 @@ class FramePublisher:
             # Live video favours freshness: drop the oldest frames. Files favour completeness: wait.
             policy="drop_oldest" if self.live else "wait",
             stats_key=self.stats_key,
-            should_stop=should_stop or (lambda: False),
+            stats={"last_seq": seq},
+            should_stop=should_stop,
         )
-        self.bus.redis.hset(self.stats_key, "last_seq", seq)
         self._next_seq = seq + 1
         c = self.counters
         c.published += 1
@@ -74,9 +111,57 @@ class FramePublisher:
         c.last_seq = seq
 
 
-def downscale(image: np.ndarray, max_size: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    scale = max_size / max(h, w)
-    if scale >= 1:
-        return image
-    return cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+T = TypeVar("T")
+
+
+class _OrderedPool:
+    """`size` daemon threads that run ``work`` of several jobs at once and ``then`` of each strictly in the
+    order the jobs were submitted (a turn counter). Daemons, so a job blocked on a full stream never holds up
+    interpreter exit, as a ThreadPoolExecutor's threads would."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self.size = size
+        self._jobs: queue.SimpleQueue[tuple[int, Callable[[], Any], Callable[[Any], None], Future[None]] | None] = queue.SimpleQueue()
+        self._turn = threading.Condition()
+        self._next_ticket = 0  # submitted jobs
+        self._now_serving = 0  # jobs whose `then` has run (or failed)
+        self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(size)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, work: Callable[[], T], then: Callable[[T], None]) -> Future[None]:
+        future: Future[None] = Future()
+        self._jobs.put((self._next_ticket, work, then, future))
+        self._next_ticket += 1
+        return future
+
+    def close(self, timeout: float = 10.0) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            ticket, work, then, future = job
+            error: BaseException | None = None
+            try:
+                result = work()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+                error = exc
+            with self._turn:
+                self._turn.wait_for(lambda: self._now_serving == ticket)
+                try:
+                    if error is None:
+                        then(result)
+                except BaseException as exc:  # noqa: BLE001 - as above
+                    error = exc
+                finally:
+                    self._now_serving += 1
+                    self._turn.notify_all()
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)

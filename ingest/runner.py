@@ -1,4 +1,5 @@
-"""Running one source end to end: open → decode → sample → publish, until the source ends or a stop."""
+"""Running one source end to end for `fervid demo`: a file once through (:func:`run_source`), a live source
+with reconnects (:func:`run_live`), until the source ends, a time limit or a stop."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from fervid.bus import Bus, StopRequested, redact_url
+from fervid.errors import SourceError
 from fervid.settings import Settings
+from ingest.camera import CameraRunner
+from ingest.cameras import CameraConfig
 from ingest.publisher import CameraCounters, FramePublisher
 from ingest.source import Sampler, decode, is_live, open_container
 
@@ -41,8 +45,8 @@ def run_source(
     sampler = Sampler(spec.fps)
     anchor = time.time() if start_ts is None else start_ts
     log.info("%s: reading %s", spec.camera, redact_url(spec.url))
-    with open_container(spec.url) as container:
-        try:
+    try:
+        with open_container(spec.url) as container:
             for frame in decode(container, spec.url):
                 if should_stop():
                     break
@@ -51,7 +55,46 @@ def run_source(
                 publisher.counters.decoded += 1
                 if not sampler.keep(frame.pts):
                     continue
-                publisher.publish(frame.image, anchor + frame.pts, should_stop=should_stop)
-        except StopRequested:
-            pass
+                publisher.publish(frame.raw, anchor + frame.pts, should_stop=should_stop)
+        publisher.flush()
+    except StopRequested:
+        pass
+    finally:
+        publisher.close()
     return publisher.counters
+
+
+def run_live(
+    bus: Bus,
+    spec: SourceSpec,
+    settings: Settings,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    poll_s: float = 0.05,
+) -> CameraCounters:
+    """Publish a live source (RTSP, webcam) through a reconnecting :class:`CameraRunner` (backoff, stall
+    watchdog) until `should_stop`, or until `spec.seconds` after it first went live.
+
+    A permanent error (wrong path, wrong credentials) before the camera was ever live raises SourceError, as
+    :func:`run_source` does: a typo should end a demo, not retry it every minute. Once live, every loss is
+    retried.
+    """
+    runner = CameraRunner(CameraConfig(name=spec.camera, url=spec.url, fps=spec.fps), bus.redis, settings)
+    runner.start()
+    live_since: float | None = None
+    try:
+        while runner.is_alive() and not should_stop():
+            s = runner.snapshot()
+            if live_since is None and s.state == "live":
+                live_since = time.monotonic()
+            if live_since is None and s.state == "failed":
+                raise SourceError(s.last_error)
+            if live_since is not None and spec.seconds is not None and time.monotonic() - live_since >= spec.seconds:
+                break
+            time.sleep(poll_s)
+    finally:
+        runner.stop()
+        runner.join(10)
+    counters = runner.counters()
+    log.info("%s: %d frames published, %d dropped, %d reconnects", spec.camera, counters.published, counters.dropped, runner.snapshot().reconnects)
+    return counters

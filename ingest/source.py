@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -11,6 +12,7 @@ from typing import Callable, Iterator
 import av
 import av.error
 import numpy as np
+from av.codec.hwaccel import HWAccel, hwdevices_available
 
 from fervid.bus import redact_url
 from fervid.errors import SourceError
@@ -31,6 +33,11 @@ class DecodedFrame:
         self.pts = pts  # seconds since the start of the stream (or since connect, for live sources)
         self._frame = frame if not isinstance(frame, np.ndarray) else None
         self._image = frame if isinstance(frame, np.ndarray) else None
+
+    @property
+    def raw(self) -> av.VideoFrame | np.ndarray:
+        """The frame as decoded (YUV, for the JPEG encoder), or the BGR image once converted."""
+        return self._frame if self._frame is not None else self._image  # type: ignore[return-value]
 
     @property
     def image(self) -> np.ndarray:
@@ -65,11 +72,13 @@ def open_container(
     read_timeout_s: float | None = None,
     transport: str = "tcp",
     decoder_threads: int = 0,
+    hwaccel: str | None = None,
 ) -> av.container.InputContainer:
     """Open `url` or raise :class:`SourceError` with a one-line reason (credentials redacted).
 
     `timeout_s` bounds connecting and reading the header; `read_timeout_s` (default `timeout_s`) bounds every
-    later read, so a camera that goes silent raises instead of blocking its thread forever.
+    later read, so a camera that goes silent raises instead of blocking its thread forever. `hwaccel` (e.g.
+    ``cuda``, ``vaapi``) decodes on that device when it can, and in software, with a warning, when it cannot.
     """
     kind = source_kind(url)
     options: dict[str, str] = {}
@@ -102,9 +111,10 @@ def open_container(
             raise SourceError(f"video file {url} does not exist")
         if path.is_dir():
             raise SourceError(f"{url} is a directory, not a video file")
+    accel = hardware_decoder(hwaccel, redact_url(url)) if hwaccel else None
     started = time.monotonic()
     try:
-        container = av.open(target, format=fmt, options=options, timeout=(timeout_s, read_timeout_s))
+        container = av.open(target, format=fmt, options=options, timeout=(timeout_s, read_timeout_s), hwaccel=accel)
     except av.error.HTTPUnauthorizedError as exc:
         raise PermanentSourceError(f"{redact_url(url)}: the camera rejected the credentials (401 Unauthorized)") from exc
     except av.error.HTTPForbiddenError as exc:
@@ -131,7 +141,42 @@ def open_container(
     stream.thread_type = "AUTO"  # frame + slice threads: decoding is otherwise single-core
     if decoder_threads:
         stream.codec_context.thread_count = decoder_threads
+    if accel is not None and not stream.codec_context.is_hwaccel:
+        _warn_once(url, f"{redact_url(url)}: {hwaccel} cannot decode {stream.codec_context.name}; decoding in software")
     return container
+
+
+def hardware_decoder(kind: str, where: str = "") -> HWAccel | None:
+    """A hardware decoder on device type `kind`, or None (and a warning saying why) when this machine has none."""
+    problem = _hardware_problem(kind)
+    if problem:
+        _warn_once(f"{where} {kind}", f"{where}: {problem}; decoding in software")
+        return None
+    return HWAccel(kind, allow_software_fallback=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _hardware_problem(kind: str) -> str:
+    """Why `kind` cannot decode here ('' when it can). Cached: creating a device costs up to a second."""
+    built = hwdevices_available()
+    if kind not in built:
+        return f"hardware decoding '{kind}' is not in this FFmpeg build (it has: {', '.join(built) or 'none'})"
+    try:
+        # Creating the device is what fails on a machine without the hardware or its driver.
+        HWAccel(kind, allow_software_fallback=False).create(av.codec.Codec("h264", "r"))
+    except (av.error.FFmpegError, RuntimeError, OSError) as exc:
+        return f"hardware decoding '{kind}' is unavailable: cannot open the device ({_reason(exc)})"
+    return ""
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    """A configuration problem is worth one warning per source, not one per reconnect."""
+    if key not in _warned:
+        _warned.add(key)
+        log.warning("%s", message)
 
 
 def v4l2_device(url: str) -> str:
