@@ -203,6 +203,8 @@ class CameraRunner(threading.Thread):
             transport=cfg.transport,
             decoder_threads=cfg.decoder_threads,
             hwaccel=cfg.hwaccel,
+            tls_verify=cfg.tls_verify,
+            tls_ca_file=cfg.tls_ca_file,
         )
         sampler = Sampler(cfg.fps)
         anchor: float | None = None

@@ -5,6 +5,10 @@
         url: rtsp://${DOOR_USER}:${DOOR_PASSWORD}@10.0.0.12:554/stream1
         fps: 5              # analysis rate (frames/s kept), by timestamp
         transport: tcp      # or udp (RTSP only)
+      - name: yard
+        url: rtsps://${YARD_USER}:${YARD_PASSWORD}@10.0.0.13:322/live
+        tls_verify: false   # its certificate is self-signed (or: tls_ca_file: /etc/fervid/yard.pem)
+        hwaccel: cuda       # decode on the GPU when there is one; software (with a warning) otherwise
       - name: desk
         url: /dev/video0    # or 0
       - name: replay
@@ -47,6 +51,8 @@ class CameraConfig(BaseModel):
     stall_timeout: float = Field(10.0, gt=0, le=600)  # packets but no decoded frame for this long: reconnect
     decoder_threads: int = Field(0, ge=0, le=64)  # 0: FFmpeg picks
     hwaccel: str | None = None  # hardware decoding: cuda, vaapi, qsv, videotoolbox, ... (software when unavailable)
+    tls_verify: bool = True  # rtsps: verify the camera's certificate; false for self-signed ones
+    tls_ca_file: str | None = None  # rtsps: PEM of the CA (or the camera's own certificate) to trust
 
     @field_validator("name")
     @classmethod
@@ -69,6 +75,10 @@ class CameraConfig(BaseModel):
 
         if self.loop and source_kind(self.url) != "file":
             raise ValueError("loop applies to video files only")
+        if (not self.tls_verify or self.tls_ca_file) and not self.url.startswith("rtsps://"):
+            raise ValueError("tls_verify and tls_ca_file apply to rtsps:// cameras only")
+        if self.transport == "udp" and source_kind(self.url) != "rtsp":
+            raise ValueError("transport applies to RTSP cameras only")
         return self
 
     def __repr__(self) -> str:  # never print credentials, even in a debugger or a traceback

@@ -24,6 +24,8 @@ _DIRECT = ("yuv420p", "yuvj420p")  # formats whose planes libjpeg-turbo takes as
 
 def target_size(width: int, height: int, max_size: int) -> tuple[int, int]:
     """Longest side at most `max_size`, aspect ratio kept."""
+    if width < 1 or height < 1:
+        raise ValueError(f"cannot encode an empty {width}x{height} frame")
     scale = max_size / max(width, height)
     if scale >= 1:
         return width, height

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import re
@@ -73,12 +74,16 @@ def open_container(
     transport: str = "tcp",
     decoder_threads: int = 0,
     hwaccel: str | None = None,
+    tls_verify: bool = True,
+    tls_ca_file: str | None = None,
 ) -> av.container.InputContainer:
     """Open `url` or raise :class:`SourceError` with a one-line reason (credentials redacted).
 
     `timeout_s` bounds connecting and reading the header; `read_timeout_s` (default `timeout_s`) bounds every
     later read, so a camera that goes silent raises instead of blocking its thread forever. `hwaccel` (e.g.
     ``cuda``, ``vaapi``) decodes on that device when it can, and in software, with a warning, when it cannot.
+    ``rtsps://``: the camera's certificate is verified against the system's CAs or `tls_ca_file`, unless
+    `tls_verify` is off (cameras with self-signed certificates; FFmpeg itself would not verify at all).
     """
     kind = source_kind(url)
     options: dict[str, str] = {}
@@ -96,6 +101,10 @@ def open_container(
             "probesize": "500000",
             "fflags": "nobuffer",
         }
+        if url.startswith("rtsps://"):
+            options["tls_verify"] = "1" if tls_verify else "0"
+            if tls_ca_file:
+                options["ca_file"] = tls_ca_file
     elif kind == "v4l2":
         target = v4l2_device(url)
         fmt = "v4l2"
@@ -130,6 +139,12 @@ def open_container(
             raise PermanentSourceError(f"{url} is not a readable video file: {_reason(exc)}") from exc
         raise SourceError(f"cannot open {redact_url(url)}: {_reason(exc)}") from exc
     except (av.error.FFmpegError, OSError) as exc:
+        if url.startswith("rtsps://") and tls_verify and getattr(exc, "errno", None) == errno.EIO:
+            # GnuTLS reports a certificate it cannot verify as a bare I/O error.
+            raise SourceError(
+                f"cannot open {redact_url(url)}: TLS handshake failed ({_reason(exc)}); is the camera's certificate "
+                "trusted? For a self-signed one set tls_ca_file, or tls_verify: false"
+            ) from exc
         if kind != "file" and time.monotonic() - started >= 0.9 * timeout_s:
             # FFmpeg reports an interrupted open as whatever it was parsing at the time ("Invalid data ...").
             raise SourceError(f"cannot open {redact_url(url)}: no answer within {timeout_s:g}s (timed out)") from exc

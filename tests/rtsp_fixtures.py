@@ -34,8 +34,10 @@ def free_port() -> int:
 class RtspServer:
     """One gst-rtsp-server process serving `clip` on `mounts`, looping; can be SIGKILLed and restarted on its port."""
 
-    def __init__(self, clip: Path, mounts: tuple[str, ...] = ("cam",), user: str | None = None, password: str | None = None, port: int | None = None) -> None:
-        self.clip, self.mounts, self.user, self.password = clip, mounts, user, password
+    def __init__(
+        self, clip: Path, mounts: tuple[str, ...] = ("cam",), user: str | None = None, password: str | None = None, port: int | None = None, tls: Path | None = None
+    ) -> None:
+        self.clip, self.mounts, self.user, self.password, self.tls = clip, mounts, user, password, tls
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -43,7 +45,7 @@ class RtspServer:
         user = self.user if user is None else user
         password = self.password if password is None else password
         auth = f"{user}:{password}@" if user else ""
-        return f"rtsp://{auth}127.0.0.1:{self.port}/{mount}"
+        return f"{'rtsps' if self.tls else 'rtsp'}://{auth}127.0.0.1:{self.port}/{mount}"
 
     def start(self, timeout: float = 20.0) -> RtspServer:
         cmd = [SYSTEM_PYTHON, str(SERVER), "--port", str(self.port), "--clip", str(self.clip)]
@@ -51,6 +53,8 @@ class RtspServer:
             cmd += ["--mount", m]
         if self.user:
             cmd += ["--user", self.user, "--password", self.password or ""]
+        if self.tls:
+            cmd += ["--tls", str(self.tls)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
@@ -86,8 +90,8 @@ def rtsp_server_factory(rtsp_clip: Path) -> Iterator:  # type: ignore[type-arg]
     """Make and start servers; every one is killed at teardown."""
     servers: list[RtspServer] = []
 
-    def make(mounts: tuple[str, ...] = ("cam",), user: str | None = None, password: str | None = None) -> RtspServer:
-        server = RtspServer(rtsp_clip, mounts, user, password)
+    def make(mounts: tuple[str, ...] = ("cam",), user: str | None = None, password: str | None = None, tls: Path | None = None) -> RtspServer:
+        server = RtspServer(rtsp_clip, mounts, user, password, tls=tls)
         servers.append(server)
         return server.start()
 
@@ -102,3 +106,18 @@ def rtsp_server(rtsp_clip: Path) -> Iterator[RtspServer]:
     server = RtspServer(rtsp_clip, ("cam", "cam2"), "viewer", "s3cret-pw").start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def self_signed_pem(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A self-signed certificate for 127.0.0.1 and its key, in one PEM file (openssl, as CI installs it)."""
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
+        check=True, capture_output=True,
+    )
+    pem = d / "server.pem"
+    pem.write_bytes((d / "cert.pem").read_bytes() + (d / "key.pem").read_bytes())
+    return pem

@@ -2,7 +2,7 @@
 
 Runs under the system Python (``/usr/bin/python3``), because PyGObject is not importable from the venv:
 
-    /usr/bin/python3 tests/rtsp_server.py --port 8554 --clip clip.mp4 --mount cam --mount cam2 [--user u --password p]
+    /usr/bin/python3 tests/rtsp_server.py --port 8554 --clip clip.mp4 --mount cam --mount cam2 [--user u --password p] [--tls cert+key.pem]
 
 Every mount serves the same clip, decoded once at start-up and looped forever, re-encoded live with
 ``x264enc tune=zerolatency`` (no B-frames, key frame every ``--gop`` frames) so every client gets clean,
@@ -19,7 +19,7 @@ import gi
 
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+from gi.repository import Gio, GLib, Gst, GstRtspServer  # noqa: E402
 
 
 def load_clip(path: str) -> tuple[list[bytes], int, int, int]:
@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--user")
     parser.add_argument("--password")
     parser.add_argument("--gop", type=int, default=15)
+    parser.add_argument("--tls", help="PEM file with a certificate and its private key: serve rtsps:// (needs glib-networking)")
     args = parser.parse_args()
 
     Gst.init(None)
@@ -96,15 +97,22 @@ def main() -> None:
     server.set_service(str(args.port))
     mounts = server.get_mount_points()
     auth_role = "fervid-test"
-    if args.user:
+    secured = bool(args.user or args.tls)
+    if secured:
         auth = GstRtspServer.RTSPAuth()
         token = GstRtspServer.RTSPToken()
         token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, auth_role)
-        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password or ""), token)
+        if args.user:
+            auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password or ""), token)
+        else:
+            auth.set_default_token(token)  # TLS only: anyone who completes the handshake may watch
+        if args.tls:
+            # RTSP over TLS (rtsps://): every connection to this port must do the TLS handshake first.
+            auth.set_tls_certificate(Gio.TlsCertificate.new_from_file(args.tls))
         server.set_auth(auth)
     for name in args.mount or ["cam"]:
         factory = LoopingFactory(frames, width, height, fps, args.gop)
-        if args.user:
+        if secured:
             perms = GstRtspServer.RTSPPermissions()
             perms.add_role_from_structure(
                 Gst.Structure.new_from_string(

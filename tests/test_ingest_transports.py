@@ -1,0 +1,115 @@
+"""Per-camera transport options against the real GStreamer RTSP server: RTP over UDP, RTSP over TLS (rtsps://,
+self-signed certificate, verification on and off), and hardware decoding falling back to software."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import redis
+from av.codec.hwaccel import hwdevices_available
+
+from fervid.contracts import FrameMsg, frames_stream
+from fervid.bus import iter_entries
+from fervid.errors import ConfigError
+from ingest.cameras import CameraConfig, parse_cameras
+from ingest.service import IngestService
+from test_ingest_rtsp import service, wait_for  # noqa: F401  (the IngestService fixture)
+
+
+def udp_sockets_of_this_process() -> int:
+    """UDP sockets open in this process (RTP/RTCP receivers), from /proc: proof that UDP is really in use."""
+    inodes = set()
+    for name in ("udp", "udp6"):
+        try:
+            lines = Path(f"/proc/self/net/{name}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        inodes |= {line.split()[9] for line in lines}
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        count += target.startswith("socket:[") and target[8:-1] in inodes
+    return count
+
+
+def test_udp_transport_receives_rtp_over_udp(service: IngestService, rtsp_server_factory, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    server = rtsp_server_factory(("cam",))
+    assert udp_sockets_of_this_process() == 0
+    service.apply([CameraConfig(name="udpcam", url=server.url(), fps=10, transport="udp")])
+    runner = service.runners["udpcam"]
+    wait_for(lambda: runner.snapshot().frames >= 5, 15, "frames over UDP")
+    assert runner.snapshot().state == "live"
+    assert udp_sockets_of_this_process() >= 1, "transport: udp, but no UDP socket is open: RTP came over TCP"
+    service.stop()
+    assert udp_sockets_of_this_process() == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "state", "message"),
+    [
+        ({"tls_verify": False}, "live", ""),
+        ({"tls_ca_file": "CERT"}, "live", ""),  # the camera's own certificate, trusted explicitly
+        ({}, "backing_off", "TLS handshake failed"),  # verified against the system CAs: self-signed is refused
+    ],
+    ids=["verify-off", "trusted-ca-file", "verify-on-refused"],
+)
+def test_rtsps_with_a_self_signed_certificate(
+    service: IngestService, rtsp_server_factory, self_signed_pem: Path, options: dict, state: str, message: str, redis_client: redis.Redis  # type: ignore[no-untyped-def]
+) -> None:
+    server = rtsp_server_factory(("cam",), "viewer", "tls-pw", tls=self_signed_pem)
+    assert server.url().startswith("rtsps://viewer:tls-pw@")
+    options = {k: str(self_signed_pem.with_name("cert.pem")) if v == "CERT" else v for k, v in options.items()}
+    service.apply([CameraConfig(name="tls", url=server.url(), fps=10, open_timeout=3, **options)])
+    runner = service.runners["tls"]
+    wait_for(lambda: runner.snapshot().state == state and message in runner.snapshot().last_error, 15, f"state {state}")
+    if state == "live":
+        wait_for(lambda: runner.snapshot().frames >= 3, 10, "frames over TLS")
+        frame = FrameMsg.decode(next(iter_entries(redis_client, frames_stream("tls")))[1]).frame
+        assert (frame.width, frame.height) == (640, 480)
+    else:
+        assert runner.snapshot().frames == 0
+        assert "tls_verify: false" in runner.snapshot().last_error and "tls-pw" not in runner.snapshot().last_error
+
+
+def test_tls_and_transport_options_are_checked_against_the_url() -> None:
+    with pytest.raises(ConfigError, match="tls_verify and tls_ca_file apply to rtsps:// cameras only"):
+        parse_cameras("cameras: [{name: a, url: 'rtsp://h/x', tls_verify: false}]")
+    with pytest.raises(ConfigError, match="transport applies to RTSP cameras only"):
+        parse_cameras("cameras: [{name: a, url: /dev/video0, transport: udp}]")
+    with pytest.raises(ConfigError, match=r"unknown hardware decoder 'cude'; FFmpeg knows: .*cuda.*vaapi"):
+        parse_cameras("cameras: [{name: a, url: 'rtsp://h/x', hwaccel: cude}]")
+    (cam,) = parse_cameras("cameras: [{name: a, url: 'rtsps://h/x', tls_verify: false, hwaccel: cuda, transport: udp}]")
+    assert not cam.tls_verify and cam.hwaccel == "cuda"
+
+
+def _has_nvidia_gpu() -> bool:
+    return any(p.name.startswith("nvidia") and p.name[6:].isdigit() for p in Path("/dev").glob("nvidia*"))
+
+
+@pytest.mark.parametrize("kind", ["cuda", "vaapi"])
+def test_hwaccel_falls_back_to_software_with_a_clear_message(
+    kind: str, service: IngestService, rtsp_server, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+) -> None:
+    """cuda is in PyAV's FFmpeg build but this machine has no GPU; vaapi is not in the build at all. Either way
+    the camera decodes in software and the log says why, once."""
+    caplog.set_level(logging.WARNING)
+    built = hwdevices_available()
+    service.apply([CameraConfig(name=f"hw{kind}", url=rtsp_server.url("cam2"), fps=10, hwaccel=kind)])
+    runner = service.runners[f"hw{kind}"]
+    wait_for(lambda: runner.snapshot().frames >= 3, 15, "frames decoded in software")
+    if kind == "cuda" and _has_nvidia_gpu():  # a machine with a GPU decodes on it: no fallback to report
+        assert "decoding in software" not in caplog.text
+        return
+    if kind in built:
+        expected = f"hardware decoding '{kind}' is unavailable: cannot open the device"
+    else:
+        expected = f"hardware decoding '{kind}' is not in this FFmpeg build (it has: {', '.join(built)})"
+    warnings = [r.getMessage() for r in caplog.records if "decoding in software" in r.getMessage()]
+    assert len(warnings) == 1 and expected in warnings[0], warnings
+    assert "s3cret-pw" not in caplog.text and "rtsp://***@127.0.0.1" in warnings[0]
