@@ -80,6 +80,7 @@ def run_live(
     retried.
     """
     runner = CameraRunner(CameraConfig(name=spec.camera, url=spec.url, fps=spec.fps), bus.redis, settings)
+    log.info("%s: reading %s (live: reconnects until stopped)", spec.camera, redact_url(spec.url))
     runner.start()
     live_since: float | None = None
     try:

@@ -21,7 +21,7 @@ SERVER = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = os.environ.get("FERVID_GST_PYTHON", "/usr/bin/python3")
 APT_HINT = (
     "apt-get install -y --no-install-recommends python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp "
-    "gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly"
+    "gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly glib-networking openssl"
 )
 
 
