@@ -72,3 +72,15 @@ def test_pipeline_on_rtsp_survives_a_server_restart(
     summary = result["summary"]
     assert summary.frames_published >= len(rows) >= 10
     assert "reconnecting in" in caplog.text and "door" in caplog.text
+
+
+def test_a_wrong_path_ends_the_live_run_instead_of_retrying(rtsp_server, redis_client: redis.Redis, settings) -> None:  # type: ignore[no-untyped-def]
+    """A typo in a demo's URL is an error at once (the runner alone would retry it every minute)."""
+    from fervid.bus import Bus
+    from fervid.errors import SourceError
+    from ingest.runner import run_live
+
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=r"rtsp://\*\*\*@127.0.0.1:\d+/nope: no such stream path on the camera \(404 Not Found\)"):
+        run_live(Bus(redis_client, "ingest"), SourceSpec("typo", rtsp_server.url("nope")), settings)
+    assert time.monotonic() - started < 30
