@@ -63,6 +63,29 @@ def test_wait_policy_blocks_instead_of_dropping(redis_client: redis.Redis) -> No
     assert seqs(consumer.read([STREAM], 10, 10)) == [2, 3, 4]
 
 
+def test_stats_fields_are_written_with_the_entry_and_only_with_it(redis_client: redis.Redis) -> None:
+    producer = Bus(redis_client, "ingest")
+    producer.publish(STREAM, frame(0), downstream_group="detector", backlog=1, policy="wait", stats_key="st", stats={"last_seq": 0})
+    assert redis_client.hget("st", "last_seq") == b"0"
+    with pytest.raises(StopRequested):  # refused for want of room: no entry, so no last_seq either
+        producer.publish(STREAM, frame(1), downstream_group="detector", backlog=1, policy="wait", stats_key="st", stats={"last_seq": 1}, should_stop=lambda: True)
+    assert redis_client.hget("st", "last_seq") == b"0" and redis_client.xlen(STREAM) == 1
+
+
+def test_drop_counts_stay_exact_across_the_cheap_path_below_the_cap(redis_client: redis.Redis) -> None:
+    """Below the cap the script skips its exact count; crossing the cap back and forth must not miscount."""
+    producer, consumer = Bus(redis_client, "ingest"), Bus(redis_client, "detector")
+    delivered = dropped = 0
+    for i in range(300):
+        dropped += producer.publish(STREAM, frame(i), downstream_group="detector", backlog=6, policy="drop_oldest").dropped
+        if i % 40 < 20:  # bursts of a fast consumer (stream far below the cap) and of none (full, dropping)
+            got = consumer.read([STREAM], 3, 10)
+            consumer.ack(got)
+            delivered += len(got)
+    delivered += len(consumer.read([STREAM], 1000, 10))
+    assert dropped > 0 and delivered + dropped == 300
+
+
 def test_dead_consumers_entries_are_reclaimed_then_dead_lettered(redis_client: redis.Redis) -> None:
     Bus(redis_client, "ingest").publish(STREAM, frame(0), downstream_group="detector", backlog=10)
     dead = Bus(redis_client, "detector", "dies", claim_idle_ms=100)
