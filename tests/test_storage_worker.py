@@ -200,7 +200,7 @@ def test_cli_errors_are_one_line_with_exit_codes(tmp_path: Path, args: list[str]
 
 
 def test_connection_lost_inside_the_transaction_is_retried(pg_url: str, settings, monkeypatch) -> None:
-    """A psycopg error on the raw (unnest) insert path surfaces as SQLAlchemy's OperationalError and is retried."""
+    """A psycopg error on the raw (one-statement) insert path surfaces as SQLAlchemy's OperationalError and is retried."""
     import psycopg
 
     from fervid.bus import Delivery
@@ -211,7 +211,7 @@ def test_connection_lost_inside_the_transaction_is_retried(pg_url: str, settings
     failures = []
 
     def flaky(self, query, params=None, **kw):
-        if kw.get("binary") and "INSERT INTO events" in str(query) and not failures:
+        if "INSERT INTO events" in str(query) and not failures:
             failures.append(1)
             raise psycopg.OperationalError("server closed the connection unexpectedly")
         return real(self, query, params, **kw)
