@@ -15,8 +15,12 @@ changes no summary. What "actually inserted" means per dialect:
 
 from __future__ import annotations
 
+import functools
+import struct
 from collections import Counter
 from typing import Any, Sequence
+
+import numpy as np
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -234,20 +238,42 @@ _PG_WRITE = (
 )
 
 
+# Binary wire format of a 1-D array without NULLs: a header, then (length, value) per element. numpy lays the
+# elements out in one C loop; psycopg would otherwise format every element in Python.
+_BIN = {"float8": (701, ">f8"), "bigint": (20, ">i8"), "int": (23, ">i4")}
+
+
+class _BinaryArray(bytes):
+    """An array parameter already in PostgreSQL's binary format (sent as is by :class:`_BinaryArrayDumper`)."""
+
+
+def _binary_array(values: Sequence[Any], pg_type: str) -> _BinaryArray:
+    oid, dtype = _BIN[pg_type]
+    if not values:
+        return _BinaryArray(struct.pack(">3i", 0, 0, oid))
+    cells = np.empty(len(values), dtype=[("len", ">i4"), ("v", dtype)])
+    cells["len"] = cells.dtype["v"].itemsize
+    cells["v"] = values
+    return _BinaryArray(struct.pack(">5i", 1, 0, oid, len(values), 1) + cells.tobytes())
+
+
 def _literal(values: Sequence[Any]) -> str:
-    """An array literal of numbers; ``str`` of a float is its shortest exact repr, so values round-trip."""
+    """A text array literal of numbers and NULLs; ``str`` of a number is exact (a float's shortest repr)."""
     return "{" + ",".join(map(str, values)).replace("None", "NULL") + "}"
 
 
-def _pg_columns(rows: list[tuple[Any, ...]], types: Sequence[str], words: dict[str | None, int]) -> list[str]:
+def _pg_columns(rows: list[tuple[Any, ...]], types: Sequence[str], words: dict[str | None, int]) -> list[Any]:
     columns = list(zip(*rows)) if rows else [() for _ in types]
-    out = []
+    out: list[Any] = []
     for col, t in zip(columns, types):
         if t == "text":
             for v in dict.fromkeys(col):  # the few distinct cameras, labels, models
                 words.setdefault(v, len(words))
-            col = tuple(map(words.__getitem__, col))
-        out.append(_literal(col))
+            out.append(_binary_array(tuple(map(words.__getitem__, col)), "int"))
+        elif None in col:  # track_id: NULLs make elements of two sizes, so it goes as text
+            out.append(_literal(col))
+        else:
+            out.append(_binary_array(col, t))
     return out
 
 
@@ -261,10 +287,27 @@ def _pg_write(conn: Connection, frames: list[tuple[Any, ...]], events: list[tupl
     return int(_pg_execute(conn, _PG_WRITE, params)[0][0])
 
 
+@functools.cache
+def _dumper() -> type:
+    from psycopg.adapt import Dumper
+    from psycopg.pq import Format
+
+    class _BinaryArrayDumper(Dumper):
+        # oid 0 (unknown): the parameter takes the type of its cast in the SQL (``%s::float8[]``).
+        format = Format.BINARY
+
+        def dump(self, obj: Any) -> bytes:
+            return obj  # type: ignore[no-any-return]
+
+    return _BinaryArrayDumper
+
+
 def _pg_execute(conn: Connection, sql: str, params: list[Any]) -> list[Any]:
     """Run on the psycopg cursor (%s placeholders, no SQLAlchemy parameter processing)."""
     dbapi = conn.dialect.loaded_dbapi
-    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    driver = conn.connection.driver_connection
+    driver.adapters.register_dumper(_BinaryArray, _dumper())  # type: ignore[union-attr]  # this connection only
+    cur = driver.cursor()  # type: ignore[union-attr]
     try:
         cur.execute(sql, params)
         return cur.fetchall()
