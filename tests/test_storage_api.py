@@ -162,6 +162,7 @@ def test_snapshot_draws_the_newest_frame_with_faces(client: TestClient, redis_cl
 
 def test_fervid_api_serves_and_warns_on_public_bind_without_token(db_url: str) -> None:
     import os
+    import signal
     import socket
     import subprocess
     import sys
@@ -187,7 +188,12 @@ def test_fervid_api_serves_and_warns_on_public_bind_without_token(db_url: str) -
             except httpx.TransportError:
                 time.sleep(0.2)
         assert r.status_code == 200 and r.json()[0]["faces"] > 0
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+        assert time.monotonic() - t0 < 10 and proc.returncode == 0, err[-2000:]  # SIGTERM: a clean exit within 10 s
     finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=20)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert "WARNING" in err and "without FERVID_API_TOKEN" in err
