@@ -79,6 +79,13 @@ def test_cameras_events_paging_and_filters(client: TestClient) -> None:
         ("/events", {"label": "bored"}, 400, "unknown label"),
         ("/events", {"camera": "ghost"}, 404, "unknown camera"),
         ("/cameras/cam1/snapshot.jpg", {}, 404, "no frames"),
+        ("/events", {"after_id": str(2**70)}, 422, "less than or equal"),  # beyond BIGINT
+        ("/events", {"limit": str(10**12)}, 422, "less than or equal"),
+        ("/cameras/cam1/timeline", {"bucket": "9" * 40 + "d"}, 422, "at most"),
+        ("/cameras/cam1/timeline", {"bucket": "1e308s"}, 400, "invalid duration"),
+        ("/cameras/cam1/timeline", {"since": "2025-11-25T00:00:00+99:00"}, 400, "invalid time"),
+        ("/camera/cam1/timeline", {}, 404, "Not Found"),  # URL typo
+        ("/cameras/cam1/timelines", {}, 404, "Not Found"),
     ],
 )
 def test_bad_input_is_4xx_with_a_message(client: TestClient, path: str, params: dict, status: int, message: str) -> None:
