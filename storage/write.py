@@ -1,16 +1,16 @@
 """The storage write path: a batch of EventsMsg → frames, events, cameras, tracks and the minute rollup, in one
-transaction, exactly once.
+transaction, exactly once (ON CONFLICT DO NOTHING on (camera, seq) and (camera, frame seq, face index)).
 
-Python builds one flat tuple per frame and per face and nothing else; the summaries (tracks, ``events_1m``) are
-aggregated by the database from the event rows that the batch actually inserted, so a redelivered message
-changes no summary. What "actually inserted" means per dialect:
+Python builds one flat tuple per frame and per face. The summaries (tracks, ``events_1m``) are folded in only
+from the event rows the batch actually inserted, so a redelivered message changes no summary:
 
-- PostgreSQL: one statement with data-modifying CTEs; the summaries read the ``RETURNING`` of the events
-  insert. Columns travel as array literals built with ``str.join`` (C loops): psycopg's list adapters format
-  arrays element by element in Python, which made the old path slower than the database.
-- SQLite: ``executemany`` (the loop runs in C), then the summaries read the events whose rowid is above the
-  largest rowid seen once the transaction holds the write lock (SQLite has one writer at a time, and
-  ``INTEGER PRIMARY KEY`` rowids grow), one ``INSERT … SELECT … GROUP BY … ON CONFLICT`` per summary table.
+- PostgreSQL: one statement, one round trip. Data-modifying CTEs insert frames and events from ``unnest`` of one
+  array per column, and the summaries aggregate the events insert's ``RETURNING``. Numeric columns are sent as
+  binary arrays laid out by numpy: psycopg's list adapters format arrays element by element in Python, which
+  was the slowest part of the old path.
+- SQLite: ``executemany`` (the loop runs in C) for frames and events; the summaries are aggregated once per
+  batch in Python. When the events insert reports fewer rows than it was given (a redelivery), the new rows are
+  those above the rowid high-water mark read inside the same write transaction.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _rows(messages: Sequence[EventsMsg]) -> tuple[list[tuple[Any, ...]], list[tu
             b, p = e.box, e.probs
             # p.index(max(p)) is Emotion.label (first maximum) without the per-call key function.
             events.append((f.camera, f.seq, e.index, ts, b.x, b.y, b.w, b.h, e.score, e.track_id, *p, EMOTIONS[p.index(max(p))], e.smoothed_label, m.model, m.detector))  # fmt: skip
-    return frames, events, [(c, lo, hi) for c, (lo, hi) in spans.items()]
+    return frames, events, [(c, lo, hi) for c, (lo, hi) in sorted(spans.items())]  # sorted: lock order
 
 
 # --- summaries: the same upserts on both dialects, fed by "the event rows this batch inserted" ------------------
@@ -109,33 +109,34 @@ def _conflict_clause(table: str, pg: bool) -> str:
     return "ON CONFLICT (camera, track_id) DO UPDATE SET " + ", ".join(sets)
 
 
-def _minutes_sql(source: str, where: str, pg: bool) -> str:
-    count = (lambda cond: f"count(*) FILTER (WHERE {cond})") if pg else (lambda cond: f"sum({cond})")
-    minute = "ts_ms - ts_ms %% 60000" if pg else "ts_ms - ts_ms % 60000"  # psycopg's placeholders: %% is %
+def _pg_minutes_sql(source: str) -> str:
+    """Fold the rows of `source` (the events insert's RETURNING) into the per-minute rollup."""
+    minute = "ts_ms - ts_ms %% 60000"  # %% is % for psycopg
     select = [
         "camera", minute, "count(*)",
-        *[count(f"label = '{e}'") for e in EMOTIONS],
-        *[count(f"coalesce(label_smoothed, label) = '{e}'") for e in EMOTIONS],
+        *[f"count(*) FILTER (WHERE label = '{e}')" for e in EMOTIONS],
+        *[f"count(*) FILTER (WHERE coalesce(label_smoothed, label) = '{e}')" for e in EMOTIONS],
         *[f"sum(p_{e})" for e in EMOTIONS],
     ]  # fmt: skip
     return (
-        f"INSERT INTO events_1m ({', '.join(_MINUTE_COLS)}) SELECT {', '.join(select)} FROM {source} WHERE {where} "
-        f"GROUP BY camera, {minute} {_conflict_clause('events_1m', pg)}"
+        f"INSERT INTO events_1m ({', '.join(_MINUTE_COLS)}) SELECT {', '.join(select)} FROM {source} "
+        f"GROUP BY camera, {minute} ORDER BY camera, {minute} {_conflict_clause('events_1m', True)}"
     )
 
 
-def _tracks_sql(source: str, where: str, pg: bool) -> str:
+def _pg_tracks_sql(source: str) -> str:
+    """Fold the rows of `source` into the track summaries (GROUP BY first: ON CONFLICT DO UPDATE may touch a
+    row only once per statement). Upserts lock rows in key order, so concurrent workers cannot deadlock."""
     means = ", ".join(f"avg(p_{e}) AS mean_{e}" for e in EMOTIONS)
     inner = (
         f"SELECT camera, track_id, min(ts_ms) AS lo, max(ts_ms) AS hi, count(*) AS n, {means} FROM {source} "
-        f"WHERE {where} AND track_id IS NOT NULL GROUP BY camera, track_id"
+        "WHERE track_id IS NOT NULL GROUP BY camera, track_id"
     )
     dominant = _dominant({e: f"t.mean_{e}" for e in EMOTIONS})
     mean_cols = ", ".join(f"t.mean_{e}" for e in EMOTIONS)
-    # "WHERE true": SQLite needs it to parse ON CONFLICT after INSERT … SELECT.
     return (
         f"INSERT INTO tracks ({', '.join(_TRACK_COLS)}) SELECT t.camera, t.track_id, t.lo, t.hi, t.n, {mean_cols}, {dominant} "
-        f"FROM ({inner}) AS t WHERE true {_conflict_clause('tracks', pg)}"
+        f"FROM ({inner}) AS t ORDER BY t.camera, t.track_id {_conflict_clause('tracks', True)}"
     )
 
 
@@ -159,7 +160,6 @@ _SQLITE_TRACKS = f"INSERT INTO tracks ({', '.join(_TRACK_COLS)}) VALUES ({_place
 # The events a batch inserted are those above the high-water mark (rowid range; NOT INDEXED, or the planner
 # would walk a whole (camera, ...) index for its order).
 _SQLITE_NEW_KEYS = "SELECT camera, frame_seq, face_index FROM events NOT INDEXED WHERE id > ?"
-
 
 
 def _sqlite_write(conn: Connection, frames: list[tuple[Any, ...]], events: list[tuple[Any, ...]], cameras: list[tuple[str, int, int]]) -> int:
@@ -232,8 +232,8 @@ _PG_WRITE = (
     f"ON CONFLICT (camera, frame_seq, face_index) DO NOTHING RETURNING {_PG_RETURNED}), "
     "cam AS (INSERT INTO cameras (name, first_seen_ms, last_seen_ms) SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) "
     f"{_conflict_clause('cameras', True)}), "
-    f"trk AS ({_tracks_sql('ev', 'true', pg=True)}), "
-    f"mn AS ({_minutes_sql('ev', 'true', pg=True)}) "
+    f"trk AS ({_pg_tracks_sql('ev')}), "
+    f"mn AS ({_pg_minutes_sql('ev')}) "
     "SELECT count(*) FROM ev"
 )
 

@@ -54,8 +54,9 @@ def summaries_agree(url: str) -> None:
         faces = conn.execute(select(func.count()).select_from(EventRow)).scalar_one()
         rollup = conn.execute(select(func.sum(MinuteRow.faces))).scalar_one()
         tracked = conn.execute(select(func.sum(TrackRow.n_faces))).scalar_one()
-        per_track = dict(conn.execute(select(EventRow.track_id, func.count()).where(EventRow.track_id.is_not(None)).group_by(EventRow.track_id)).all())
-        track_rows = dict(conn.execute(select(TrackRow.track_id, TrackRow.n_faces)).all())
+        tracked_events = select(EventRow.camera, EventRow.track_id, func.count()).where(EventRow.track_id.is_not(None))
+        per_track = {(c, t): n for c, t, n in conn.execute(tracked_events.group_by(EventRow.camera, EventRow.track_id))}
+        track_rows = {(c, t): n for c, t, n in conn.execute(select(TrackRow.camera, TrackRow.track_id, TrackRow.n_faces))}
     engine.dispose()
     assert rollup == faces and tracked == sum(per_track.values()) and track_rows == per_track
 
@@ -249,3 +250,35 @@ def test_connection_lost_inside_the_transaction_is_retried(pg_url: str, settings
     n = sum(len(m.emotions) for m in msgs)
     assert counts(pg_url) == (n, n, 30)
     engine.dispose()
+
+
+def test_two_workers_writing_the_same_messages_concurrently_on_postgresql(pg_url: str, settings) -> None:
+    """Redelivery racing the first delivery (two replicas, same messages, opposite orders, at once): every face
+    stored once and counted once in the rollup and the track summaries."""
+    from fervid.bus import Delivery
+
+    create_schema(make_engine(pg_url))
+    msgs = make_messages(400, faces=3) + make_messages(200, camera="cam2", seed=5, faces=3)
+    batches = [[(Delivery(EVENTS_STREAM, f"{i}-{j}", {}), m) for j, m in enumerate(msgs[i : i + 16])] for i in range(0, len(msgs), 16)]
+    errors: list[BaseException] = []
+
+    def worker(order: list) -> None:
+        engine = make_engine(pg_url)
+        try:
+            stage = StorageStage(engine, settings)
+            for batch in order:
+                assert len(stage.handle(batch).done) == len(batch)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=worker, args=(o,)) for o in (batches, batches[::-1])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    faces = sum(len(m.emotions) for m in msgs)
+    assert counts(pg_url) == (faces, faces, len(msgs))
+    summaries_agree(pg_url)
