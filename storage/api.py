@@ -136,7 +136,7 @@ def create_app(engine: Engine, *, token: str | None = None, redis_url: str | Non
         until: Optional[str] = Query(None, max_length=64),
         label: Optional[str] = Query(None, max_length=16),
         limit: int = Query(100, ge=1, le=1000),
-        after_id: Optional[int] = Query(None, ge=0),
+        after_id: Optional[int] = Query(None, ge=0, le=2**63 - 1),  # a BIGINT: larger would overflow the driver, a 500
     ) -> dict[str, Any]:
         rows = tl.events(
             engine,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -25,12 +25,15 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fervid.bus import redact_url
-from fervid.contracts import EMOTIONS, EventsMsg
+from fervid.contracts import EMOTIONS
 from fervid.errors import ConfigError, ServiceUnavailable
+from storage.write import insert_idempotent
+
+__all__ = ["insert_idempotent"]  # the write path lives in storage/write.py; callers import it from here
 
 log = logging.getLogger(__name__)
 
@@ -181,253 +184,6 @@ def create_schema(engine: Engine) -> None:
     from storage.migrate import upgrade
 
     upgrade(engine)
-
-
-def rows_for(messages: Sequence[EventsMsg]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    frames, events = [], []
-    for msg in messages:
-        f = msg.frame
-        ts_ms = int(round(f.capture_ts * 1000))
-        frames.append(dict(camera=f.camera, seq=f.seq, ts_ms=ts_ms, width=f.width, height=f.height, faces=len(msg.emotions)))
-        for e in msg.emotions:
-            row = dict(
-                camera=f.camera, frame_seq=f.seq, face_index=e.index, ts_ms=ts_ms,
-                x=e.box.x, y=e.box.y, w=e.box.w, h=e.box.h, det_score=e.score, track_id=e.track_id,
-                label=e.label, label_smoothed=e.smoothed_label, model=msg.model, detector=msg.detector,
-            )  # fmt: skip
-            row.update({f"p_{name}": p for name, p in zip(EMOTIONS, e.probs)})
-            events.append(row)
-    return frames, events
-
-
-_P_COLS = [f"p_{e}" for e in EMOTIONS]
-
-
-_EVENT_COLS = (
-    "camera", "frame_seq", "face_index", "ts_ms", "x", "y", "w", "h", "det_score", "track_id",
-    *_P_COLS, "label", "label_smoothed", "model", "detector",
-)  # fmt: skip
-_EVENT_PG_TYPES = ("text", "bigint", "int", "bigint", *["float8"] * 5, "bigint", *["float8"] * 7, "text", "text", "text", "text")
-_EVENT_TEXT = frozenset(i for i, t in enumerate(_EVENT_PG_TYPES) if t == "text")
-_MAX_PARAMS = 30_000  # under SQLite's 32766 and PostgreSQL's 65535 bind parameters per statement
-
-
-def _chunks(items: list[Any], width: int) -> Any:
-    step = max(1, _MAX_PARAMS // width)
-    for i in range(0, len(items), step):
-        yield items[i : i + step]
-
-
-def _values(ph: str, width: int, n: int) -> str:
-    row = "(" + ", ".join([ph] * width) + ")"
-    return ", ".join([row] * n)
-
-
-def _pg_execute(conn: Any, sql: str, params: list[Any], fetch: bool = False) -> list[Any]:
-    """Run on the psycopg cursor with binary parameters: arrays of numbers are packed, not formatted as text."""
-    dbapi = conn.dialect.loaded_dbapi
-    cur = conn.connection.driver_connection.cursor()
-    try:
-        cur.execute(sql, params, binary=True)
-        return cur.fetchall() if fetch else []
-    except dbapi.Error as exc:
-        # Wrap like SQLAlchemy does (psycopg.OperationalError → sqlalchemy OperationalError), so the worker's
-        # outage handling sees the same exceptions on this path as on every other.
-        if isinstance(exc, dbapi.OperationalError):
-            conn.invalidate()
-        raise DBAPIError.instance(sql, None, exc, dbapi.Error) from exc
-    finally:
-        if not cur.closed:
-            cur.close()
-
-
-def insert_idempotent(engine: Engine, messages: Sequence[EventsMsg]) -> int:
-    """Write frames, events, cameras and track summaries in one transaction; redelivery never duplicates.
-
-    A message's frame row and its event rows are always committed together, so the frames that the
-    ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` reports as new are exactly the messages whose events are new:
-    only those are written and folded into cameras and tracks (the events insert keeps its own ON CONFLICT
-    guard as well). Multi-row VALUES statements through the DB-API keep this close to a bare insert's speed.
-    Returns the number of event rows newly inserted."""
-    if not messages:
-        return 0
-    pg = engine.dialect.name == "postgresql"
-    by_key: dict[tuple[str, int], EventsMsg] = {}
-    for m in messages:
-        by_key.setdefault((m.frame.camera, m.frame.seq), m)
-    unique = list(by_key.values())
-    with engine.begin() as conn:
-        new: set[tuple[str, int]] = set()
-        frame_rows = [(m.frame.camera, m.frame.seq, int(round(m.frame.capture_ts * 1000)), m.frame.width, m.frame.height, len(m.emotions)) for m in unique]
-        if pg:
-            # unnest of one array per column: 6 bind parameters whatever the batch size (psycopg parses fast).
-            sql = (
-                "INSERT INTO frames (camera, seq, ts_ms, width, height, faces) "
-                "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::int[], %s::int[], %s::int[]) "
-                "ON CONFLICT (camera, seq) DO NOTHING RETURNING camera, seq"
-            )
-            new.update((r[0], r[1]) for r in _pg_execute(conn, sql, [list(c) for c in zip(*frame_rows)], fetch=True))
-        else:
-            for chunk in _chunks(frame_rows, 6):
-                sql = (
-                    f"INSERT INTO frames (camera, seq, ts_ms, width, height, faces) VALUES {_values('?', 6, len(chunk))} "
-                    "ON CONFLICT (camera, seq) DO NOTHING RETURNING camera, seq"
-                )
-                new.update((r[0], r[1]) for r in conn.exec_driver_sql(sql, tuple(v for row in chunk for v in row)))
-        fresh = [m for key, m in by_key.items() if key in new]
-        if not fresh:
-            return 0
-        events: list[tuple[Any, ...]] = []
-        tracks: dict[tuple[str, int], dict[str, Any]] = {}
-        for m in fresh:
-            f = m.frame
-            ts_ms = int(round(f.capture_ts * 1000))
-            for e in m.emotions:
-                b = e.box
-                events.append((f.camera, f.seq, e.index, ts_ms, b.x, b.y, b.w, b.h, e.score, e.track_id, *e.probs, e.label, e.smoothed_label, m.model, m.detector))
-                if e.track_id is not None:
-                    a = tracks.get((f.camera, e.track_id))
-                    if a is None:
-                        a = tracks[f.camera, e.track_id] = {"n": 0, "lo": ts_ms, "hi": ts_ms, "sum": [0.0] * len(EMOTIONS)}
-                    a["n"] += 1
-                    a["lo"], a["hi"] = min(a["lo"], ts_ms), max(a["hi"], ts_ms)
-                    sums = a["sum"]
-                    for i, p in enumerate(e.probs):
-                        sums[i] += p
-        cameras, track_rows, minutes = _camera_rows(fresh), _track_rows(tracks), _minute_rows(fresh)
-        if pg:
-            _pg_write_all(conn, events, cameras, track_rows, minutes)
-        else:
-            cols = ", ".join(_EVENT_COLS)
-            if events:
-                sql = f"INSERT INTO events ({cols}) VALUES ({', '.join('?' * len(_EVENT_COLS))}) ON CONFLICT (camera, frame_seq, face_index) DO NOTHING"
-                conn.exec_driver_sql(sql, events)  # sqlite3 executemany: the loop runs in C
-            conn.exec_driver_sql(_upsert_sql("cameras", False), cameras)
-            if track_rows:
-                conn.exec_driver_sql(_upsert_sql("tracks", False), track_rows)
-            if minutes:
-                conn.exec_driver_sql(_upsert_sql("events_1m", False), minutes)
-    return len(events)
-
-
-def _camera_rows(messages: Sequence[EventsMsg]) -> list[tuple[str, int, int]]:
-    span: dict[str, list[int]] = {}
-    for m in messages:
-        ts = int(round(m.frame.capture_ts * 1000))
-        lo_hi = span.setdefault(m.frame.camera, [ts, ts])
-        lo_hi[0], lo_hi[1] = min(lo_hi[0], ts), max(lo_hi[1], ts)
-    return [(c, lo, hi) for c, (lo, hi) in sorted(span.items())]
-
-
-def _track_rows(agg: dict[tuple[str, int], dict[str, Any]]) -> list[tuple[Any, ...]]:
-    rows = []
-    for (camera, track), a in sorted(agg.items()):
-        means = [x / a["n"] for x in a["sum"]]
-        dominant = EMOTIONS[max(range(len(EMOTIONS)), key=means.__getitem__)]
-        rows.append((camera, track, a["lo"], a["hi"], a["n"], dominant, *means))
-    return rows
-
-
-_MINUTE_COLS = ["camera", "minute_ms", "faces", *[f"{k}_{e}" for k in ("n", "s", "sum") for e in EMOTIONS]]
-_TRACK_COLS = ["camera", "track_id", "first_ts_ms", "last_ts_ms", "n_faces", "dominant", *[f"mean_{e}" for e in EMOTIONS]]
-_CAMERA_COLS = ["name", "first_seen_ms", "last_seen_ms"]
-_EMOTION_INDEX = {e: i for i, e in enumerate(EMOTIONS)}
-_PG_TYPES = {
-    "cameras": ["text", "bigint", "bigint"],
-    "tracks": ["text", "bigint", "bigint", "bigint", "int", "text", *["float8"] * len(EMOTIONS)],
-    "events_1m": ["text", "bigint", "bigint", *["bigint"] * (2 * len(EMOTIONS)), *["float8"] * len(EMOTIONS)],
-}
-
-
-def _minute_rows(messages: Sequence[EventsMsg]) -> list[tuple[Any, ...]]:
-    acc: dict[tuple[str, int], list[Any]] = {}
-    k = len(EMOTIONS)
-    for m in messages:
-        if not m.emotions:
-            continue
-        ts = int(round(m.frame.capture_ts * 1000))
-        key = (m.frame.camera, ts - ts % 60_000)
-        a = acc.get(key)
-        if a is None:
-            a = acc[key] = [0] * (1 + 2 * k) + [0.0] * k
-        for e in m.emotions:
-            a[0] += 1
-            raw = _EMOTION_INDEX[e.label]
-            a[1 + raw] += 1
-            a[1 + k + (_EMOTION_INDEX[e.smoothed_label] if e.smoothed_label is not None else raw)] += 1
-            for i, p in enumerate(e.probs):
-                a[1 + 2 * k + i] += p
-    return [(c, minute, *a) for (c, minute), a in sorted(acc.items())]
-
-
-def _conflict_clause(table: str, pg: bool) -> str:
-    """The ON CONFLICT part of each summary upsert: cameras widen their span; tracks fold in running means (weighted
-    by face counts; dominant = highest mean, ties in EMOTIONS order); minutes add up. The row lock of
-    ON CONFLICT DO UPDATE makes concurrent workers add up correctly."""
-    least, greatest = ("least", "greatest") if pg else ("min", "max")
-    if table == "cameras":
-        return (
-            "ON CONFLICT (name) DO UPDATE SET "
-            f"first_seen_ms = {least}(cameras.first_seen_ms, excluded.first_seen_ms), "
-            f"last_seen_ms = {greatest}(cameras.last_seen_ms, excluded.last_seen_ms)"
-        )
-    if table == "events_1m":
-        return "ON CONFLICT (camera, minute_ms) DO UPDATE SET " + ", ".join(f"{c} = events_1m.{c} + excluded.{c}" for c in _MINUTE_COLS[2:])
-    n = "(tracks.n_faces + excluded.n_faces)"
-    new = {e: f"((tracks.mean_{e} * tracks.n_faces + excluded.mean_{e} * excluded.n_faces) / {n})" for e in EMOTIONS}
-    whens = " ".join(f"WHEN {' AND '.join(f'{new[e]} >= {new[o]}' for o in EMOTIONS if o != e)} THEN '{e}'" for e in EMOTIONS[:-1])
-    sets = [
-        f"first_ts_ms = {least}(tracks.first_ts_ms, excluded.first_ts_ms)",
-        f"last_ts_ms = {greatest}(tracks.last_ts_ms, excluded.last_ts_ms)",
-        f"dominant = CASE {whens} ELSE '{EMOTIONS[-1]}' END",
-        *[f"mean_{e} = {new[e]}" for e in EMOTIONS],
-        f"n_faces = {n}",
-    ]
-    return "ON CONFLICT (camera, track_id) DO UPDATE SET " + ", ".join(sets)
-
-
-_COLS = {"cameras": _CAMERA_COLS, "tracks": _TRACK_COLS, "events_1m": _MINUTE_COLS}
-
-
-def _upsert_sql(table: str, pg: bool) -> str:
-    cols = _COLS[table]
-    if pg:
-        source = "SELECT * FROM unnest(" + ", ".join(f"%s::{t}[]" for t in _PG_TYPES[table]) + ")"
-    else:
-        source = "VALUES (" + ", ".join("?" * len(cols)) + ")"
-    return f"INSERT INTO {table} ({', '.join(cols)}) {source} {_conflict_clause(table, pg)}"
-
-
-def _pg_events_sql() -> str:
-    # Strings go as indexes into one small dictionary array: per-element text formatting is the slow part of
-    # sending arrays, and a batch has only a handful of distinct cameras, labels, models and detectors.
-    select_list = ", ".join(f"d[u.c{i}]" if i in _EVENT_TEXT else f"u.c{i}" for i in range(len(_EVENT_COLS)))
-    casts = ", ".join(f"%s::{'int' if i in _EVENT_TEXT else t}[]" for i, t in enumerate(_EVENT_PG_TYPES))
-    aliases = ", ".join(f"c{i}" for i in range(len(_EVENT_COLS)))
-    return (
-        f"INSERT INTO events ({', '.join(_EVENT_COLS)}) SELECT {select_list} FROM unnest({casts}) AS u({aliases}), "
-        "(SELECT %s::text[] AS d) k ON CONFLICT (camera, frame_seq, face_index) DO NOTHING"
-    )
-
-
-# One statement, one round trip: data-modifying CTEs write events, cameras, tracks and the minute rollup.
-_PG_WRITE_ALL = (
-    f"WITH ev AS ({_pg_events_sql()}), cam AS ({_upsert_sql('cameras', True)}), trk AS ({_upsert_sql('tracks', True)}) "
-    f"{_upsert_sql('events_1m', True)}"
-)
-
-
-def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    return [list(c) for c in zip(*rows)] if rows else [[] for _ in range(width)]
-
-
-def _pg_write_all(conn: Any, events: list[tuple[Any, ...]], cameras: list[Any], tracks: list[Any], minutes: list[Any]) -> None:
-    words: dict[str, int] = {}
-    ev = _columns(events, len(_EVENT_COLS))
-    for i in _EVENT_TEXT:
-        ev[i] = [None if v is None else words.setdefault(v, len(words) + 1) for v in ev[i]]
-    params = [*ev, list(words), *_columns(cameras, 3), *_columns(tracks, len(_TRACK_COLS)), *_columns(minutes, len(_MINUTE_COLS))]
-    _pg_execute(conn, _PG_WRITE_ALL, params)
 
 
 def prune(engine: Engine, older_than_ms: int, now_ms: int | None = None) -> dict[str, int]:

@@ -79,6 +79,13 @@ def test_cameras_events_paging_and_filters(client: TestClient) -> None:
         ("/events", {"label": "bored"}, 400, "unknown label"),
         ("/events", {"camera": "ghost"}, 404, "unknown camera"),
         ("/cameras/cam1/snapshot.jpg", {}, 404, "no frames"),
+        ("/events", {"after_id": str(2**70)}, 422, "less than or equal"),  # beyond BIGINT
+        ("/events", {"limit": str(10**12)}, 422, "less than or equal"),
+        ("/cameras/cam1/timeline", {"bucket": "9" * 40 + "d"}, 422, "at most"),
+        ("/cameras/cam1/timeline", {"bucket": "1e308s"}, 400, "invalid duration"),
+        ("/cameras/cam1/timeline", {"since": "2025-11-25T00:00:00+99:00"}, 400, "invalid time"),
+        ("/camera/cam1/timeline", {}, 404, "Not Found"),  # URL typo
+        ("/cameras/cam1/timelines", {}, 404, "Not Found"),
     ],
 )
 def test_bad_input_is_4xx_with_a_message(client: TestClient, path: str, params: dict, status: int, message: str) -> None:
@@ -162,6 +169,7 @@ def test_snapshot_draws_the_newest_frame_with_faces(client: TestClient, redis_cl
 
 def test_fervid_api_serves_and_warns_on_public_bind_without_token(db_url: str) -> None:
     import os
+    import signal
     import socket
     import subprocess
     import sys
@@ -187,7 +195,12 @@ def test_fervid_api_serves_and_warns_on_public_bind_without_token(db_url: str) -
             except httpx.TransportError:
                 time.sleep(0.2)
         assert r.status_code == 200 and r.json()[0]["faces"] > 0
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+        assert time.monotonic() - t0 < 10 and proc.returncode == 0, err[-2000:]  # SIGTERM: a clean exit within 10 s
     finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=20)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert "WARNING" in err and "without FERVID_API_TOKEN" in err

@@ -194,3 +194,35 @@ def test_frames_without_faces_and_untracked_faces(engine) -> None:
     assert insert_idempotent(engine, make_messages(10, faces=0)) == 0
     assert count(engine, FrameRow) == 10 and count(engine, EventRow) == 0 and count(engine, CameraRow) == 1
     assert insert_idempotent(engine, []) == 0
+
+
+def test_rows_round_trip_exactly_with_awkward_strings_and_interleaved_cameras(engine) -> None:
+    """Every float keeps every bit and any model/detector string survives (the PostgreSQL path sends array
+    literals and a dictionary of strings); a batch interleaving cameras keeps per-camera summaries apart."""
+    import dataclasses
+
+    odd = ['m,1 "q" {x} \\ NULL', "NULL", "", "modèle ünï"]
+    cams = [make_messages(30, camera=c, seed=i + 3, faces=3) for i, c in enumerate(("cam1", "cam.2", "Cam_3"))]
+    msgs = [dataclasses.replace(m, model=odd[i % 4], detector=odd[(i + 1) % 4]) for i, m in enumerate(x for trio in zip(*cams) for x in trio)]
+    n = sum(len(m.emotions) for m in msgs)
+    assert insert_idempotent(engine, msgs) == n
+    expected = {
+        (m.frame.camera, m.frame.seq, e.index): (round(m.frame.capture_ts * 1000), e.box.x, e.box.y, e.box.w, e.box.h, e.score, e.track_id,
+                                                 *e.probs, e.label, e.smoothed_label, m.model, m.detector)
+        for m in msgs for e in m.emotions
+    }  # fmt: skip
+    cols = [EventRow.__table__.c[c] for c in ("camera", "frame_seq", "face_index", "ts_ms", "x", "y", "w", "h", "det_score", "track_id",
+                                               *[f"p_{e}" for e in EMOTIONS], "label", "label_smoothed", "model", "detector")]  # fmt: skip
+    with engine.connect() as conn:
+        stored = {tuple(r[:3]): tuple(r[3:]) for r in conn.execute(select(*cols))}
+        tracks = {(r.camera, r.track_id): r for r in conn.execute(select(TrackRow.__table__))}
+        cameras = {r.name: (r.first_seen_ms, r.last_seen_ms) for r in conn.execute(select(CameraRow.__table__))}
+    assert stored == expected
+    assert cameras == {c[0].frame.camera: (round(c[0].frame.capture_ts * 1000), round(c[-1].frame.capture_ts * 1000)) for c in cams}
+    for (camera, track), row in tracks.items():
+        faces = [v for k, v in expected.items() if k[0] == camera and v[6] == track]
+        means = [sum(f[7 + i] for f in faces) / len(faces) for i in range(len(EMOTIONS))]
+        assert row.n_faces == len(faces) and (row.first_ts_ms, row.last_ts_ms) == (min(f[0] for f in faces), max(f[0] for f in faces))
+        assert [getattr(row, f"mean_{e}") for e in EMOTIONS] == pytest.approx(means, abs=1e-12)
+        assert row.dominant == EMOTIONS[means.index(max(means))]
+    assert sum(r.n_faces for r in tracks.values()) == n

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any, Annotated, Optional
 
@@ -116,6 +118,9 @@ def api(
         )
     engine = make_engine(settings.resolved_db_url)
     create_schema(engine)
+    # uvicorn shuts down gracefully on SIGTERM, restores the handler it found and re-raises the signal: with this
+    # handler that ends the process with status 0, as every other fervid worker does, not killed by the signal.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(create_app(engine, token=token, redis_url=settings.redis_url), host=host, port=port, log_level="info" if verbose else "warning")
 
 
