@@ -272,6 +272,18 @@ class Bus:
         for stream, ids in by_stream.items():
             self.redis.xclaim(stream, self.group, self.consumer, 0, ids, idle=self.claim_idle_ms, justid=True)
 
+    def adopt(self, stream: str) -> int:
+        """Take over everything pending on `stream` in the group, to be read next, ahead of new entries. For a
+        stage that has just become the stream's only reader (a camera lease): its previous reader has stopped
+        or died, so there is no need to wait ``claim_idle_ms``. Returns how many entries."""
+        self.ensure_group(stream)
+        ids = [_s(p["message_id"]) for p in self.redis.xpending_range(stream, self.group, "-", "+", 100_000)]
+        if ids:  # marked idle (as `release` does), so the next read's XAUTOCLAIM returns them first
+            self.redis.xclaim(stream, self.group, self.consumer, 0, ids, idle=self.claim_idle_ms, justid=True)
+            log.info("%s: adopted %d pending entries of %s", self.group, len(ids), stream)
+        self._last_claim.pop(stream, None)
+        return len(ids)
+
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Park the entry with its reason on the dead-letter stream, and ack it, in one transaction."""
         fields: dict[bytes | str, bytes | str] = {k: v for k, v in delivery.fields.items() if not k.startswith(b"dl_")}
