@@ -166,6 +166,7 @@ class Bus:
         self._publish = client.register_script(_PUBLISH_LUA)
         self._groups: set[str] = set()
         self._last_claim: dict[str, float] = {}
+        self._surplus: list[Delivery] = []  # delivered to us beyond a read's `count` (see `read`)
 
     # -- consuming ---------------------------------------------------------------------------------------
 
@@ -182,22 +183,33 @@ class Bus:
         self._groups.add((stream, group))  # type: ignore[arg-type]
 
     def read(self, streams: Sequence[str], count: int, block_ms: int) -> list[Delivery]:
-        """Stale entries of dead consumers first, then new ones; blocks up to `block_ms` when there are none."""
+        """At most `count` entries: stale entries of dead consumers first, then new ones; blocks up to `block_ms`
+        when there are none."""
         if not streams:
             time.sleep(block_ms / 1000)
             return []
+        # XREADGROUP's COUNT is per stream, so reading several streams can deliver more than `count`: the rest
+        # is kept here and served first next time. Entries of a stream no longer read (its camera lease moved)
+        # are dropped from here but stay pending: the new reader adopts or reclaims them.
+        wanted = set(streams)
+        surplus = [d for d in self._surplus if d.stream in wanted]
+        if surplus:
+            self._surplus = surplus[count:]
+            return surplus[:count]
+        self._surplus = []
         for s in streams:
             self.ensure_group(s)
-        claimed = self._reclaim(streams, count)
-        if claimed:
-            return claimed
-        resp = self.redis.xreadgroup(self.group, self.consumer, {s: ">" for s in streams}, count=count, block=block_ms)
-        return [
-            Delivery(_s(stream), _s(entry_id), fields)
-            for stream, entries in resp or []
-            for entry_id, fields in entries
-            if fields is not None
-        ]
+        got = self._reclaim(streams, count)
+        if not got:
+            resp = self.redis.xreadgroup(self.group, self.consumer, {s: ">" for s in streams}, count=count, block=block_ms)
+            got = [
+                Delivery(_s(stream), _s(entry_id), fields)
+                for stream, entries in resp or []
+                for entry_id, fields in entries
+                if fields is not None
+            ]
+        self._surplus = got[count:]
+        return got[:count]
 
     def read_batch(
         self,
