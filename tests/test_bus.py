@@ -122,6 +122,7 @@ def test_read_of_several_streams_never_exceeds_count(redis_client: redis.Redis) 
     got = []
     while batch := consumer.read(streams, 2, 10):
         assert len(batch) <= 2
+        consumer.ack(batch)
         got += batch
     assert sorted((d.stream, s) for d, s in zip(got, seqs(got))) == [(s, i) for s in streams for i in range(4)]
     # Surplus of a stream no longer read is not served (it stays pending, for whoever reads that stream now).
