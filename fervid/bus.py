@@ -294,6 +294,7 @@ class Bus:
             self.redis.xclaim(stream, self.group, self.consumer, 0, ids, idle=self.claim_idle_ms, justid=True)
             log.info("%s: adopted %d pending entries of %s", self.group, len(ids), stream)
         self._last_claim.pop(stream, None)
+        self._surplus = [d for d in self._surplus if d.stream != stream]  # re-delivered by that reclaim
         return len(ids)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
