@@ -4,8 +4,8 @@ Track ids are unique per camera for the life of the deployment: each tracker ins
 from Redis (INCR), and ids are ``epoch * 1_000_000 + local id``, so a detector restart never reuses an id
 that is already in the database.
 
-Tracking needs each camera's frames in order, in one place: the detector processes a camera's frames in
-stream order, and a frame that arrives out of order (a reclaimed, older frame) is left untracked rather than
+Tracking needs each camera's frames in order, in one place: a camera lease (detector/leases.py) sends each
+camera's frames to one replica, which processes them in stream order, and a frame that arrives out of order (a reclaimed, older frame) is left untracked rather than
 allowed to corrupt the tracks.
 """
 
@@ -28,6 +28,11 @@ class FaceTracker:
         self.lost_seconds = lost_seconds
         self._trackers: dict[str, tuple[int, ByteTrackTracker]] = {}
         self._last: dict[str, tuple[int, float]] = {}  # camera -> (seq, capture_ts) of the last tracked frame
+
+    def reset(self, camera: str) -> None:
+        """Forget `camera`'s tracks: its next frame starts a fresh epoch (another replica may have tracked it)."""
+        self._trackers.pop(camera, None)
+        self._last.pop(camera, None)
 
     def assign(self, camera: str, seq: int, ts: float, detections: Sequence[Detection]) -> list[int | None]:
         """One track id per detection (None while a track is unconfirmed, or for an out-of-order frame)."""

@@ -11,10 +11,20 @@ import numpy as np
 
 from detector.base import Detection, FaceDetector
 from detector.crops import quality, square_crop
+from detector.leases import CameraLeases
 from detector.tracking import FaceTracker
 from fervid.bus import Bus, Delivery, StopRequested
 from fervid.contracts import CAMERAS_KEY, CLASSIFIER_GROUP, FACES_STREAM, Box, Face, FacesMsg, FrameMsg, camera_key, frames_stream
-from fervid.metrics import CAMERA_FACES, CAMERA_SKIPPED, INFERENCE_BATCH, INFERENCE_SECONDS, FpsMeter
+from fervid.metrics import (
+    CAMERA_BATCH,
+    CAMERA_FACES,
+    CAMERA_FACES_PER_FRAME,
+    CAMERA_INFERENCE_SECONDS,
+    CAMERA_SKIPPED,
+    INFERENCE_BATCH,
+    INFERENCE_SECONDS,
+    FpsMeter,
+)
 from fervid.settings import Settings
 from fervid.worker import Outcome
 
@@ -24,6 +34,9 @@ MAX_PIXELS = 8192 * 8192  # a frame beyond this is not a camera frame: dead-lett
 
 
 class DetectorStage:
+    """Reads the frame streams of the cameras it holds a lease on (see detector/leases.py), batches across
+    them, detects, tracks per camera in frame order, and publishes one FacesMsg per frame."""
+
     name = "detector"
     message_type = FrameMsg
 
@@ -36,17 +49,28 @@ class DetectorStage:
         self.faces_backlog = settings.bus.faces_backlog
         self.should_stop = should_stop
         self.tracker = FaceTracker(lambda camera: int(bus.redis.incr(camera_key(camera, "track_epoch"))))
-        self._streams: list[str] = []
-        self._streams_at = 0.0
+        self.leases = CameraLeases(bus.redis, bus.consumer, self.cfg.lease_ms)
+        self._cameras: list[str] = []
+        self._cameras_at = 0.0
         self.fps = FpsMeter(self.name)
 
     def input_streams(self) -> Sequence[str]:
+        """Called by the worker loop before each read, after the previous batch was acked: the one place where
+        leases are renewed, taken and given back."""
         # Cameras come and go while we run: refresh the set every couple of seconds, not on every read.
-        if time.monotonic() - self._streams_at > 2.0:
-            cameras = sorted(c.decode() for c in self.bus.redis.smembers(CAMERAS_KEY))
-            self._streams = [frames_stream(c) for c in cameras]
-            self._streams_at = time.monotonic()
-        return self._streams
+        if time.monotonic() - self._cameras_at > 2.0:
+            self._cameras = sorted(c.decode() for c in self.bus.redis.smembers(CAMERAS_KEY))
+            self._cameras_at = time.monotonic()
+        change = self.leases.tick(self._cameras)
+        for camera in change.lost + change.acquired:
+            self.tracker.reset(camera)  # someone else tracked (or will track) it meanwhile: fresh tracks, new epoch
+        for camera in change.acquired:
+            self.bus.adopt(frames_stream(camera))  # what the previous holder left pending comes first
+        return [frames_stream(c) for c in change.held]
+
+    def close(self) -> None:
+        """Graceful stop, after the last ack: give the cameras back so other replicas take them at once."""
+        self.leases.release_all()
 
     def handle(self, batch: list[tuple[Delivery, FrameMsg]]) -> Outcome:
         outcome = Outcome()
@@ -62,23 +86,41 @@ class DetectorStage:
         started = time.perf_counter()
         detections = self.detector.detect(images) if images else []
         if images:
-            INFERENCE_SECONDS.labels(self.name, self.detector.name).observe(time.perf_counter() - started)
-            INFERENCE_BATCH.labels(self.name, self.detector.name).observe(len(images))
+            self._observe_batch(time.perf_counter() - started, [m.frame.camera for _, m in good])
+        lost: list[Delivery] = []  # frames of cameras whose lease we lost: left for the new holder
         # Track in each camera's frame order, whatever order the batch arrived in.
         for i in sorted(range(len(good)), key=lambda i: (good[i][1].frame.camera, good[i][1].frame.seq)):
             delivery, msg = good[i]
+            camera = msg.frame.camera
+            if not self.leases.hold(camera):
+                lost.append(delivery)
+                continue
             faces = self.faces(images[i], msg, detections[i])
             out = FacesMsg(frame=msg.frame, detector=self.detector.name, faces=tuple(faces))
             try:
                 self.bus.publish(
-                    FACES_STREAM, out, downstream_group=CLASSIFIER_GROUP, backlog=self.faces_backlog, should_stop=self.should_stop
-                )
+                    FACES_STREAM, out, downstream_group=CLASSIFIER_GROUP, backlog=self.faces_backlog,
+                    should_stop=lambda: self.should_stop() or not self.leases.hold(camera),
+                )  # fmt: skip
             except StopRequested:
-                return outcome  # acked: the frames published so far; the rest is returned
+                if self.should_stop():
+                    return outcome  # acked: the frames published so far; the rest is returned
+                lost.append(delivery)
+                continue
             outcome.done.append(delivery)
-            self.fps.add(msg.frame.camera)
-            CAMERA_FACES.labels(msg.frame.camera, self.name).inc(len(faces))
+            self.fps.add(camera)
+            CAMERA_FACES.labels(camera, self.name).inc(len(faces))
+            CAMERA_FACES_PER_FRAME.labels(camera, self.name).observe(len(faces))
+        if lost:
+            self.bus.release(lost)  # pending, marked idle: the new holder adopts or reclaims them
         return outcome
+
+    def _observe_batch(self, seconds: float, cameras: list[str]) -> None:
+        INFERENCE_SECONDS.labels(self.name, self.detector.name).observe(seconds)
+        INFERENCE_BATCH.labels(self.name, self.detector.name).observe(len(cameras))
+        for camera in set(cameras):
+            CAMERA_INFERENCE_SECONDS.labels(camera, self.name).observe(seconds)
+            CAMERA_BATCH.labels(camera, self.name).observe(len(cameras))
 
     def faces(self, image: np.ndarray, msg: FrameMsg, detections: list[Detection]) -> list[Face]:
         kept = [d for d in detections if d.score >= self.cfg.min_score and min(d.width, d.height) >= self.cfg.min_face]

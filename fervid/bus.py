@@ -174,6 +174,7 @@ class Bus:
         self._publish = client.register_script(_PUBLISH_LUA)
         self._groups: set[str] = set()
         self._last_claim: dict[str, float] = {}
+        self._surplus: list[Delivery] = []  # delivered to us beyond a read's `count` (see `read`)
 
     # -- consuming ---------------------------------------------------------------------------------------
 
@@ -190,22 +191,33 @@ class Bus:
         self._groups.add((stream, group))  # type: ignore[arg-type]
 
     def read(self, streams: Sequence[str], count: int, block_ms: int) -> list[Delivery]:
-        """Stale entries of dead consumers first, then new ones; blocks up to `block_ms` when there are none."""
+        """At most `count` entries: stale entries of dead consumers first, then new ones; blocks up to `block_ms`
+        when there are none."""
         if not streams:
             time.sleep(block_ms / 1000)
             return []
+        # XREADGROUP's COUNT is per stream, so reading several streams can deliver more than `count`: the rest
+        # is kept here and served first next time. Entries of a stream no longer read (its camera lease moved)
+        # are dropped from here but stay pending: the new reader adopts or reclaims them.
+        wanted = set(streams)
+        surplus = [d for d in self._surplus if d.stream in wanted]
+        if surplus:
+            self._surplus = surplus[count:]
+            return surplus[:count]
+        self._surplus = []
         for s in streams:
             self.ensure_group(s)
-        claimed = self._reclaim(streams, count)
-        if claimed:
-            return claimed
-        resp = self.redis.xreadgroup(self.group, self.consumer, {s: ">" for s in streams}, count=count, block=block_ms)
-        return [
-            Delivery(_s(stream), _s(entry_id), fields)
-            for stream, entries in resp or []
-            for entry_id, fields in entries
-            if fields is not None
-        ]
+        got = self._reclaim(streams, count)
+        if not got:
+            resp = self.redis.xreadgroup(self.group, self.consumer, {s: ">" for s in streams}, count=count, block=block_ms)
+            got = [
+                Delivery(_s(stream), _s(entry_id), fields)
+                for stream, entries in resp or []
+                for entry_id, fields in entries
+                if fields is not None
+            ]
+        self._surplus = got[count:]
+        return got[:count]
 
     def read_batch(
         self,
@@ -279,6 +291,19 @@ class Bus:
             by_stream.setdefault(d.stream, []).append(d.id)
         for stream, ids in by_stream.items():
             self.redis.xclaim(stream, self.group, self.consumer, 0, ids, idle=self.claim_idle_ms, justid=True)
+
+    def adopt(self, stream: str) -> int:
+        """Take over everything pending on `stream` in the group, to be read next, ahead of new entries. For a
+        stage that has just become the stream's only reader (a camera lease): its previous reader has stopped
+        or died, so there is no need to wait ``claim_idle_ms``. Returns how many entries."""
+        self.ensure_group(stream)
+        ids = [_s(p["message_id"]) for p in self.redis.xpending_range(stream, self.group, "-", "+", 100_000)]
+        if ids:  # marked idle (as `release` does), so the next read's XAUTOCLAIM returns them first
+            self.redis.xclaim(stream, self.group, self.consumer, 0, ids, idle=self.claim_idle_ms, justid=True)
+            log.info("%s: adopted %d pending entries of %s", self.group, len(ids), stream)
+        self._last_claim.pop(stream, None)
+        self._surplus = [d for d in self._surplus if d.stream != stream]  # re-delivered by that reclaim
+        return len(ids)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Park the entry with its reason on the dead-letter stream, and ack it, in one transaction."""

@@ -49,6 +49,17 @@ INFERENCE_SECONDS = Histogram(
     "fervid_inference_seconds", "Seconds per model forward pass (one batch).", ["stage", "model"], buckets=_SECONDS_BUCKETS
 )
 INFERENCE_BATCH = Histogram("fervid_inference_batch_size", "Images per model forward pass.", ["stage", "model"], buckets=_BATCH_BUCKETS)
+# A batch mixes cameras: per camera, the batches that carried its frames (how long, how big) and its faces per frame.
+CAMERA_INFERENCE_SECONDS = Histogram(
+    "fervid_camera_inference_seconds", "Seconds per forward pass, of the batches carrying this camera's frames.", ["camera", "stage"],
+    buckets=_SECONDS_BUCKETS,
+)  # fmt: skip
+CAMERA_BATCH = Histogram(
+    "fervid_camera_batch_size", "Images per forward pass, of the batches carrying this camera's frames.", ["camera", "stage"], buckets=_BATCH_BUCKETS
+)  # fmt: skip
+CAMERA_FACES_PER_FRAME = Histogram(
+    "fervid_camera_faces_per_frame", "Faces per frame, per camera.", ["camera", "stage"], buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 32)
+)  # fmt: skip
 
 # -- process -----------------------------------------------------------------------------------------------
 READY = Gauge("fervid_ready", "1 when the process is ready (Redis reachable, model loaded).", ["service"])

@@ -41,6 +41,7 @@ class RunSummary:
     dead_letters: int = 0
     seconds: float = 0.0
     labels: Counter[str] = field(default_factory=Counter)
+    first_seq: dict[str, int] = field(default_factory=dict)  # per camera: this run's first frame (seq)
 
     @property
     def fps(self) -> float:
@@ -184,6 +185,7 @@ def _summarise(engine: Any, counters: dict[str, Any]) -> RunSummary:
             summary.dropped += c.dropped
             if c.first_seq is None:
                 continue
+            summary.first_seq[camera] = c.first_seq
             in_run = (FrameRow.camera == camera) & FrameRow.seq.between(c.first_seq, c.last_seq)
             summary.frames_stored += conn.execute(select(func.count()).where(in_run)).scalar_one()
             ev = (EventRow.camera == camera) & EventRow.frame_seq.between(c.first_seq, c.last_seq)

@@ -53,6 +53,10 @@ class DetectorSettings(_Section):
     min_face: int = Field(20, ge=1)  # pixels, shorter side of the box
     crop_size: int = Field(128, ge=16)
     crop_margin: float = Field(0.2, ge=0.0, le=1.0)  # of the box's longer side, added on each side
+    # Camera leases (detector/leases.py): each camera's frames go to one replica, so its tracks stay whole. A
+    # replica renews its leases every loop, so this must exceed the slowest batch (wait + inference + publish);
+    # it is also how long a crashed replica's cameras wait before another replica takes them over.
+    lease_ms: int = Field(10_000, ge=200)
 
 
 class ClassifierSettings(_Section):

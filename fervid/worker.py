@@ -138,8 +138,21 @@ def run_stage(
             STAGE_MESSAGES.labels(stage.name).inc(len(batch))
             STAGE_DEAD_LETTERS.labels(stage.name).inc(len(outcome.dead))
     finally:
+        _close(stage)
         log.info("%s: stopped after %d messages (%d dead-lettered)", stage.name, stats.messages, stats.dead)
     return stats
+
+
+def _close(stage: object) -> None:
+    """A stage may define ``close()`` to hand back what it holds beyond its pending entries (the detector's
+    camera leases), so that another replica takes over now rather than after a timeout."""
+    close = getattr(stage, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except redis.RedisError as exc:  # what it held expires on its own
+        log.warning("%s: could not hand back what it held (%s); it expires on its own", getattr(stage, "name", stage), exc)
 
 
 def _release(bus: Bus, deliveries: list[Delivery]) -> None:

@@ -133,3 +133,25 @@ def test_unreachable_redis_is_one_clear_error() -> None:
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_read_of_several_streams_never_exceeds_count(redis_client: redis.Redis) -> None:
+    """XREADGROUP's COUNT is per stream: what one read delivers beyond `count` is served by the next reads."""
+    producer, consumer = Bus(redis_client, "ingest"), Bus(redis_client, "detector")
+    streams = [f"{STREAM}-{k}" for k in range(3)]
+    for s in streams:
+        for i in range(4):
+            producer.publish(s, frame(i), downstream_group="detector", backlog=10)
+    got = []
+    while batch := consumer.read(streams, 2, 10):
+        assert len(batch) <= 2
+        consumer.ack(batch)
+        got += batch
+    assert sorted((d.stream, s) for d, s in zip(got, seqs(got))) == [(s, i) for s in streams for i in range(4)]
+    # Surplus of a stream no longer read is not served (it stays pending, for whoever reads that stream now).
+    for s in streams:
+        producer.publish(s, frame(9), downstream_group="detector", backlog=10)
+    (first,) = consumer.read(streams, 1, 10)  # one entry; the other two streams' new entries are surplus
+    assert first.stream == streams[0]
+    assert consumer.read(streams[:1], 5, 10) == []
+    assert [redis_client.xpending(s, "detector")["pending"] for s in streams[1:]] == [1, 1]

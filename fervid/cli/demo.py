@@ -26,6 +26,7 @@ def demo(
     data_dir: DataDir = None,
     detector: Annotated[Optional[str], typer.Option(help="Face detector backend.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Emotion classifier model.")] = None,
+    annotate: Annotated[Optional[Path], typer.Option("--annotate", help="Also write the (first) video with faces, track ids, labels and probabilities drawn.")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Run the whole pipeline on video files (or cameras) in one process, then print a summary."""
@@ -59,6 +60,14 @@ def demo(
             raise FervidError(str(exc)) from None
         specs.append(SourceSpec(name, url, fps=fps, seconds=seconds))
 
+    if annotate is not None:
+        from fervid.cli.annotate import check_output
+        from ingest.source import is_live
+
+        check_output(annotate)
+        if is_live(specs[0].url):
+            raise FervidError(f"--annotate needs a video file as the first source, not {specs[0].url}")
+
     stop = StopFlag()
     stop.install_signal_handlers()
     embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir)
@@ -83,6 +92,13 @@ def demo(
     table.add_row("wall time", f"{summary.seconds:.1f} s")
     table.add_row("end-to-end", f"{summary.fps:.1f} frames/s")
     out.print(table)
+    if annotate is not None:
+        from fervid.cli.annotate import write_annotated
+
+        if specs[0].camera not in summary.first_seq:
+            raise FervidError(f"--annotate: no frame of {specs[0].url} was analysed")
+        n = write_annotated(specs[0], summary.first_seq[specs[0].camera], settings, annotate)
+        out.print(f"Annotated video ({n} frames): {annotate}")
     out.print(f"Timeline: fervid timeline {summary.cameras[0]} --db {settings.resolved_db_url}" if summary.cameras else "")
 
 

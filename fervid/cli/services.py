@@ -88,7 +88,7 @@ def detect(
     metrics_port: MetricsPort = None,
     verbose: Verbose = False,
 ) -> None:
-    """Detector worker: frames of every camera → faces. Run N replicas; they share the work (consumer group)."""
+    """Detector worker: frames → faces. Run N replicas; each camera is leased to one of them (detector/README.md)."""
     _setup_logging(verbose)
     from fervid.contracts import DETECTOR_GROUP
     from fervid.settings import load_settings
