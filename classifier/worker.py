@@ -11,7 +11,7 @@ import numpy as np
 
 from classifier.serving import EmotionClassifier
 from classifier.smoothing import Observation, Smoothed, TrackSmoother
-from fervid.bus import Bus, Delivery, StopRequested
+from fervid.bus import Bus, Delivery, PartlyPublished
 from fervid.contracts import FACES_STREAM, STORAGE_GROUP, EVENTS_STREAM, Emotion, EventsMsg, FacesMsg
 from fervid.metrics import CAMERA_FACES, CAMERA_SKIPPED, INFERENCE_BATCH, INFERENCE_SECONDS, FpsMeter
 from fervid.settings import Settings
@@ -56,18 +56,20 @@ class ClassifierStage:
             INFERENCE_SECONDS.labels(self.name, self.classifier.model_id).observe(time.perf_counter() - started)
             INFERENCE_BATCH.labels(self.name, self.classifier.model_id).observe(len(crops))
         smoothed = self._smooth(good, probs)
+        events = []
         k = 0
-        for delivery, msg in good:
+        for _, msg in good:
             emotions = []
             for face in msg.faces:
                 p, s = tuple(probs[k].tolist()), smoothed[k]
                 k += 1
                 emotions.append(Emotion(face.index, face.box, face.score, p, face.track_id, s.probs, s.label))
-            out = EventsMsg(msg.frame, msg.detector, self.classifier.model_id, tuple(emotions))
-            try:
-                self.bus.publish(EVENTS_STREAM, out, downstream_group=STORAGE_GROUP, backlog=self.events_backlog, should_stop=self.should_stop)
-            except StopRequested:
-                return outcome  # acked: the frames published so far; the rest is returned
+            events.append(EventsMsg(msg.frame, msg.detector, self.classifier.model_id, tuple(emotions)))
+        try:  # one round trip for the whole batch, in order
+            published = self.bus.publish_many(EVENTS_STREAM, events, downstream_group=STORAGE_GROUP, backlog=self.events_backlog, should_stop=self.should_stop)
+        except PartlyPublished as exc:
+            published = exc.published  # acked: the frames published so far; the rest is returned
+        for (delivery, msg), _ in zip(good, published):
             outcome.done.append(delivery)
             self.fps.add(msg.frame.camera)
             CAMERA_FACES.labels(msg.frame.camera, self.name).inc(len(msg.faces))

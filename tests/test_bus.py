@@ -110,3 +110,23 @@ def test_unreachable_redis_is_one_clear_error() -> None:
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_publish_many_is_in_order_waits_for_room_and_reports_a_partial_batch(redis_client: redis.Redis) -> None:
+    from fervid.bus import PartlyPublished
+
+    producer, consumer = Bus(redis_client, "ingest"), Bus(redis_client, "detector")
+    out = producer.publish_many(STREAM, [frame(i) for i in range(3)], downstream_group="detector", backlog=5)
+    assert [p.backlog for p in out] == [1, 2, 3]
+    with pytest.raises(PartlyPublished) as info:  # room for 2 of 4; the first two go out, in order
+        producer.publish_many(STREAM, [frame(i) for i in range(3, 7)], downstream_group="detector", backlog=5, should_stop=lambda: True)
+    assert len(info.value.published) == 2 and isinstance(info.value, StopRequested)
+    got = consumer.read([STREAM], 100, 10)
+    assert seqs(got) == [0, 1, 2, 3, 4]
+    import threading
+
+    acker = threading.Timer(0.3, consumer.ack, args=(got,))  # the backlog is full until the consumer acks
+    acker.start()
+    producer.publish_many(STREAM, [frame(i) for i in range(5, 9)], downstream_group="detector", backlog=5)
+    assert not acker.is_alive()  # it waited for the ack, then went out whole
+    assert seqs(consumer.read([STREAM], 100, 10)) == [5, 6, 7, 8]
