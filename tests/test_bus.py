@@ -125,8 +125,13 @@ def test_publish_many_is_in_order_waits_for_room_and_reports_a_partial_batch(red
     assert seqs(got) == [0, 1, 2, 3, 4]
     import threading
 
-    acker = threading.Timer(0.3, consumer.ack, args=(got,))  # the backlog is full until the consumer acks
-    acker.start()
+    acking = threading.Event()
+
+    def ack_later() -> None:
+        acking.set()  # set first: once publish_many returns, this has surely run
+        consumer.ack(got)
+
+    threading.Timer(0.3, ack_later).start()  # the backlog is full until the consumer acks
     producer.publish_many(STREAM, [frame(i) for i in range(5, 9)], downstream_group="detector", backlog=5)
-    assert not acker.is_alive()  # it waited for the ack, then went out whole
+    assert acking.is_set()  # it waited for the ack, then went out whole
     assert seqs(consumer.read([STREAM], 100, 10)) == [5, 6, 7, 8]
