@@ -49,7 +49,7 @@ from fervid.worker import run_stage  # noqa: E402
 
 MODELS = ("mini_xception", "resnet152", "densenet161", "vgg16")
 # Crops per model on CPU: enough for several batches, few enough that the run stays under ~10 minutes on 2 cores.
-CPU_CROPS = {"mini_xception": 2048, "resnet152": 96, "densenet161": 96, "vgg16": 96}
+CPU_CROPS = {"mini_xception": 1024, "resnet152": 64, "densenet161": 64, "vgg16": 64}
 
 
 def face_crops(n: int, size: int = 128) -> list[bytes]:
@@ -126,7 +126,7 @@ def main() -> None:
     p.add_argument("--fp16", action="store_true", help="fp16 autocast + channels_last (CUDA; the worker does this on CUDA anyway)")
     p.add_argument("--crops", type=int, default=None, help="crops per model (default: per model on CPU, 4096 on CUDA)")
     p.add_argument("--faces", type=int, default=1, help="faces per frame message")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.fp16 and args.device != "cuda":
