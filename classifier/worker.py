@@ -45,7 +45,10 @@ class ClassifierStage:
         good: list[tuple[Delivery, FacesMsg]] = []
         for delivery, msg in batch:
             try:
-                crops.extend(decode_crop(msg, i) for i in range(len(msg.faces)))
+                # Decoded in full before extending: a corrupt face must not leave its frame-mates behind in
+                # `crops`, shifting every later frame's probabilities onto the wrong faces.
+                frame_crops = [decode_crop(msg, i) for i in range(len(msg.faces))]
+                crops.extend(frame_crops)
                 good.append((delivery, msg))
             except ValueError as exc:
                 outcome.dead.append((delivery, str(exc)))

@@ -119,3 +119,21 @@ def test_settings_carry_compile_and_smoothing(monkeypatch: pytest.MonkeyPatch, t
     with pytest.raises(ConfigError, match="agreement"):
         load_settings(data_dir=tmp_path)
 
+
+
+def test_a_corrupt_face_does_not_shift_the_next_frames_probabilities(redis_client: redis.Redis, settings) -> None:
+    crops = real_crops()
+    producer = Bus(redis_client, "detector")
+    ref = lambda seq: FrameRef("cam", seq, 1.0 + seq, 640, 480)  # noqa: E731
+    bad = FacesMsg(ref(0), "retinaface", (Face(0, Box(1, 1, 9, 9), 0.9, jpeg(crops[0])), Face(1, Box(20, 1, 9, 9), 0.9, b"junk")))
+    good = FacesMsg(ref(1), "retinaface", tuple(Face(i, Box(1 + 20 * i, 1, 9, 9), 0.9, jpeg(c)) for i, c in enumerate(crops[1:4])))
+    for m in (bad, good):  # one batch: the dead frame's good face must not stay among the crops
+        producer.publish(FACES_STREAM, m, downstream_group="classifier", backlog=100)
+    clf = load_classifier("mini_xception", device="cpu")
+    stage = ClassifierStage(Bus(redis_client, "classifier"), clf, settings)
+    stats = run_stage(stage, stage.bus, max_messages=2, idle_timeout=2, block_ms=50)
+    assert stats.dead == 1
+    ((_, fields),) = redis_client.xrange(EVENTS_STREAM)
+    got = np.array([e.probs for e in EventsMsg.decode(fields).emotions])
+    decoded = [cv2.imdecode(np.frombuffer(jpeg(c), np.uint8), cv2.IMREAD_COLOR) for c in crops[1:4]]
+    np.testing.assert_allclose(got, clf.predict(decoded), atol=1e-6)
