@@ -320,9 +320,7 @@ class Bus:
         if backlog < 1:
             raise ValueError(f"backlog must be >= 1, got {backlog}")
         self.ensure_group(stream, downstream_group)
-        args: list[bytes | str | int] = [downstream_group, backlog, policy]
-        for k, v in message.encode().items():
-            args += [k, v]
+        args = _publish_args(downstream_group, backlog, policy, message)
         keys = [stream, stats_key or f"{stream}:stats"]
         delay = poll_s
         while True:
@@ -354,7 +352,7 @@ class Bus:
             raise ValueError(f"backlog must be >= 1, got {backlog}")
         self.ensure_group(stream, downstream_group)
         keys = [stream, f"{stream}:stats"]
-        pending = [[downstream_group, backlog, "wait", *(x for kv in m.encode().items() for x in kv)] for m in messages]
+        pending = [_publish_args(downstream_group, backlog, "wait", m) for m in messages]
         done: list[Published] = []
         delay = poll_s
         while pending:
@@ -384,6 +382,14 @@ class Bus:
                 undelivered = len(self.redis.xrange(stream, f"({last}", "+", count=100_000))
                 return undelivered + int(g["pending"])
         return int(self.redis.xlen(stream))
+
+
+def _publish_args(downstream_group: str, backlog: int, policy: Policy, message: Message) -> list[bytes | str | int]:
+    """ARGV of _PUBLISH_LUA for one message: the one place that knows its layout (publish and publish_many)."""
+    args: list[bytes | str | int] = [downstream_group, backlog, policy]
+    for k, v in message.encode().items():
+        args += [k, v]
+    return args
 
 
 def _s(value: bytes | str) -> str:
