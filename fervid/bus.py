@@ -105,6 +105,14 @@ class StopRequested(Exception):
     """Raised out of a wait when the worker was asked to stop; the batch in hand is left unacked."""
 
 
+class PartlyPublished(StopRequested):
+    """StopRequested from `publish_many`: ``published`` are the messages (a prefix, in order) that went out."""
+
+    def __init__(self, message: str, published: list[Published]) -> None:
+        super().__init__(message)
+        self.published = published
+
+
 def connect(url: str) -> redis.Redis:
     """A client for `url` (redis://, rediss://, unix://), checked with a PING so a typo fails here, in one line."""
     try:
@@ -348,11 +356,7 @@ class Bus:
         if backlog < 1:
             raise ValueError(f"backlog must be >= 1, got {backlog}")
         self.ensure_group(stream, downstream_group)
-        args: list[bytes | str | int] = [downstream_group, backlog, policy, len(stats or {})]
-        for k, v in (stats or {}).items():
-            args += [k, v]
-        for k, v in message.encode().items():
-            args += [k, v]
+        args = _publish_args(downstream_group, backlog, policy, message, stats)
         keys = [stream, stats_key or f"{stream}:stats"]
         delay = poll_s
         while True:
@@ -363,6 +367,44 @@ class Bus:
                 raise StopRequested(f"stopped while waiting for room on {stream}")
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
+
+    def publish_many(
+        self,
+        stream: str,
+        messages: Sequence[Message],
+        *,
+        downstream_group: str,
+        backlog: int,
+        should_stop: Callable[[], bool] = lambda: False,
+        poll_s: float = 0.01,
+    ) -> list[Published]:
+        """`publish` (policy "wait") for several messages in one round trip, in order.
+
+        One MULTI/EXEC of the publish script: nothing interleaves, so once one message finds the backlog full,
+        every later one does too and order is kept; the rest are retried after a wait. On StopRequested the
+        caller can tell from ``len(result)`` how many went out: the exception carries them as ``published``.
+        """
+        if backlog < 1:
+            raise ValueError(f"backlog must be >= 1, got {backlog}")
+        self.ensure_group(stream, downstream_group)
+        keys = [stream, f"{stream}:stats"]
+        pending = [_publish_args(downstream_group, backlog, "wait", m) for m in messages]
+        done: list[Published] = []
+        delay = poll_s
+        while pending:
+            pipe = self.redis.pipeline(transaction=True)
+            for args in pending:
+                self._publish(keys=keys, args=args, client=pipe)
+            replies = pipe.execute()
+            ok = [Published(_s(r[0]), int(r[1]), int(r[2])) for r in replies if r[0]]
+            done.extend(ok)
+            pending = pending[len(ok) :]
+            if pending:
+                if should_stop():
+                    raise PartlyPublished(f"stopped while waiting for room on {stream}", done)
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        return done
 
     def backlog(self, stream: str, group: str) -> int:
         """Entries of `stream` that `group` has not acked yet (undelivered + pending)."""
@@ -376,6 +418,18 @@ class Bus:
                 undelivered = len(self.redis.xrange(stream, f"({last}", "+", count=100_000))
                 return undelivered + int(g["pending"])
         return int(self.redis.xlen(stream))
+
+
+def _publish_args(
+    downstream_group: str, backlog: int, policy: Policy, message: Message, stats: Mapping[str, str | int] | None = None
+) -> list[bytes | str | int]:
+    """ARGV of _PUBLISH_LUA for one message: the one place that knows its layout (publish and publish_many)."""
+    args: list[bytes | str | int] = [downstream_group, backlog, policy, len(stats or {})]
+    for k, v in (stats or {}).items():
+        args += [k, v]
+    for k, v in message.encode().items():
+        args += [k, v]
+    return args
 
 
 def _s(value: bytes | str) -> str:

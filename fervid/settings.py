@@ -59,12 +59,31 @@ class DetectorSettings(_Section):
     lease_ms: int = Field(10_000, ge=200)
 
 
+class SmoothingSettings(_Section):
+    """Per-track smoothing of emotions (classifier/smoothing.py); state lives in Redis, shared by replicas."""
+
+    enabled: bool = True
+    # Weight of the newest frame in the EMA: at 0.3 a change of expression dominates after ~3 frames
+    # (0.6 s at 5 fps), while a single misclassified frame moves the average by under a third.
+    alpha: float = Field(0.3, gt=0.0, le=1.0)
+    # A consensus label needs this many observations of the track, and `agreement` of its last `window` labels.
+    min_observations: int = Field(3, ge=1)
+    window: int = Field(5, ge=1, le=100)
+    agreement: float = Field(0.6, gt=0.0, le=1.0)
+    # A gap this long in capture time starts the track afresh (a reused track id is another person).
+    reset_after_s: float = Field(10.0, gt=0.0)
+    # Redis forgets a track unseen for this long (wall clock): memory is bounded by the live tracks.
+    ttl_s: int = Field(300, ge=1)
+
+
 class ClassifierSettings(_Section):
     model: str = "mini_xception"
     checkpoint: Path | None = None  # a `fervid train` best.pt; overrides `model`
     device: Device = "auto"
     batch_size: int = Field(64, ge=1, le=1024)
     max_wait_ms: int = Field(20, ge=0)
+    compile: bool = False  # torch.compile the model: faster steady state on GPU, slow first batches
+    smoothing: SmoothingSettings = SmoothingSettings()
 
 
 class StorageSettings(_Section):

@@ -155,3 +155,28 @@ def test_read_of_several_streams_never_exceeds_count(redis_client: redis.Redis) 
     assert first.stream == streams[0]
     assert consumer.read(streams[:1], 5, 10) == []
     assert [redis_client.xpending(s, "detector")["pending"] for s in streams[1:]] == [1, 1]
+
+
+def test_publish_many_is_in_order_waits_for_room_and_reports_a_partial_batch(redis_client: redis.Redis) -> None:
+    from fervid.bus import PartlyPublished
+
+    producer, consumer = Bus(redis_client, "ingest"), Bus(redis_client, "detector")
+    out = producer.publish_many(STREAM, [frame(i) for i in range(3)], downstream_group="detector", backlog=5)
+    assert [p.backlog for p in out] == [1, 2, 3]
+    with pytest.raises(PartlyPublished) as info:  # room for 2 of 4; the first two go out, in order
+        producer.publish_many(STREAM, [frame(i) for i in range(3, 7)], downstream_group="detector", backlog=5, should_stop=lambda: True)
+    assert len(info.value.published) == 2 and isinstance(info.value, StopRequested)
+    got = consumer.read([STREAM], 100, 10)
+    assert seqs(got) == [0, 1, 2, 3, 4]
+    import threading
+
+    acking = threading.Event()
+
+    def ack_later() -> None:
+        acking.set()  # set first: once publish_many returns, this has surely run
+        consumer.ack(got)
+
+    threading.Timer(0.3, ack_later).start()  # the backlog is full until the consumer acks
+    producer.publish_many(STREAM, [frame(i) for i in range(5, 9)], downstream_group="detector", backlog=5)
+    assert acking.is_set()  # it waited for the ack, then went out whole
+    assert seqs(consumer.read([STREAM], 100, 10)) == [5, 6, 7, 8]

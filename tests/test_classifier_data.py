@@ -226,3 +226,15 @@ def test_evaluate_rejects_other_class_set(tmp_path: Path, fer_csv: Path) -> None
 
     with pytest.raises(CheckpointError, match="trained on classes"):
         evaluate_checkpoint(_ckpt(tmp_path, "vgg1", CLASSES[:6]), fer_csv)
+
+
+def test_fer_csv_columns_are_read_by_name(fer_csv: Path, tmp_path: Path) -> None:
+    """Kaggle's icml_face_data.csv has the same columns as fer2013.csv in another order, with spaces."""
+    with fer_csv.open(newline="") as f:
+        rows = list(csv.reader(f))
+    icml = tmp_path / "icml_face_data.csv"
+    with icml.open("w", newline="") as f:
+        csv.writer(f).writerows([["emotion", " Usage", " pixels"]] + [[e, " " + u, " " + p] for e, p, u in rows[1:]])
+    a, b = load_splits(fer_csv), load_splits(icml)
+    assert (len(b.train), len(b.val), len(b.test)) == (42, 14, 14)
+    assert np.array_equal(a.train.images, b.train.images) and np.array_equal(a.test.targets, b.test.targets)

@@ -73,3 +73,17 @@ def test_train_evaluate_export_through_the_cli(tmp_path: Path) -> None:
     ex = fervid("export", str(tmp_path / "run" / "best.pt"), "--out", str(tmp_path / "m.onnx"), cwd=tmp_path)
     assert ex.returncode == 0, ex.stderr
     assert (tmp_path / "m.onnx").stat().st_size > 0
+
+
+def test_compare_passes_the_training_flags_to_every_model(tmp_path: Path) -> None:
+    import json
+
+    from synthetic_faces import write_image_folder
+
+    data = write_image_folder(tmp_path / "faces", n_train=8, n_test=2)
+    args = ("--data", str(data), "--epochs", "1", "--out", str(tmp_path / "cmp"), "--batch-size", "16", "--freeze-epochs", "1", "--no-amp")
+    run = fervid("compare", "--models", "vgg1", *args, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    config = json.loads((tmp_path / "cmp" / "vgg1" / "config.json").read_text())
+    assert (config["batch_size"], config["freeze_epochs"], config["amp"], config["weights"]) == (16, 1, False, "none")
+    assert "| vgg1 |" in (tmp_path / "cmp" / "comparison.md").read_text()

@@ -59,6 +59,9 @@ def compare(
     epochs: Annotated[int, typer.Option(help="Epochs per model.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output directory: one sub-directory per model + comparison.md.")],
     weights: Annotated[Optional[str], typer.Option(help="imagenet, none or a PATH, for every model.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size for every model (default 64).")] = None,
+    freeze_epochs: Annotated[Optional[int], typer.Option(help="Head-only epochs before the backbone is unfrozen.")] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (default on).")] = None,
 ) -> None:
     """Train and evaluate several models on the same data; writes comparison.md and overlay curves."""
     from classifier.compare import compare as run_compare
@@ -67,9 +70,8 @@ def compare(
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
         raise ConfigError("--models is empty: give names such as densenet161,resnet152,vgg16")
-    base = None
-    if weights is not None:
-        base = TrainConfig(model=names[0], data=str(data), out=str(out_dir), epochs=epochs, weights=weights)  # type: ignore[call-arg]
+    given = {k: v for k, v in dict(weights=weights, batch_size=batch_size, freeze_epochs=freeze_epochs, amp=amp).items() if v is not None}
+    base = TrainConfig(model=names[0], data=str(data), out=str(out_dir), epochs=epochs, **given) if given else None  # type: ignore[arg-type]
     try:
         report = run_compare(names, data, epochs, out_dir, base=base)
     except (FileNotFoundError, ValueError) as exc:

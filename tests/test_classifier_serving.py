@@ -1,0 +1,139 @@
+"""Serving a `fervid train` checkpoint through the real classifier worker on a real Redis."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import redis
+import torch
+from synth import astronaut_bgr
+from synthetic_faces import write_image_folder
+
+from classifier.checkpoint import load_checkpoint, make_preprocess, read_checkpoint
+from classifier.serving import load_classifier
+from classifier.train import TrainConfig, train
+from classifier.worker import ClassifierStage
+from fervid.bus import Bus
+from fervid.contracts import EMOTIONS, EVENTS_STREAM, FACES_STREAM, Box, EventsMsg, Face, FacesMsg, FrameRef
+from fervid.errors import ConfigError, NotFound
+from fervid.settings import load_settings
+from fervid.worker import run_stage
+
+
+@pytest.fixture(scope="module")
+def best_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny vgg1 trained for one epoch on generated faces (seconds): any real best.pt will do."""
+    root = tmp_path_factory.mktemp("serve")
+    data = write_image_folder(root / "faces", n_train=10, n_test=2)
+    config = TrainConfig(model="vgg1", data=str(data), out=str(root / "run"), epochs=1, batch_size=32, num_workers=0, progress=False, patience=0)
+    return train(config).best_checkpoint
+
+
+def real_crops() -> list[np.ndarray]:
+    """Face crops of different sizes and framings from a real photograph, BGR."""
+    img = astronaut_bgr()
+    return [img[56:176, 177:272], img[30:200, 150:300], img[40:190, 160:290], cv2.flip(img[56:176, 177:272], 1), img[70:170, 190:260]]
+
+
+def jpeg(crop: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", crop)
+    assert ok
+    return buf.tobytes()
+
+
+def test_stage_serves_best_pt_like_a_direct_forward(best_pt: Path, redis_client: redis.Redis, tmp_path: Path) -> None:
+    crops = [jpeg(c) for c in real_crops()]
+    producer = Bus(redis_client, "detector")
+    for seq in range(3):  # 3 frames, 5 faces each, the same crops: batched across frames
+        faces = tuple(Face(i, Box(10, 10, 50, 50), 0.9, c, track_id=i) for i, c in enumerate(crops))
+        producer.publish(FACES_STREAM, FacesMsg(FrameRef("cam", seq, 100.0 + seq, 640, 480), "retinaface", faces), downstream_group="classifier", backlog=100)
+    settings = load_settings(data_dir=tmp_path, classifier__checkpoint=best_pt, classifier__device="cpu")
+    served = load_classifier(settings.classifier.model, settings.classifier.checkpoint, "cpu")
+    assert served.model_id.startswith("vgg1:")
+    stage = ClassifierStage(Bus(redis_client, "classifier"), served, settings)
+    stats = run_stage(stage, stage.bus, max_messages=3, idle_timeout=2, block_ms=50)
+    assert stats.messages == 3 and stats.dead == 0
+    events = [EventsMsg.decode(f) for _, f in redis_client.xrange(EVENTS_STREAM)]
+    assert [e.frame.seq for e in events] == [0, 1, 2]
+    got = np.array([[em.probs for em in e.emotions] for e in events])  # (3, 5, 7)
+
+    # The reference: the checkpoint loaded on its own, its own preprocessing, on the decoded crops.
+    model, meta = load_checkpoint(best_pt)
+    decoded = [cv2.imdecode(np.frombuffer(c, np.uint8), cv2.IMREAD_COLOR) for c in crops]
+    with torch.inference_mode():
+        want = torch.softmax(model(make_preprocess(meta)(decoded)), dim=1).numpy()
+    for frame in got:
+        np.testing.assert_allclose(frame, want, rtol=0, atol=1e-6)
+    assert len({tuple(p.round(4)) for p in want}) > 1  # the crops really differ: a constant output would not pass
+    assert all(e.model == served.model_id for e in events)
+
+
+def test_checkpoint_classes_in_another_order_are_mapped_by_name(best_pt: Path, tmp_path: Path) -> None:
+    obj = read_checkpoint(best_pt)
+    # Aliases as Kaggle mirrors spell them, in another order; the weights' rows stay as trained.
+    permuted = ["neutral", "surprised", "sad", "happiness", "fearful", "disgust", "anger"]
+    obj["classes"] = permuted
+    path = tmp_path / "permuted.pt"
+    torch.save(obj, path)
+    crops = real_crops()
+    raw = load_classifier(checkpoint=best_pt, device="cpu").predict(crops)  # columns = trained rows, in EMOTIONS order
+    mapped = load_classifier(checkpoint=path, device="cpu").predict(crops)
+    # Row r of the weights now means permuted[r]; the server must put it under that emotion.
+    canonical = ["neutral", "surprise", "sad", "happy", "fear", "disgust", "angry"]
+    for r, name in enumerate(canonical):
+        np.testing.assert_allclose(mapped[:, EMOTIONS.index(name)], raw[:, r], atol=1e-7)
+    assert not np.allclose(mapped, raw)
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda p, obj: None, NotFound, "does not exist"),
+        (lambda p, obj: p.write_bytes(b"\x80\x02 not a checkpoint"), ConfigError, "cannot read checkpoint"),
+        (lambda p, obj: torch.save({"weights": 1}, p), ConfigError, "not a fervid classifier checkpoint"),
+        (lambda p, obj: torch.save({**obj, "classes": [*EMOTIONS[:6], "contempt"]}, p), ConfigError, "fervid serves exactly"),
+        (lambda p, obj: torch.save({**obj, "classes": list(EMOTIONS[:6])}, p), ConfigError, "fervid serves exactly"),
+        (lambda p, obj: torch.save({**obj, "model_name": "vgg2"}, p), ConfigError, "do not fit model 'vgg2'"),
+    ],
+    ids=["missing", "corrupt", "not-fervid", "other-class", "six-classes", "other-model"],
+)
+def test_bad_checkpoints_fail_in_one_line(best_pt: Path, tmp_path: Path, make, error, message) -> None:
+    path = tmp_path / "best.pt"
+    make(path, read_checkpoint(best_pt))
+    with pytest.raises(error, match=message) as info:
+        load_classifier(checkpoint=path, device="cpu")
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_settings_carry_compile_and_smoothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FERVID_CLASSIFIER__COMPILE", "true")
+    monkeypatch.setenv("FERVID_CLASSIFIER__SMOOTHING__ALPHA", "0.5")
+    s = load_settings(data_dir=tmp_path)
+    assert s.classifier.compile is True and s.classifier.smoothing.alpha == 0.5
+    assert json.loads(s.model_dump_json())["classifier"]["smoothing"]["min_observations"] == 3
+    monkeypatch.setenv("FERVID_CLASSIFIER__SMOOTHING__AGREEMENT", "1.5")
+    with pytest.raises(ConfigError, match="agreement"):
+        load_settings(data_dir=tmp_path)
+
+
+
+def test_a_corrupt_face_does_not_shift_the_next_frames_probabilities(redis_client: redis.Redis, settings) -> None:
+    crops = real_crops()
+    producer = Bus(redis_client, "detector")
+    ref = lambda seq: FrameRef("cam", seq, 1.0 + seq, 640, 480)  # noqa: E731
+    bad = FacesMsg(ref(0), "retinaface", (Face(0, Box(1, 1, 9, 9), 0.9, jpeg(crops[0])), Face(1, Box(20, 1, 9, 9), 0.9, b"junk")))
+    good = FacesMsg(ref(1), "retinaface", tuple(Face(i, Box(1 + 20 * i, 1, 9, 9), 0.9, jpeg(c)) for i, c in enumerate(crops[1:4])))
+    for m in (bad, good):  # one batch: the dead frame's good face must not stay among the crops
+        producer.publish(FACES_STREAM, m, downstream_group="classifier", backlog=100)
+    clf = load_classifier("mini_xception", device="cpu")
+    stage = ClassifierStage(Bus(redis_client, "classifier"), clf, settings)
+    stats = run_stage(stage, stage.bus, max_messages=2, idle_timeout=2, block_ms=50)
+    assert stats.dead == 1
+    ((_, fields),) = redis_client.xrange(EVENTS_STREAM)
+    got = np.array([e.probs for e in EventsMsg.decode(fields).emotions])
+    decoded = [cv2.imdecode(np.frombuffer(jpeg(c), np.uint8), cv2.IMREAD_COLOR) for c in crops[1:4]]
+    np.testing.assert_allclose(got, clf.predict(decoded), atol=1e-6)
