@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -49,6 +48,20 @@ def wait_for(what: str, cond: Callable[[], Any], timeout: float, proc: list[subp
                 raise AssertionError(f"{p.args} exited with {p.returncode} while waiting for {what}")
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def sigterm_within(proc: subprocess.Popen[Any], seconds: float) -> tuple[Any, Any]:
+    """SIGTERM `proc` and return its (stdout, stderr); fails unless it exits within `seconds` (killed if not)."""
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        outputs = proc.communicate(timeout=seconds + 8)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert time.monotonic() - t0 < seconds, f"{proc.args} took {time.monotonic() - t0:.1f}s to exit after SIGTERM"
+    return outputs
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
@@ -252,10 +265,7 @@ def test_up_stops_everything_on_sigterm(redis_url: str, sample_clip: Any, tmp_pa
         wait_for("workers started", lambda: status_file.exists() and len(json.loads(status_file.read_text())) == 4, 60, [up])
         time.sleep(3)
         pids = [s["pid"] for s in json.loads(status_file.read_text()).values() if s["state"] == "running"]
-        t0 = time.monotonic()
-        up.send_signal(signal.SIGTERM)
-        output, _ = up.communicate(timeout=20)
-        assert time.monotonic() - t0 < 12
+        output, _ = sigterm_within(up, 12)
     finally:
         if up.poll() is None:
             up.kill()

@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis as redislib
-from test_services import assert_every_face_once, stored, wait_for
+from test_services import (
+    FERVID,
+    assert_every_face_once,
+    sigterm_within,
+    stored,
+    wait_for,
+)
 
 from fervid.contracts import camera_key, frames_stream
 
 pytestmark = pytest.mark.slow
-
-FERVID = [sys.executable, "-m", "fervid"]
 
 
 def test_up_with_a_cameras_file_stores_every_face_once(
@@ -51,10 +52,7 @@ def test_up_with_a_cameras_file_stores_every_face_once(
         n = published()
         assert n == 10  # 2 s at 5 frames/s
         wait_for("every frame stored", lambda: len(stored(pg_url, "hall")[0]) == n, 180, [up])
-        t0 = time.monotonic()
-        up.send_signal(signal.SIGTERM)
-        output, _ = up.communicate(timeout=20)
-        assert time.monotonic() - t0 < 12
+        output, _ = sigterm_within(up, 12)
     finally:
         if up.poll() is None:
             up.kill()
@@ -74,10 +72,7 @@ def test_ingest_exits_within_10s_of_sigterm_while_publishing(redis_url: str, red
     proc = subprocess.Popen([*FERVID, "ingest", "--config", str(config), "--redis", redis_url], env=env, stderr=subprocess.PIPE, text=True)
     try:
         wait_for("frames published", lambda: redis_client.xlen(frames_stream("loopy")) >= 5, 60, [proc])  # type: ignore[list-item]
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=10)
-        assert time.monotonic() - t0 < 10
+        _, err = sigterm_within(proc, 10)
     finally:
         if proc.poll() is None:
             proc.kill()
