@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -23,23 +23,13 @@ TTA = Literal["none", "flip", "tencrop"]
 
 
 @dataclass
-class EvalResult:
+class EvalResult(ClassificationReport):
+    """A checkpoint's classification report on one split, with what was evaluated and how."""
+
     checkpoint: str
     model_name: str
     split: str
     tta: str
-    accuracy: float
-    macro_f1: float
-    precision: dict[str, float]
-    recall: dict[str, float]
-    f1: dict[str, float]
-    support: dict[str, int]
-    confusion: list[list[int]]
-    classes: list[str]
-    num_samples: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @torch.inference_mode()
@@ -89,21 +79,7 @@ def evaluate_checkpoint(
             f"{ckpt} was trained on classes {list(meta.classes)} but the dataset has {list(splits.classes)}"
         )
     report = evaluate_model_on(model, meta, splits, split, tta, dev, batch_size=batch_size, num_workers=num_workers)
-    return EvalResult(
-        checkpoint=str(ckpt),
-        model_name=meta.model_name,
-        split=split,
-        tta=tta,
-        accuracy=report.accuracy,
-        macro_f1=report.macro_f1,
-        precision=report.precision,
-        recall=report.recall,
-        f1=report.f1,
-        support=report.support,
-        confusion=report.confusion,
-        classes=report.classes,
-        num_samples=report.num_samples,
-    )
+    return EvalResult(**vars(report), checkpoint=str(ckpt), model_name=meta.model_name, split=split, tta=tta)
 
 
 def evaluate_model_on(
