@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import cv2
@@ -12,7 +13,7 @@ import numpy as np
 from classifier.serving import EmotionClassifier
 from classifier.smoothing import Observation, Smoothed, TrackSmoother
 from fervid.bus import Bus, Delivery, PartlyPublished
-from fervid.contracts import FACES_STREAM, STORAGE_GROUP, EVENTS_STREAM, Emotion, EventsMsg, FacesMsg
+from fervid.contracts import EVENTS_STREAM, FACES_STREAM, STORAGE_GROUP, BadMessage, Emotion, EventsMsg, FacesMsg
 from fervid.metrics import CAMERA_FACES, CAMERA_SKIPPED, INFERENCE_BATCH, INFERENCE_SECONDS, FpsMeter
 from fervid.settings import Settings
 from fervid.worker import Outcome
@@ -20,9 +21,28 @@ from fervid.worker import Outcome
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class DecodedFaces:
+    """A FacesMsg with its crops decoded, as the worker loop hands it to `ClassifierStage.handle`."""
+
+    msg: FacesMsg
+    crops: tuple[np.ndarray, ...]
+
+    @classmethod
+    def decode(cls, fields: dict[bytes, bytes]) -> DecodedFaces:
+        """Every crop of the frame or none: a corrupt face dead-letters its frame (BadMessage) rather than
+        leaving its frame-mates to shift every later frame's probabilities onto the wrong faces."""
+        msg = FacesMsg.decode(fields)
+        try:
+            return cls(msg, tuple(decode_crop(msg, i) for i in range(len(msg.faces))))
+        except ValueError as exc:
+            CAMERA_SKIPPED.labels(msg.frame.camera, ClassifierStage.name).inc()
+            raise BadMessage(str(exc)) from exc
+
+
 class ClassifierStage:
     name = "classifier"
-    message_type = FacesMsg
+    message_type = DecodedFaces
 
     def __init__(self, bus: Bus, classifier: EmotionClassifier, settings: Settings, should_stop: Callable[[], bool] = lambda: False) -> None:
         self.bus = bus
@@ -39,29 +59,19 @@ class ClassifierStage:
     def input_streams(self) -> Sequence[str]:
         return [FACES_STREAM]
 
-    def handle(self, batch: list[tuple[Delivery, FacesMsg]]) -> Outcome:
+    def handle(self, batch: list[tuple[Delivery, DecodedFaces]]) -> Outcome:
         outcome = Outcome()
-        crops: list[np.ndarray] = []
-        good: list[tuple[Delivery, FacesMsg]] = []
-        for delivery, msg in batch:
-            try:
-                # Decoded in full before extending: a corrupt face must not leave its frame-mates behind in
-                # `crops`, shifting every later frame's probabilities onto the wrong faces.
-                frame_crops = [decode_crop(msg, i) for i in range(len(msg.faces))]
-                crops.extend(frame_crops)
-                good.append((delivery, msg))
-            except ValueError as exc:
-                outcome.dead.append((delivery, str(exc)))
-                CAMERA_SKIPPED.labels(msg.frame.camera, self.name).inc()
+        frames = [(delivery, frame.msg) for delivery, frame in batch]
+        crops = [crop for _, frame in batch for crop in frame.crops]
         started = time.perf_counter()
         probs = self.classifier.predict(crops)
         if crops:
             INFERENCE_SECONDS.labels(self.name, self.classifier.model_id).observe(time.perf_counter() - started)
             INFERENCE_BATCH.labels(self.name, self.classifier.model_id).observe(len(crops))
-        smoothed = self._smooth(good, probs)
+        smoothed = self._smooth(frames, probs)
         events = []
         k = 0
-        for _, msg in good:
+        for _, msg in frames:
             emotions = []
             for face in msg.faces:
                 p, s = tuple(probs[k].tolist()), smoothed[k]
@@ -72,13 +82,13 @@ class ClassifierStage:
             published = self.bus.publish_many(EVENTS_STREAM, events, downstream_group=STORAGE_GROUP, backlog=self.events_backlog, should_stop=self.should_stop)
         except PartlyPublished as exc:
             published = exc.published  # acked: the frames published so far; the rest is returned
-        for (delivery, msg), _ in zip(good, published):
+        for (delivery, msg), _ in zip(frames, published):
             outcome.done.append(delivery)
             self.fps.add(msg.frame.camera)
             CAMERA_FACES.labels(msg.frame.camera, self.name).inc(len(msg.faces))
         return outcome
 
-    def _smooth(self, good: list[tuple[Delivery, FacesMsg]], probs: np.ndarray) -> list[Smoothed]:
+    def _smooth(self, frames: list[tuple[Delivery, FacesMsg]], probs: np.ndarray) -> list[Smoothed]:
         """One Smoothed per crop (in crop order); untracked faces, or smoothing off, get none."""
         out = [Smoothed(None, None)] * len(probs)
         if self.smoother is None:
@@ -86,7 +96,7 @@ class ClassifierStage:
         where: list[int] = []
         observations: list[Observation] = []
         k = 0
-        for _, msg in good:
+        for _, msg in frames:
             for face in msg.faces:
                 if face.track_id is not None:
                     where.append(k)
@@ -98,8 +108,11 @@ class ClassifierStage:
 
 
 def decode_crop(msg: FacesMsg, i: int) -> np.ndarray:
+    """Face `i`'s crop, decoded to grayscale: every served model reads gray (see `make_preprocess`), and
+    libjpeg then skips the chroma planes (about half the decoding). The luma plane is what BGR2GRAY of the
+    color decode computes, to within rounding."""
     face = msg.faces[i]
-    crop = cv2.imdecode(np.frombuffer(face.crop, np.uint8), cv2.IMREAD_COLOR) if face.crop else None
+    crop = cv2.imdecode(np.frombuffer(face.crop, np.uint8), cv2.IMREAD_GRAYSCALE) if face.crop else None
     if crop is None:
         raise ValueError(f"{msg.frame.camera}#{msg.frame.seq} face {i}: corrupt crop ({len(face.crop)} bytes)")
     return crop

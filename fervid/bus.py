@@ -29,12 +29,14 @@ from fervid.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
-# Atomically: measure the downstream group's backlog, drop (and count) the oldest undelivered entries when a
-# live stream is full, append, and trim what the group has fully consumed. Atomic so that a drop is never
-# counted for an entry the consumer read in between.
+# Atomically, for one message or a batch: measure the downstream group's backlog, drop (and count) the oldest
+# undelivered entries when a live stream is full, append, and trim what the group has fully consumed. Atomic so
+# that a drop is never counted for an entry the consumer read in between. A batch costs one call: the group is
+# looked up and the stream trimmed once, not per message (the classifier publishes a batch of events per call).
 # KEYS: stream, stats hash.  ARGV: group, cap, policy ('drop_oldest'|'wait'), n, n stats field/value pairs
-# (HSET with the entry, e.g. the producer's last sequence number), then the entry's field1, value1, ...
-# Returns {id or false, dropped, backlog}.
+# (HSET with the entries, e.g. the producer's last sequence number), then per message: 2k, field1, value1, ...
+# Returns {id, dropped, backlog} per appended message: a prefix of the batch, shorter when a message found no
+# room (policy 'wait'; it and the rest are not appended, so order is kept).
 _PUBLISH_LUA = """
 local stream, stats = KEYS[1], KEYS[2]
 local group, cap, policy, nstats = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
@@ -47,42 +49,49 @@ if ok then
     if info['name'] == group then last, pending, has_group = info['last-delivered-id'], info['pending'], true end
   end
 end
--- Undelivered entries are in the stream, so undelivered + pending <= XLEN + pending. Below the cap, neither a
--- drop nor a wait can be due: skip the exact count, whose XRANGE copies every waiting entry (whole JPEGs).
 local length = redis.call('XLEN', stream)
-local nundelivered, dropped = length, 0
-if length + pending >= cap then
-  local undelivered = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', cap + 1)
-  nundelivered = #undelivered
-  if policy == 'drop_oldest' then
-    local excess = #undelivered - cap + 1
-    for i = 1, excess do
-      redis.call('XDEL', stream, undelivered[i][1])
-      dropped = dropped + 1
+local appended, total_dropped = {}, 0
+local i = 5 + 2 * nstats
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  -- Undelivered entries are in the stream, so undelivered + pending <= XLEN + pending. Below the cap, neither a
+  -- drop nor a wait can be due: skip the exact count, whose XRANGE copies every waiting entry (whole JPEGs).
+  local nundelivered, dropped = length, 0
+  if length + pending >= cap then
+    local undelivered = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', cap + 1)
+    nundelivered = #undelivered
+    if policy == 'drop_oldest' then
+      for k = 1, #undelivered - cap + 1 do
+        redis.call('XDEL', stream, undelivered[k][1])
+        dropped = dropped + 1
+      end
+    elseif #undelivered + pending >= cap then
+      break
     end
-    if dropped > 0 then redis.call('HINCRBY', stats, 'dropped', dropped) end
-  elseif #undelivered + pending >= cap then
-    return {false, 0, #undelivered + pending}
+  end
+  local id = redis.call('XADD', stream, '*', unpack(ARGV, i + 1, i + n))
+  length = length - dropped + 1
+  total_dropped = total_dropped + dropped
+  appended[#appended + 1] = {id, dropped, nundelivered - dropped + pending + 1}
+  i = i + 1 + n
+end
+if #appended > 0 then
+  redis.call('HINCRBY', stats, 'published', #appended)
+  if total_dropped > 0 then redis.call('HINCRBY', stats, 'dropped', total_dropped) end
+  for k = 5, 4 + 2 * nstats, 2 do redis.call('HSET', stats, ARGV[k], ARGV[k + 1]) end
+  if has_group then
+    local minid = nil
+    if pending > 0 then
+      minid = redis.call('XPENDING', stream, group)[2]
+    else
+      local first = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', 1)
+      minid = first[1][1]
+    end
+    redis.call('XTRIM', stream, 'MINID', minid)
   end
 end
-local fields = {}
-for i = 5 + 2 * nstats, #ARGV do fields[#fields + 1] = ARGV[i] end
-local id = redis.call('XADD', stream, '*', unpack(fields))
-redis.call('HINCRBY', stats, 'published', 1)
-for i = 5, 4 + 2 * nstats, 2 do redis.call('HSET', stats, ARGV[i], ARGV[i + 1]) end
-if has_group then
-  local minid = nil
-  if pending > 0 then
-    minid = redis.call('XPENDING', stream, group)[2]
-  else
-    local first = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', 1)
-    minid = first[1][1]
-  end
-  redis.call('XTRIM', stream, 'MINID', minid)
-end
-return {id, dropped, nundelivered - dropped + pending + 1}
+return appended
 """
-
 
 @dataclass(frozen=True)
 class Delivery:
@@ -356,13 +365,13 @@ class Bus:
         if backlog < 1:
             raise ValueError(f"backlog must be >= 1, got {backlog}")
         self.ensure_group(stream, downstream_group)
-        args = _publish_args(downstream_group, backlog, policy, message, stats)
+        args = _publish_args(downstream_group, backlog, policy, [message], stats)
         keys = [stream, stats_key or f"{stream}:stats"]
         delay = poll_s
         while True:
-            entry_id, dropped, depth = self._publish(keys=keys, args=args)
-            if entry_id:
-                return Published(_s(entry_id), int(dropped), int(depth))
+            appended = self._publish(keys=keys, args=args)
+            if appended:
+                return _published(appended[0])
             if should_stop():
                 raise StopRequested(f"stopped while waiting for room on {stream}")
             time.sleep(delay)
@@ -380,26 +389,21 @@ class Bus:
     ) -> list[Published]:
         """`publish` (policy "wait") for several messages in one round trip, in order.
 
-        One MULTI/EXEC of the publish script: nothing interleaves, so once one message finds the backlog full,
-        every later one does too and order is kept; the rest are retried after a wait. On StopRequested the
+        One call of the publish script: nothing interleaves, so once one message finds the backlog full, every
+        later one does too and order is kept; the rest are retried after a wait. On StopRequested the
         caller can tell from ``len(result)`` how many went out: the exception carries them as ``published``.
         """
         if backlog < 1:
             raise ValueError(f"backlog must be >= 1, got {backlog}")
         self.ensure_group(stream, downstream_group)
         keys = [stream, f"{stream}:stats"]
-        pending = [_publish_args(downstream_group, backlog, "wait", m) for m in messages]
         done: list[Published] = []
         delay = poll_s
-        while pending:
-            pipe = self.redis.pipeline(transaction=True)
-            for args in pending:
-                self._publish(keys=keys, args=args, client=pipe)
-            replies = pipe.execute()
-            ok = [Published(_s(r[0]), int(r[1]), int(r[2])) for r in replies if r[0]]
-            done.extend(ok)
-            pending = pending[len(ok) :]
-            if pending:
+        while len(done) < len(messages):
+            # One call appends every message there is room for, in order; the rest are retried after a wait.
+            appended = self._publish(keys=keys, args=_publish_args(downstream_group, backlog, "wait", messages[len(done) :]))
+            done.extend(_published(a) for a in appended)
+            if len(done) < len(messages):
                 if should_stop():
                     raise PartlyPublished(f"stopped while waiting for room on {stream}", done)
                 time.sleep(delay)
@@ -421,15 +425,23 @@ class Bus:
 
 
 def _publish_args(
-    downstream_group: str, backlog: int, policy: Policy, message: Message, stats: Mapping[str, str | int] | None = None
+    downstream_group: str, backlog: int, policy: Policy, messages: Sequence[Message], stats: Mapping[str, str | int] | None = None
 ) -> list[bytes | str | int]:
-    """ARGV of _PUBLISH_LUA for one message: the one place that knows its layout (publish and publish_many)."""
+    """ARGV of _PUBLISH_LUA: the one place that knows its layout (publish and publish_many)."""
     args: list[bytes | str | int] = [downstream_group, backlog, policy, len(stats or {})]
     for k, v in (stats or {}).items():
         args += [k, v]
-    for k, v in message.encode().items():
-        args += [k, v]
+    for message in messages:
+        fields = message.encode()
+        args.append(2 * len(fields))
+        for k, v in fields.items():
+            args += [k, v]
     return args
+
+
+def _published(reply: Sequence[bytes | int]) -> Published:
+    entry_id, dropped, backlog = reply
+    return Published(_s(entry_id), int(dropped), int(backlog))  # type: ignore[arg-type]
 
 
 def _s(value: bytes | str) -> str:

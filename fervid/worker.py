@@ -18,12 +18,12 @@ import redis
 
 from fervid.backoff import Backoff
 from fervid.bus import Bus, Delivery, StopRequested
-from fervid.contracts import BadMessage, Message
+from fervid.contracts import BadMessage
 from fervid.metrics import STAGE_BATCH_FAILURES, STAGE_BATCH_SIZE, STAGE_DEAD_LETTERS, STAGE_HANDLE_SECONDS, STAGE_MESSAGES
 
 log = logging.getLogger(__name__)
 
-M = TypeVar("M", bound=Message)
+M = TypeVar("M")  # what `message_type.decode` returns
 
 
 @dataclass
@@ -41,6 +41,9 @@ class Stage(Protocol[M]):
     max_wait_ms: int
 
     def input_streams(self) -> Sequence[str]: ...
+
+    # `message_type.decode(fields)` may do more than parse (the classifier decodes its crops there); it raises
+    # BadMessage for what must be dead-lettered.
 
     def handle(self, batch: list[tuple[Delivery, M]]) -> Outcome:
         """Process and publish. Raise for a failure of the whole batch (it stays pending and is retried)."""
@@ -173,7 +176,7 @@ def _process(stage: Stage[M], bus: Bus, batch: list[Delivery]) -> Outcome:
             dead.append((d, f"delivered {d.deliveries} times without being acked (last consumer died or failed)"))
             continue
         try:
-            decoded.append((d, stage.message_type.decode(d.fields)))
+            decoded.append((d, stage.message_type.decode(d.fields)))  # type: ignore[attr-defined]
         except BadMessage as exc:
             dead.append((d, f"bad message: {exc}"))
     outcome = stage.handle(decoded) if decoded else Outcome()

@@ -180,3 +180,19 @@ def test_publish_many_is_in_order_waits_for_room_and_reports_a_partial_batch(red
     producer.publish_many(STREAM, [frame(i) for i in range(5, 9)], downstream_group="detector", backlog=5)
     assert acking.is_set()  # it waited for the ack, then went out whole
     assert seqs(consumer.read([STREAM], 100, 10)) == [5, 6, 7, 8]
+
+
+def test_publish_many_is_one_call_that_counts_and_trims_like_single_publishes(redis_client: redis.Redis) -> None:
+    """A batch goes out in one script call: all of it below the cap, the stats hash counts every entry, and the
+    stream is trimmed of what the group had consumed, exactly as one publish per message would."""
+    producer, consumer = Bus(redis_client, "ingest"), Bus(redis_client, "detector")
+    producer.publish_many(STREAM, [frame(i) for i in range(40)], downstream_group="detector", backlog=1000)
+    consumer.ack(consumer.read([STREAM], 40, 10))
+    calls = redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    out = producer.publish_many(STREAM, [frame(i) for i in range(40, 100)], downstream_group="detector", backlog=1000)
+    assert redis_client.info("commandstats")["cmdstat_evalsha"]["calls"] == calls + 1
+    # Below the cap the backlog is an upper bound (the consumed 40 are still in the stream until this trim).
+    assert [p.backlog for p in out] == list(range(41, 101))
+    assert int(redis_client.hget(f"{STREAM}:stats", "published")) == 100
+    assert redis_client.xlen(STREAM) == 60
+    assert seqs(consumer.read([STREAM], 100, 10)) == list(range(40, 100))

@@ -16,7 +16,7 @@ from synthetic_faces import write_image_folder
 from classifier.checkpoint import load_checkpoint, make_preprocess, read_checkpoint
 from classifier.serving import load_classifier
 from classifier.train import TrainConfig, train
-from classifier.worker import ClassifierStage
+from classifier.worker import ClassifierStage, decode_crop
 from fervid.bus import Bus
 from fervid.contracts import EMOTIONS, EVENTS_STREAM, FACES_STREAM, Box, EventsMsg, Face, FacesMsg, FrameRef
 from fervid.errors import ConfigError, NotFound
@@ -61,15 +61,33 @@ def test_stage_serves_best_pt_like_a_direct_forward(best_pt: Path, redis_client:
     assert [e.frame.seq for e in events] == [0, 1, 2]
     got = np.array([[em.probs for em in e.emotions] for e in events])  # (3, 5, 7)
 
-    # The reference: the checkpoint loaded on its own, its own preprocessing, on the decoded crops.
+    # The reference: the checkpoint loaded on its own, its own preprocessing, on the crops decoded as the worker
+    # decodes them (luma only: the model reads gray).
     model, meta = load_checkpoint(best_pt)
-    decoded = [cv2.imdecode(np.frombuffer(c, np.uint8), cv2.IMREAD_COLOR) for c in crops]
+    decoded = [cv2.imdecode(np.frombuffer(c, np.uint8), cv2.IMREAD_GRAYSCALE) for c in crops]
     with torch.inference_mode():
         want = torch.softmax(model(make_preprocess(meta)(decoded)), dim=1).numpy()
     for frame in got:
         np.testing.assert_allclose(frame, want, rtol=0, atol=1e-6)
     assert len({tuple(p.round(4)) for p in want}) > 1  # the crops really differ: a constant output would not pass
     assert all(e.model == served.model_id for e in events)
+
+
+def test_decoding_luma_only_serves_what_the_color_decode_would() -> None:
+    """The worker decodes crops straight to gray (half the JPEG work); the model's own BGR2GRAY of the color
+    decode must give the same pixels but for JPEG's rounding (a few saturated pixels clamp in the color
+    conversion), and the same labels."""
+    crops = [jpeg(c) for c in real_crops()]
+    gray = [decode_crop(FacesMsg(FrameRef("cam", 0, 1.0, 640, 480), "retinaface", (Face(0, Box(1, 1, 9, 9), 0.9, c),)), 0) for c in crops]
+    color = [cv2.imdecode(np.frombuffer(c, np.uint8), cv2.IMREAD_COLOR) for c in crops]
+    for g, c in zip(gray, color):
+        assert g.shape == c.shape[:2]
+        diff = np.abs(g.astype(int) - cv2.cvtColor(c, cv2.COLOR_BGR2GRAY).astype(int))
+        assert diff.max() <= 4 and (diff > 1).mean() < 0.01 and diff.mean() < 0.05
+    clf = load_classifier("mini_xception", device="cpu")
+    p_gray, p_color = clf.predict(gray), clf.predict(color)
+    np.testing.assert_allclose(p_gray, p_color, atol=0.01)
+    assert (p_gray.argmax(1) == p_color.argmax(1)).all()
 
 
 def test_checkpoint_classes_in_another_order_are_mapped_by_name(best_pt: Path, tmp_path: Path) -> None:
@@ -135,5 +153,5 @@ def test_a_corrupt_face_does_not_shift_the_next_frames_probabilities(redis_clien
     assert stats.dead == 1
     ((_, fields),) = redis_client.xrange(EVENTS_STREAM)
     got = np.array([e.probs for e in EventsMsg.decode(fields).emotions])
-    decoded = [cv2.imdecode(np.frombuffer(jpeg(c), np.uint8), cv2.IMREAD_COLOR) for c in crops[1:4]]
+    decoded = [cv2.imdecode(np.frombuffer(jpeg(c), np.uint8), cv2.IMREAD_GRAYSCALE) for c in crops[1:4]]
     np.testing.assert_allclose(got, clf.predict(decoded), atol=1e-6)
