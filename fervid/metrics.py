@@ -72,6 +72,7 @@ class FpsMeter:
         self.stage = stage
         self.window_s = window_s
         self._events: dict[str, deque[tuple[float, int]]] = {}
+        self._totals: dict[str, int] = {}  # frames in each camera's window, kept as it slides (no sum per frame)
         self._lock = threading.Lock()
 
     def add(self, camera: str, frames: int = 1, now: float | None = None) -> float:
@@ -79,10 +80,12 @@ class FpsMeter:
         with self._lock:
             q = self._events.setdefault(camera, deque())
             q.append((now, frames))
+            total = self._totals.get(camera, 0) + frames
             while q and now - q[0][0] > self.window_s:
-                q.popleft()
+                total -= q.popleft()[1]
+            self._totals[camera] = total
             span = max(now - q[0][0], 1.0) if len(q) > 1 else self.window_s
-            fps = sum(n for _, n in q) / span
+            fps = total / span
         CAMERA_FPS.labels(camera, self.stage).set(fps)
         CAMERA_FRAMES.labels(camera, self.stage).inc(frames)
         return fps

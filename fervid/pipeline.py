@@ -101,7 +101,7 @@ def run_pipeline(
         if not is_live(spec.url):
             probe_file(spec.url)  # a missing or non-video file fails now, before models load
     detector = create_configured(settings.detector.backend, device=settings.detector.device, min_face=settings.detector.min_face)
-    classifier = load_classifier(settings.classifier.model, settings.classifier.checkpoint, settings.classifier.device, compile=settings.classifier.compile)
+    classifier = load_classifier(settings.classifier.model, settings.classifier.checkpoint, settings.classifier.device, compile=settings.classifier.compile, max_crops=settings.classifier.max_crops)
 
     def bus(group: str) -> Bus:
         return Bus(client, group, claim_idle_ms=settings.bus.claim_idle_ms, max_deliveries=settings.bus.max_deliveries)

@@ -82,7 +82,10 @@ class ClassifierSettings(_Section):
     device: Device = "auto"
     batch_size: int = Field(64, ge=1, le=1024)
     max_wait_ms: int = Field(20, ge=0)
-    compile: bool = False  # torch.compile the model: faster steady state on GPU, slow first batches
+    # Crops per forward pass (a batch of frames with more faces is split); with compile, the static batch sizes
+    # are the powers of two up to this, all compiled at start-up.
+    max_crops: int = Field(64, ge=1, le=1024)
+    compile: bool = False  # torch.compile the model (inductor): seconds to minutes at start-up, then faster
     smoothing: SmoothingSettings = SmoothingSettings()
 
 

@@ -90,6 +90,25 @@ def test_decoding_luma_only_serves_what_the_color_decode_would() -> None:
     assert (p_gray.argmax(1) == p_color.argmax(1)).all()
 
 
+def test_compiled_serving_matches_eager_and_never_compiles_after_start(best_pt: Path) -> None:
+    """torch.compile (inductor, real C++ codegen) with max_crops 4: the three static sizes 1, 2, 4 are compiled
+    at construction; batches of any size (split and padded) then give the eager probabilities, no new graph."""
+    from torch._dynamo.utils import counters  # dynamo's own count of the graphs it compiled
+
+    eager = load_classifier(checkpoint=best_pt, device="cpu")
+    graphs_before = counters["stats"]["unique_graphs"]
+    compiled = load_classifier(checkpoint=best_pt, device="cpu", compile=True, max_crops=4)
+    assert compiled.padded_sizes == (1, 2, 4)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs - graphs_before == 3
+    crops = [cv2.cvtColor(c, cv2.COLOR_BGR2GRAY) for c in real_crops()] * 2
+    for n in (1, 3, 4, 7, 10):
+        np.testing.assert_allclose(compiled.predict(crops[:n]), eager.predict(crops[:n]), rtol=0, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == graphs
+    split = load_classifier(checkpoint=best_pt, device="cpu", max_crops=3)  # eager passes of at most 3 crops
+    np.testing.assert_allclose(split.predict(crops), eager.predict(crops), rtol=0, atol=1e-6)
+
+
 def test_checkpoint_classes_in_another_order_are_mapped_by_name(best_pt: Path, tmp_path: Path) -> None:
     obj = read_checkpoint(best_pt)
     # Aliases as Kaggle mirrors spell them, in another order; the weights' rows stay as trained.

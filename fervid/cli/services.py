@@ -135,7 +135,7 @@ def classify(
         from classifier.worker import ClassifierStage
 
         cfg = settings.classifier
-        return ClassifierStage(bus, load_classifier(cfg.model, cfg.checkpoint, cfg.device, compile=cfg.compile), settings, stop.is_set)
+        return ClassifierStage(bus, load_classifier(cfg.model, cfg.checkpoint, cfg.device, compile=cfg.compile, max_crops=cfg.max_crops), settings, stop.is_set)
 
     serve_stage("classifier", CLASSIFIER_GROUP, settings, build)
 
