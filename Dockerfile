@@ -59,6 +59,11 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 # --- runtime: the venv only, non-root ---------------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/app/.venv/bin:$PATH FERVID_DATA_DIR=/data FERVID_METRICS_PORT=9100
+# A C++ compiler for torch.compile (FERVID_CLASSIFIER__COMPILE): inductor builds its CPU kernels, and Triton
+# its GPU launcher, with it at run time.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 fervid \
  && useradd --system --uid 10001 --gid fervid --home-dir /app --shell /usr/sbin/nologin fervid \
  && mkdir -p /data && chown fervid:fervid /data

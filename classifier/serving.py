@@ -34,8 +34,8 @@ class EmotionClassifier:
     The model sees at most `max_crops` crops per forward pass; a larger batch is split. With `compile`, each pass
     is zero-padded to a power of two (1, 2, 4, ... `max_crops`): every one of those static graphs is compiled
     once, at construction, so no live batch waits for a compile. Static shapes because ``dynamic=True`` compiles
-    pathologically slowly on CPU (mini_xception: over 15 minutes on 2 cores, against about 40 s for all seven
-    static sizes), and because GPU graphs (CUDA graphs, TensorRT engines) want them. Padding costs at most one
+    pathologically slowly on CPU (mini_xception: not done after 10 minutes on 2 cores, against 35 s for all
+    seven static sizes), and because GPU graphs (CUDA graphs, TensorRT engines) want them. Padding costs at most one
     pass of twice the rows for a partly filled batch; a loaded worker runs full batches.
     """
 

@@ -117,6 +117,10 @@ def classify(
     checkpoint: Annotated[Optional[Path], typer.Option(help="A trained checkpoint; overrides --model.")] = None,
     device: Device = None,
     batch_size: BatchSize = None,
+    compile: Annotated[
+        Optional[bool],
+        typer.Option("--compile/--no-compile", help="torch.compile the model at start-up (env FERVID_CLASSIFIER__COMPILE): ~2x on CPU; needs a C++ compiler."),
+    ] = None,
     metrics_port: MetricsPort = None,
     verbose: Verbose = False,
 ) -> None:
@@ -128,6 +132,7 @@ def classify(
     settings = load_settings(
         redis_url=redis, data_dir=data_dir, metrics_port=metrics_port, classifier__model=model,
         classifier__checkpoint=checkpoint, classifier__device=device, classifier__batch_size=batch_size,
+        classifier__compile=compile,
     )  # fmt: skip
 
     def build(bus: Any, stop: Any) -> Any:
