@@ -93,6 +93,7 @@ end
 return appended
 """
 
+
 @dataclass(frozen=True)
 class Delivery:
     """One stream entry handed to this consumer; ``deliveries`` counts this delivery too."""

@@ -117,6 +117,7 @@ class Box:
 
 _FIELD_NAMES = {cls: tuple(f.name for f in dataclass_fields(cls)) for cls in (FrameRef, Box)}
 
+
 @dataclass(frozen=True)
 class Face:
     """One detected face; ``crop`` is a JPEG of the square, margin-expanded face region."""
