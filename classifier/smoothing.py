@@ -40,47 +40,65 @@ _SMOOTH_LUA = """
 local alpha, min_obs, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local agree, reset_after, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local k = tonumber(ARGV[7])
-local function split(s)
+local function split(s, as_number)
   local out = {}
-  if s then for v in string.gmatch(s, '[^,]+') do out[#out + 1] = v end end
+  if s then for v in string.gmatch(s, '[^,]+') do out[#out + 1] = as_number and tonumber(v) or v end end
   return out
 end
+local function fmt(values)
+  local out = {}
+  for j = 1, #values do out[j] = string.format('%.17g', values[j]) end
+  return table.concat(out, ',')
+end
+-- Each track's state is read once per call and written once at the end: a batch often holds many frames of
+-- the same few tracks. '%.17g' round-trips a double exactly, so keeping numbers between frames changes nothing.
+local states, order = {}, {}
 local out = {}
 local i = 8
 while i <= #ARGV do
   local key = KEYS[tonumber(ARGV[i])]
   local seq, ts, label = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
-  local st = redis.call('HMGET', key, 'seq', 'ts', 'n', 'ema', 'labels')
-  local last_seq, last_ts, n = tonumber(st[1]), tonumber(st[2]), tonumber(st[3]) or 0
-  local ema, labels = split(st[4]), split(st[5])
+  local st = states[key]
+  if st == nil then
+    local h = redis.call('HMGET', key, 'seq', 'ts', 'n', 'ema', 'labels')
+    st = {seq = tonumber(h[1]), ts = tonumber(h[2]), n = tonumber(h[3]) or 0, ema = split(h[4], true),
+          labels = split(h[5], false), dirty = false}
+    states[key] = st
+    order[#order + 1] = key
+  end
   -- Only a forward gap restarts: a frame reclaimed late from a dead replica is old, not a new person.
-  local fresh = last_ts == nil or ts - last_ts > reset_after
-  if fresh or seq > last_seq then
-    if fresh then n, ema, labels = 0, {}, {} end
+  local fresh = st.ts == nil or ts - st.ts > reset_after
+  if fresh or seq > st.seq then
+    if fresh then st.n, st.ema, st.labels = 0, {}, {} end
     for j = 1, k do
       local p = tonumber(ARGV[i + 3 + j])
-      if n == 0 then ema[j] = p else ema[j] = alpha * p + (1 - alpha) * tonumber(ema[j]) end
-      ema[j] = string.format('%.17g', ema[j])
+      if st.n == 0 then st.ema[j] = p else st.ema[j] = alpha * p + (1 - alpha) * st.ema[j] end
     end
-    n = n + 1
-    labels[#labels + 1] = label
-    while #labels > window do table.remove(labels, 1) end
-    redis.call('HSET', key, 'seq', seq, 'ts', string.format('%.17g', ts), 'n', n,
-               'ema', table.concat(ema, ','), 'labels', table.concat(labels, ','))
+    st.n = st.n + 1
+    st.labels[#st.labels + 1] = label
+    while #st.labels > window do table.remove(st.labels, 1) end
+    st.seq, st.ts, st.dirty = seq, ts, true
   end
-  redis.call('EXPIRE', key, ttl)
   local smoothed, consensus = '', ''
-  if n >= min_obs then
-    smoothed = table.concat(ema, ',')
+  if st.n >= min_obs then
+    smoothed = fmt(st.ema)
     local counts, best, best_count = {}, nil, 0
-    for _, l in ipairs(labels) do
+    for _, l in ipairs(st.labels) do
       counts[l] = (counts[l] or 0) + 1
       if counts[l] > best_count then best, best_count = l, counts[l] end
     end
-    if #labels > 0 and best_count >= agree * #labels then consensus = best end
+    if #st.labels > 0 and best_count >= agree * #st.labels then consensus = best end
   end
   out[#out + 1] = {smoothed, consensus}
   i = i + 4 + k
+end
+for _, key in ipairs(order) do
+  local st = states[key]
+  if st.dirty then
+    redis.call('HSET', key, 'seq', st.seq, 'ts', string.format('%.17g', st.ts), 'n', st.n,
+               'ema', fmt(st.ema), 'labels', table.concat(st.labels, ','))
+  end
+  redis.call('EXPIRE', key, ttl)
 end
 return out
 """

@@ -85,6 +85,27 @@ def test_replays_and_late_frames_do_not_count_twice(smoother: TrackSmoother, red
     np.testing.assert_allclose(a[0].probs, 0.5 * np.array(onehot(SAD)) + 0.25 * np.array(onehot(HAPPY)) + 0.25 * np.array(onehot(HAPPY)), atol=1e-12)
 
 
+def test_one_call_for_a_batch_equals_one_call_per_observation(redis_client: redis.Redis) -> None:
+    """The script reads each track once per call and writes it once at the end: the results and the stored
+    state must be exactly those of applying the observations one call at a time (tracks interleaved, a replay,
+    a gap that restarts a track)."""
+    rng = np.random.default_rng(3)
+    stream = []
+    for i in range(40):
+        p = rng.dirichlet(np.ones(7))
+        stream.append(obs(i // 2, tuple(float(v) for v in p), track=i % 2, ts=1000.0 + (i // 2) * 0.2 + (20 if i >= 30 else 0)))
+    stream.insert(25, obs(3, onehot(NEUTRAL), track=1))  # a late frame: must not change track 1
+    cfg = SmoothingSettings(alpha=0.3, min_observations=3, window=5, agreement=0.6, ttl_s=60)
+    batched = TrackSmoother(redis_client, cfg).update(stream)
+    state = {t: redis_client.hgetall(track_key("cam", t)) for t in (0, 1)}
+    redis_client.delete(*(track_key("cam", t) for t in (0, 1)))
+    one_by_one = [TrackSmoother(redis_client, cfg).update([o])[0] for o in sorted(stream, key=lambda o: o.seq)]
+    by_obs = dict(zip((id(o) for o in sorted(stream, key=lambda o: o.seq)), one_by_one))
+    assert batched == [by_obs[id(o)] for o in stream]
+    assert {t: redis_client.hgetall(track_key("cam", t)) for t in (0, 1)} == state
+    assert sum(b.probs is not None for b in batched) > 20 and any(b.label for b in batched)
+
+
 def test_tracks_are_separate_bounded_and_restart_after_a_gap(smoother: TrackSmoother, redis_client: redis.Redis) -> None:
     got = smoother.update(
         [obs(i, onehot(HAPPY), track=1) for i in range(3)]
