@@ -116,7 +116,8 @@ class StopRequested(Exception):
 
 
 class PartlyPublished(StopRequested):
-    """StopRequested from `publish_many`: ``published`` are the messages (a prefix, in order) that went out."""
+    """StopRequested from publishing: ``published`` are the messages (a prefix, in order) that went out before the
+    stop (for `publish`, none)."""
 
     def __init__(self, message: str, published: list[Published]) -> None:
         super().__init__(message)
@@ -363,20 +364,8 @@ class Bus:
         append (one round trip, and never one without the other). The returned ``backlog`` is exact near the
         cap and an upper bound below it.
         """
-        if backlog < 1:
-            raise ValueError(f"backlog must be >= 1, got {backlog}")
-        self.ensure_group(stream, downstream_group)
-        args = _publish_args(downstream_group, backlog, policy, [message], stats)
-        keys = [stream, stats_key or f"{stream}:stats"]
-        delay = poll_s
-        while True:
-            appended = self._publish(keys=keys, args=args)
-            if appended:
-                return _published(appended[0])
-            if should_stop():
-                raise StopRequested(f"stopped while waiting for room on {stream}")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
+        (published,) = self._append(stream, [message], downstream_group, backlog, policy, stats_key, stats, should_stop, poll_s)
+        return published
 
     def publish_many(
         self,
@@ -394,15 +383,30 @@ class Bus:
         later one does too and order is kept; the rest are retried after a wait. On StopRequested the
         caller can tell from ``len(result)`` how many went out: the exception carries them as ``published``.
         """
+        return self._append(stream, messages, downstream_group, backlog, "wait", None, None, should_stop, poll_s)
+
+    def _append(
+        self,
+        stream: str,
+        messages: Sequence[Message],
+        downstream_group: str,
+        backlog: int,
+        policy: Policy,
+        stats_key: str | None,
+        stats: Mapping[str, str | int] | None,
+        should_stop: Callable[[], bool],
+        poll_s: float,
+    ) -> list[Published]:
+        """The publishing loop of `publish` and `publish_many`: one script call appends every message there is
+        room for, in order; the rest are retried after a wait, or PartlyPublished is raised on a stop."""
         if backlog < 1:
             raise ValueError(f"backlog must be >= 1, got {backlog}")
         self.ensure_group(stream, downstream_group)
-        keys = [stream, f"{stream}:stats"]
+        keys = [stream, stats_key or f"{stream}:stats"]
         done: list[Published] = []
         delay = poll_s
         while len(done) < len(messages):
-            # One call appends every message there is room for, in order; the rest are retried after a wait.
-            appended = self._publish(keys=keys, args=_publish_args(downstream_group, backlog, "wait", messages[len(done) :]))
+            appended = self._publish(keys=keys, args=_publish_args(downstream_group, backlog, policy, messages[len(done) :], stats))
             done.extend(_published(a) for a in appended)
             if len(done) < len(messages):
                 if should_stop():
