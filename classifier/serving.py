@@ -67,10 +67,6 @@ class EmotionClassifier:
         if compile:
             self._compile()
 
-    def prepare(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
-        """Crops → the model's input batch on CPU (separate from `forward` so a caller can overlap the two)."""
-        return self.preprocess(crops)
-
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> np.ndarray:
         if x.shape[0] == 0:
@@ -113,7 +109,7 @@ class EmotionClassifier:
     def predict(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         if not crops:
             return np.zeros((0, len(EMOTIONS)), np.float32)
-        return self.forward(self.prepare(crops))
+        return self.forward(self.preprocess(crops))
 
 
 def class_order(classes: Sequence[str], source: str) -> list[int] | None:

@@ -5,8 +5,8 @@ from Redis (INCR), and ids are ``epoch * 1_000_000 + local id``, so a detector r
 that is already in the database.
 
 Tracking needs each camera's frames in order, in one place: a camera lease (detector/leases.py) sends each
-camera's frames to one replica, which processes them in stream order, and a frame that arrives out of order (a reclaimed, older frame) is left untracked rather than
-allowed to corrupt the tracks.
+camera's frames to one replica, which processes them in stream order, and a frame that arrives out of order (a
+reclaimed, older frame) is left untracked rather than allowed to corrupt the tracks.
 """
 
 from __future__ import annotations

@@ -48,16 +48,20 @@ def encode_frame(frame: av.VideoFrame, max_size: int, quality: int) -> tuple[byt
     return simplejpeg.encode_jpeg_yuv_planes(y, u, v, quality=quality), w, h
 
 
+def fit(image: np.ndarray, max_size: int) -> np.ndarray:
+    """`image` downscaled (INTER_AREA) to `target_size`, or itself when it already fits."""
+    h, w = image.shape[:2]
+    size = target_size(w, h, max_size)
+    return image if size == (w, h) else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
 def encode_bgr(image: np.ndarray, max_size: int, quality: int) -> tuple[bytes, int, int]:
     """JPEG of a BGR image (sources that hand out pixels, not frames), downscaled to `max_size`."""
-    h, w = image.shape[:2]
-    tw, th = target_size(w, h, max_size)
-    if (tw, th) != (w, h):
-        image = cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA)
+    image = fit(image, max_size)
     ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError(f"JPEG encoding failed for a {image.shape} image")
-    return jpeg.tobytes(), tw, th
+    return jpeg.tobytes(), image.shape[1], image.shape[0]
 
 
 def _plane(plane: av.video.plane.VideoPlane) -> np.ndarray:

@@ -183,7 +183,7 @@ def _sqlite_write(conn: Connection, frames: list[tuple[Any, ...]], events: list[
     return len(events)
 
 
-_LABEL, _SMOOTHED, _TS, _TRACK, _P0 = _EVENT_COLS.index("label"), _EVENT_COLS.index("label_smoothed"), 3, 9, 10
+_LABEL, _SMOOTHED, _TS, _TRACK, _P0 = map(_EVENT_COLS.index, ("label", "label_smoothed", "ts_ms", "track_id", _P_COLS[0]))
 
 
 def _summaries(events: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:

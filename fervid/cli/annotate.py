@@ -32,12 +32,11 @@ def write_annotated(spec: Any, first_seq: int, settings: Any, out: Path) -> int:
     """Write `spec`'s (ingest.runner.SourceSpec, a file) analysed frames with their stored faces; returns the
     number of frames written."""
     import av
-    import cv2
     from sqlalchemy import select
 
     from detector.annotate import FaceLabel, FrameAnnotator
     from fervid.contracts import EMOTIONS
-    from ingest.jpeg import target_size
+    from ingest.jpeg import fit
     from ingest.source import Sampler, decode, open_container
     from storage.db import EventRow, make_engine
 
@@ -60,10 +59,7 @@ def write_annotated(spec: Any, first_seq: int, settings: Any, out: Path) -> int:
                 break
             if not sampler.keep(frame.pts):
                 continue
-            image = frame.image
-            size = target_size(image.shape[1], image.shape[0], settings.ingest.max_size)  # ingest's geometry
-            if size != (image.shape[1], image.shape[0]):
-                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            image = fit(frame.image, settings.ingest.max_size)  # ingest's geometry: the boxes' pixel coordinates
             image = annotator.annotate(image, faces.get(first_seq + written, []))
             image = image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]  # H.264 4:2:0 needs even sides
             if stream is None:
