@@ -19,7 +19,7 @@ from fervid.settings import load_settings
 from fervid.worker import StopFlag
 from ingest.runner import SourceSpec
 from storage.db import FrameRow, create_schema, make_engine
-from test_ingest_rtsp import wait_for
+from waiting import wait_for
 
 
 def test_pipeline_on_rtsp_survives_a_server_restart(
@@ -48,7 +48,7 @@ def test_pipeline_on_rtsp_survives_a_server_restart(
             return [tuple(r) for r in conn.execute(select(FrameRow.seq, FrameRow.ts_ms).where(FrameRow.camera == "door").order_by(FrameRow.seq))]
 
     try:
-        wait_for(lambda: len(stored()) >= 5 or "error" in result, 90, "frames stored before the kill (models load first)")
+        wait_for("frames stored before the kill (models load first)", lambda: len(stored()) >= 5 or "error" in result, 90)
         assert "error" not in result, result.get("error")
         server.kill()
         killed_at = time.time()
@@ -56,7 +56,7 @@ def test_pipeline_on_rtsp_survives_a_server_restart(
         before = stored()
         server.start()  # same port
         restarted_at = time.time()
-        wait_for(lambda: sum(ts / 1000 > restarted_at for _, ts in stored()) >= 5 or "error" in result, 30, "frames stored after the restart")
+        wait_for("frames stored after the restart", lambda: sum(ts / 1000 > restarted_at for _, ts in stored()) >= 5 or "error" in result, 30)
         assert thread.is_alive() and "error" not in result, result.get("error")
     finally:
         stop.set()

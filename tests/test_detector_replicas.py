@@ -7,10 +7,11 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import redis
+from waiting import wait_for
 
 from detector.leases import CameraLeases, lease_key
 from detector.registry import create_detector
@@ -29,18 +30,6 @@ FPS = 15  # the 30 fps sample clip analysed at 15 fps: 30 frames per camera
 def replica_settings(tmp_path: Path) -> Settings:
     # A lease long enough to outlast any batch on two busy cores, short enough to wait out in a test.
     return load_settings(data_dir=tmp_path, detector__batch_size=4, detector__max_wait_ms=50, detector__lease_ms=5000)
-
-
-def wait_until(what: str, condition: Callable[[], Any], timeout: float, threads: list[threading.Thread] = ()) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        if threads and not all(t.is_alive() for t in threads):
-            raise AssertionError(f"a replica stopped while waiting for {what}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def published(client: redis.Redis) -> list[FacesMsg]:
@@ -98,10 +87,10 @@ def test_two_replicas_neither_lose_nor_duplicate_and_keep_tracks(
     try:
         # Both replicas registered and the cameras split 2 + 1 before any frame flows.
         names = {s.bus.consumer for s in stages}
-        wait_until("cameras split between the replicas", lambda: set(owners(redis_client, cameras).values()) == names, 30, threads)
+        wait_for("cameras split between the replicas", lambda: set(owners(redis_client, cameras).values()) == names, 30, threads)
         total = ingest(redis_client, clip, cameras, settings)
         assert total == len(cameras) * len(truth.boxes) // 2
-        wait_until("every frame published", lambda: redis_client.xlen(FACES_STREAM) >= total, 300, threads)
+        wait_for("every frame published", lambda: redis_client.xlen(FACES_STREAM) >= total, 300, threads)
     finally:
         stop.set()
         for t in threads:
@@ -149,7 +138,7 @@ def test_a_crashed_replicas_cameras_are_taken_over(redis_client: redis.Redis, sa
     victim = CrashingStage(Bus(redis_client, DETECTOR_GROUP, claim_idle_ms=60_000), create_detector("retinaface"), settings, crash_stop.is_set)
     threads = [start(survivor, survivor_stop, errors), start(victim, crash_stop, errors)]
     try:
-        wait_until("one camera each", lambda: len(set(owners(redis_client, cameras).values()) - {None}) == 2, 30, threads)
+        wait_for("one camera each", lambda: len(set(owners(redis_client, cameras).values()) - {None}) == 2, 30, threads)
         (victims_camera,) = [c for c, o in owners(redis_client, cameras).items() if o == victim.bus.consumer]
         total = ingest(redis_client, clip, cameras, settings)
         threads[1].join(timeout=120)
@@ -157,7 +146,7 @@ def test_a_crashed_replicas_cameras_are_taken_over(redis_client: redis.Redis, sa
         held = redis_client.xpending_range(frames_stream(victims_camera), DETECTOR_GROUP, "-", "+", 100, consumername=victim.bus.consumer)
         assert held, "the crashed replica should have died holding frames"
         # Its lease expires; the survivor takes the camera, adopts the frames the victim held, and carries on.
-        wait_until("every frame published", lambda: redis_client.xlen(FACES_STREAM) >= total, 300, threads[:1])
+        wait_for("every frame published", lambda: redis_client.xlen(FACES_STREAM) >= total, 300, threads[:1])
     finally:
         survivor_stop.set()
         crash_stop.set()

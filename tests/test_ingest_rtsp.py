@@ -9,10 +9,11 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 import redis
+from waiting import wait_for
 
 from fervid.backoff import Backoff
 from fervid.bus import iter_entries
@@ -23,15 +24,6 @@ from ingest.cameras import CameraConfig
 from ingest.service import IngestService
 
 PASSWORD = "s3cret-pw"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def seqs(client: redis.Redis, camera: str) -> list[tuple[int, float]]:
@@ -80,11 +72,11 @@ def test_kill_and_restart_server_reconnects_while_other_camera_flows(
         ]
     )
     a, b = service.runners["flaky"], service.runners["steady"]
-    wait_for(lambda: a.snapshot().frames >= 5 and b.snapshot().frames >= 5, 15, "both cameras live")
+    wait_for("both cameras live", lambda: a.snapshot().frames >= 5 and b.snapshot().frames >= 5, 15)
     before = a.snapshot().frames
 
     flaky.kill()
-    wait_for(lambda: a.snapshot().state in ("backing_off", "connecting") and a.snapshot().reconnects >= 1, 6, "the loss noticed")
+    wait_for("the loss noticed", lambda: a.snapshot().state in ("backing_off", "connecting") and a.snapshot().reconnects >= 1, 6)
     steady_frames = b.snapshot().frames
     service.tick()
     state = {k.decode(): v.decode() for k, v in redis_client.hgetall(camera_key("flaky", "state")).items()}
@@ -95,8 +87,10 @@ def test_kill_and_restart_server_reconnects_while_other_camera_flows(
     assert b.snapshot().state == "live"
 
     flaky.start()  # same port
-    took = wait_for(lambda: a.snapshot().state == "live", 5.0, "live again within 5 s of the server's return")
-    wait_for(lambda: a.snapshot().frames >= before + 5, 5, "frames after the restart")
+    returned = time.monotonic()
+    wait_for("live again within 5 s of the server's return", lambda: a.snapshot().state == "live", 5.0)
+    took = time.monotonic() - returned
+    wait_for("frames after the restart", lambda: a.snapshot().frames >= before + 5, 5)
     snap = a.snapshot()
     assert snap.reconnects >= 1 and snap.last_error
 
@@ -171,7 +165,7 @@ def test_broken_sources_each_get_a_clear_state(
         return all(snaps[n].state == want and msg in snaps[n].last_error for n, (_, want, msg) in cams.items())
 
     try:
-        wait_for(settled, 15, "every camera in its expected state")
+        wait_for("every camera in its expected state", settled, 15)
     finally:
         for s in service.statuses():
             print(f"{s.name:10} {s.state:12} {s.last_error}")
@@ -197,7 +191,7 @@ def test_slow_consumer_memory_flat_and_drops_exact(
     lengths: list[int] = []
     runner.start()
     try:
-        wait_for(lambda: runner.snapshot().frames > 0, 10, "first frame")
+        wait_for("first frame", lambda: runner.snapshot().frames > 0, 10)
         end = time.monotonic() + 3.0
         while time.monotonic() < end:  # a detector at ~5 frames/s against 30 frames/s of video
             resp = redis_client.xreadgroup(DETECTOR_GROUP, "slow", {stream: ">"}, count=1, block=100)
@@ -229,15 +223,15 @@ def test_frozen_server_trips_the_read_timeout_then_recovers(
     server = rtsp_server_factory(("cam",))
     service.apply([CameraConfig(name="frozen", url=server.url(), fps=5, open_timeout=2, read_timeout=1.5)])
     runner = service.runners["frozen"]
-    wait_for(lambda: runner.snapshot().frames >= 2, 10, "live")
+    wait_for("live", lambda: runner.snapshot().frames >= 2, 10)
     server.proc.send_signal(signal.SIGSTOP)
     try:
-        wait_for(lambda: runner.snapshot().state != "live", 5, "the stall noticed")
+        wait_for("the stall noticed", lambda: runner.snapshot().state != "live", 5)
         assert runner.snapshot().reconnects >= 1
     finally:
         server.proc.send_signal(signal.SIGCONT)
     frames = runner.snapshot().frames
-    wait_for(lambda: runner.snapshot().frames > frames + 2, 12, "frames again after the server thawed")
+    wait_for("frames again after the server thawed", lambda: runner.snapshot().frames > frames + 2, 12)
 
 
 def test_fervid_demo_on_a_live_rtsp_camera_stops_after_seconds(rtsp_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

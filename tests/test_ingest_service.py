@@ -17,7 +17,7 @@ from fervid.contracts import FrameMsg, camera_key, frames_stream
 from fervid.settings import Settings
 from ingest.cameras import CameraConfig
 from ingest.service import IngestService
-from test_ingest_rtsp import wait_for
+from waiting import wait_for
 
 
 def test_reload_keeps_unchanged_restarts_changed_stops_removed(redis_client: redis.Redis, settings: Settings, rtsp_clip: Path) -> None:
@@ -32,10 +32,10 @@ def test_reload_keeps_unchanged_restarts_changed_stops_removed(redis_client: red
         assert changes == {"started": [], "stopped": ["c"], "restarted": ["b"], "unchanged": ["a"]}
         assert svc.runners["a"] is ra and ra.is_alive()
         assert rc.stopping and "c" not in svc.runners and "d" not in svc.runners
-        wait_for(lambda: not rb.is_alive(), 5, "old b to exit")
+        wait_for("old b to exit", lambda: not rb.is_alive(), 5)
         svc.tick()
         assert svc.runners["b"] is not rb and svc.runners["b"].config.fps == 2.0
-        wait_for(lambda: svc.runners["b"].snapshot().frames > 0, 5, "new b publishing")
+        wait_for("new b publishing", lambda: svc.runners["b"].snapshot().frames > 0, 5)
     finally:
         svc.stop()
     # b's sequence continued across its restart: one writer at a time, seq strictly increasing.
@@ -51,7 +51,7 @@ def test_looping_file_waits_for_room_and_keeps_time_moving(redis_client: redis.R
     try:
         svc.apply([CameraConfig(name="loop", url=str(rtsp_clip), loop=True, fps=10)])  # 2 s clip: 20 frames per pass
         r = svc.runners["loop"]
-        wait_for(lambda: r.snapshot().frames >= 8, 5, "backlog full")
+        wait_for("backlog full", lambda: r.snapshot().frames >= 8, 5)
         time.sleep(0.5)
         assert r.snapshot().frames == 8 and r.snapshot().drops == 0 and r.snapshot().state == "live"
         # Drain as a detector would, and let it loop.
@@ -88,11 +88,11 @@ def test_fervid_ingest_cli_sighup_reload_and_cameras_table(tmp_path: Path, redis
         def state(name: str) -> str:
             return (redis_client.hget(camera_key(name, "state"), "state") or b"").decode()
 
-        wait_for(lambda: state("front") == "live" and state("gone") == "backing_off", 15, "front live, gone backing off")
+        wait_for("front live, gone backing off", lambda: state("front") == "live" and state("gone") == "backing_off", 15)
         since = redis_client.hget(camera_key("front", "state"), "since")
         config.write_text(config.read_text().replace("rtsp://127.0.0.1:1/nothing", "rtsp://${CAM_USER}:${CAM_PASS}@127.0.0.1:%d/cam2" % rtsp_server.port).replace("name: gone", "name: added"))
         proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: state("added") == "live" and state("gone") == "stopped", 15, "reload applied")
+        wait_for("reload applied", lambda: state("added") == "live" and state("gone") == "stopped", 15)
         assert redis_client.hget(camera_key("front", "state"), "since") == since, "an unchanged camera was restarted"
 
         table = subprocess.run(_fervid("cameras", "--redis", redis_url), capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "200"})

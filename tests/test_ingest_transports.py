@@ -16,7 +16,8 @@ from fervid.bus import iter_entries
 from fervid.errors import ConfigError
 from ingest.cameras import CameraConfig, parse_cameras
 from ingest.service import IngestService
-from test_ingest_rtsp import service, wait_for  # noqa: F401  (the IngestService fixture)
+from test_ingest_rtsp import service  # noqa: F401  (the IngestService fixture)
+from waiting import wait_for
 
 
 def udp_sockets_of_this_process() -> int:
@@ -43,7 +44,7 @@ def test_udp_transport_receives_rtp_over_udp(service: IngestService, rtsp_server
     assert udp_sockets_of_this_process() == 0
     service.apply([CameraConfig(name="udpcam", url=server.url(), fps=10, transport="udp")])
     runner = service.runners["udpcam"]
-    wait_for(lambda: runner.snapshot().frames >= 5, 15, "frames over UDP")
+    wait_for("frames over UDP", lambda: runner.snapshot().frames >= 5, 15)
     assert runner.snapshot().state == "live"
     assert udp_sockets_of_this_process() >= 1, "transport: udp, but no UDP socket is open: RTP came over TCP"
     service.stop()
@@ -67,9 +68,9 @@ def test_rtsps_with_a_self_signed_certificate(
     options = {k: str(self_signed_pem.with_name("cert.pem")) if v == "CERT" else v for k, v in options.items()}
     service.apply([CameraConfig(name="tls", url=server.url(), fps=10, open_timeout=3, **options)])
     runner = service.runners["tls"]
-    wait_for(lambda: runner.snapshot().state == state and message in runner.snapshot().last_error, 15, f"state {state}")
+    wait_for(f"state {state}", lambda: runner.snapshot().state == state and message in runner.snapshot().last_error, 15)
     if state == "live":
-        wait_for(lambda: runner.snapshot().frames >= 3, 10, "frames over TLS")
+        wait_for("frames over TLS", lambda: runner.snapshot().frames >= 3, 10)
         frame = FrameMsg.decode(next(iter_entries(redis_client, frames_stream("tls")))[1]).frame
         assert (frame.width, frame.height) == (640, 480)
     else:
@@ -102,7 +103,7 @@ def test_hwaccel_falls_back_to_software_with_a_clear_message(
     built = hwdevices_available()
     service.apply([CameraConfig(name=f"hw{kind}", url=rtsp_server.url("cam2"), fps=10, hwaccel=kind)])
     runner = service.runners[f"hw{kind}"]
-    wait_for(lambda: runner.snapshot().frames >= 3, 15, "frames decoded in software")
+    wait_for("frames decoded in software", lambda: runner.snapshot().frames >= 3, 15)
     if kind == "cuda" and _has_nvidia_gpu():  # a machine with a GPU decodes on it: no fallback to report
         assert "decoding in software" not in caplog.text
         return

@@ -18,11 +18,12 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import redis as redislib
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import wait_for
 
 from fervid.contracts import DETECTOR_GROUP, frames_stream
 
@@ -35,19 +36,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(what: str, cond: Callable[[], Any], timeout: float, proc: list[subprocess.Popen[bytes]] | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        for p in proc or []:
-            if p.poll() is not None:
-                raise AssertionError(f"{p.args} exited with {p.returncode} while waiting for {what}")
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def sigterm_within(proc: subprocess.Popen[Any], seconds: float) -> tuple[Any, Any]:

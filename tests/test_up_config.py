@@ -15,13 +15,8 @@ from typing import Any
 
 import pytest
 import redis as redislib
-from test_services import (
-    FERVID,
-    assert_every_face_once,
-    sigterm_within,
-    stored,
-    wait_for,
-)
+from test_services import FERVID, assert_every_face_once, sigterm_within, stored
+from waiting import wait_for
 
 from fervid.contracts import camera_key, frames_stream
 
