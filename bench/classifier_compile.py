@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from classifier_serving import CPU_BATCH, CPU_CROPS, build, face_crops, raw_rate, worker_rate  # noqa: E402
+from classifier_serving import CPU_BATCH, CPU_CROPS, build, face_crops, raw_rate, worker_rate
 
-from fervid.bus import EmbeddedRedis  # noqa: E402
+from fervid.bus import EmbeddedRedis
 
 
 def main() -> None:
@@ -38,7 +38,10 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="fervid-bench-compile-") as tmp, EmbeddedRedis(Path(tmp) / "redis") as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="fervid-bench-compile-") as tmp,
+        EmbeddedRedis(Path(tmp) / "redis") as server,
+    ):
         for name in args.models.split(","):
             n = 4096 if args.device == "cuda" else CPU_CROPS.get(name, 96)
             batch = 64 if args.device == "cuda" else CPU_BATCH.get(name, 16)
@@ -53,12 +56,18 @@ def main() -> None:
                 raw_rate(clf, decoded[: batch * 2], batch)  # warm-up
             for _ in range(args.repeats):
                 for label, clf in (("eager", eager), ("compiled", compiled)):
-                    got[label].append((raw_rate(clf, decoded, batch)[0], worker_rate(server.url, clf, jpegs, batch, 1, Path(tmp))[0]))
+                    got[label].append(
+                        (raw_rate(clf, decoded, batch)[0], worker_rate(server.url, clf, jpegs, batch, 1, Path(tmp))[0])
+                    )
             e, c = np.array(got["eager"]), np.array(got["compiled"])
             rows.append((name, batch, compile_s, e, c))
             print(f"{name}: eager {e.round(1).tolist()} compiled {c.round(1).tolist()}", file=sys.stderr, flush=True)
-    print(f"\ndevice {args.device}, torch threads {torch.get_num_threads()}, 1 face/frame, {args.repeats} alternating repeats\n")
-    print("| model | batch | compile s | raw eager | raw compiled | raw compiled/eager | worker eager | worker compiled | worker compiled/eager | worker/raw eager | worker/raw compiled |")
+    print(
+        f"\ndevice {args.device}, torch threads {torch.get_num_threads()}, 1 face/frame, {args.repeats} alternating repeats\n"
+    )
+    print(
+        "| model | batch | compile s | raw eager | raw compiled | raw compiled/eager | worker eager | worker compiled | worker compiled/eager | worker/raw eager | worker/raw compiled |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, batch, compile_s, e, c in rows:
         med = lambda x: float(np.median(x))  # noqa: E731
@@ -66,7 +75,9 @@ def main() -> None:
             f"| {name} | {batch} | {compile_s:.1f} | {e[:, 0].max():,.1f} | {c[:, 0].max():,.1f} | {med(c[:, 0] / e[:, 0]):.2f} "
             f"| {e[:, 1].max():,.1f} | {c[:, 1].max():,.1f} | {med(c[:, 1] / e[:, 1]):.2f} | {med(e[:, 1] / e[:, 0]):.2f} | {med(c[:, 1] / c[:, 0]):.2f} |"
         )
-    print("\ncrops/s: best pass; ratios: medians over the repeats of each repeat's pair (eager and compiled back to back).")
+    print(
+        "\ncrops/s: best pass; ratios: medians over the repeats of each repeat's pair (eager and compiled back to back)."
+    )
 
 
 if __name__ == "__main__":

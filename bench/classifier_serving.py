@@ -37,16 +37,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from synth import astronaut_bgr  # noqa: E402
+from synth import astronaut_bgr
 
-from classifier.checkpoint import CheckpointMeta, make_preprocess  # noqa: E402
-from classifier.models import create_model, get_spec  # noqa: E402
-from classifier.serving import EmotionClassifier, load_classifier  # noqa: E402
-from classifier.worker import ClassifierStage  # noqa: E402
-from fervid.bus import Bus, EmbeddedRedis  # noqa: E402
-from fervid.contracts import EVENTS_STREAM, FACES_STREAM, STORAGE_GROUP, Box, Face, FacesMsg, FrameRef  # noqa: E402
-from fervid.settings import load_settings  # noqa: E402
-from fervid.worker import run_stage  # noqa: E402
+from classifier.checkpoint import CheckpointMeta, make_preprocess
+from classifier.models import create_model, get_spec
+from classifier.serving import EmotionClassifier, load_classifier
+from classifier.worker import ClassifierStage
+from fervid.bus import Bus, EmbeddedRedis
+from fervid.contracts import EVENTS_STREAM, FACES_STREAM, STORAGE_GROUP, Box, Face, FacesMsg, FrameRef
+from fervid.settings import load_settings
+from fervid.worker import run_stage
 
 MODELS = ("mini_xception", "resnet152", "densenet161", "vgg16")
 # Crops per model on CPU: enough for several batches, few enough that the run stays under ~10 minutes on 2 cores.
@@ -71,7 +71,14 @@ def build(name: str, device: str, compile: bool, max_crops: int) -> EmotionClass
         return load_classifier("mini_xception", device=device, compile=compile, max_crops=max_crops)
     spec = get_spec(name)
     meta = CheckpointMeta(Path(name), "best", name, tuple(), spec.input_size, spec.channels, spec.mean, spec.std, 0)
-    return EmotionClassifier(f"{name}-random-init", create_model(name), make_preprocess(meta), torch.device(device), compile=compile, max_crops=max_crops)
+    return EmotionClassifier(
+        f"{name}-random-init",
+        create_model(name),
+        make_preprocess(meta),
+        torch.device(device),
+        compile=compile,
+        max_crops=max_crops,
+    )
 
 
 def raw_rate(clf: EmotionClassifier, decoded: list[np.ndarray], batch: int) -> tuple[float, float]:
@@ -107,7 +114,9 @@ def redis_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def worker_rate(url: str, clf: EmotionClassifier, jpegs: list[bytes], batch: int, faces: int, data_dir: Path) -> tuple[float, float]:
+def worker_rate(
+    url: str, clf: EmotionClassifier, jpegs: list[bytes], batch: int, faces: int, data_dir: Path
+) -> tuple[float, float]:
     """(crops/s, CPU seconds per crop: this process, drain thread included, plus the Redis server)."""
     client = redis.Redis.from_url(url)
     client.flushdb()
@@ -115,10 +124,17 @@ def worker_rate(url: str, clf: EmotionClassifier, jpegs: list[bytes], batch: int
     producer = Bus(client, "detector")
     for seq in range(frames):
         fs = tuple(Face(k, Box(10 + 70 * k, 10, 64, 64), 0.9, jpegs[seq * faces + k], track_id=k) for k in range(faces))
-        producer.publish(FACES_STREAM, FacesMsg(FrameRef("cam", seq, 1000.0 + seq * 0.2, 640, 480), "bench", fs), downstream_group="classifier", backlog=frames + 1)
+        producer.publish(
+            FACES_STREAM,
+            FacesMsg(FrameRef("cam", seq, 1000.0 + seq * 0.2, 640, 480), "bench", fs),
+            downstream_group="classifier",
+            backlog=frames + 1,
+        )
     Bus(client, STORAGE_GROUP).ensure_group(EVENTS_STREAM)
     # The worker batches frames; batch // faces frames is `batch` crops per forward, as in the raw loop.
-    settings = load_settings(data_dir=data_dir, classifier__batch_size=max(1, batch // faces), classifier__max_wait_ms=5)
+    settings = load_settings(
+        data_dir=data_dir, classifier__batch_size=max(1, batch // faces), classifier__max_wait_ms=5
+    )
     stage = ClassifierStage(Bus(client, "classifier", "bench-worker"), clf, settings)
     stop = threading.Event()
     drainer = threading.Thread(target=drain, args=(redis.Redis.from_url(url), stop), daemon=True)
@@ -138,12 +154,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--batch", type=int, default=None, help="crops per forward (default: 64 for mini_xception and 16 for the others on CPU; 64 on CUDA)")
-    p.add_argument("--fp16", action="store_true", help="fp16 autocast + channels_last (CUDA; the worker does this on CUDA anyway)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="crops per forward (default: 64 for mini_xception and 16 for the others on CPU; 64 on CUDA)",
+    )
+    p.add_argument(
+        "--fp16", action="store_true", help="fp16 autocast + channels_last (CUDA; the worker does this on CUDA anyway)"
+    )
     p.add_argument("--crops", type=int, default=None, help="crops per model (default: per model on CPU, 4096 on CUDA)")
     p.add_argument("--faces", type=int, default=1, help="faces per frame message")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--compile", action="store_true", help="torch.compile (inductor) for both raw and worker; compiled at load")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile (inductor) for both raw and worker; compiled at load"
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.fp16 and args.device != "cuda":
@@ -171,18 +196,40 @@ def main() -> None:
                 workers.append(worker_rate(server.url, clf, jpegs, batch, args.faces, Path(tmp)))
             ratios = sorted(w[0] / r[0] for r, w in zip(raws, workers))
             cpu_ratio = float(np.median([r[1] for r in raws]) / np.median([w[1] for w in workers]))
-            rows.append((name, batch, n, max(r[0] for r in raws), max(w[0] for w in workers), float(np.median(ratios)), cpu_ratio))
-            print(f"{name}: raw {['%.1f' % r[0] for r in raws]} worker {['%.1f' % w[0] for w in workers]} pair ratios {['%.2f' % x for x in ratios]}", file=sys.stderr, flush=True)
+            rows.append(
+                (
+                    name,
+                    batch,
+                    n,
+                    max(r[0] for r in raws),
+                    max(w[0] for w in workers),
+                    float(np.median(ratios)),
+                    cpu_ratio,
+                )
+            )
+            print(
+                f"{name}: raw {['%.1f' % r[0] for r in raws]} worker {['%.1f' % w[0] for w in workers]} pair ratios {['%.2f' % x for x in ratios]}",
+                file=sys.stderr,
+                flush=True,
+            )
             del clf
     weights = "mini_xception: real FER-2013 weights; others random-init"
     fp = ("fp16" if args.fp16 else "fp32") + (", torch.compile" if args.compile else ", eager")
-    print(f"\ndevice {args.device} ({fp}), torch threads {torch.get_num_threads()}, {args.faces} face(s)/frame; {weights}\n")
-    print("| model | batch | crops/pass | raw crops/s (best) | worker crops/s (best) | ratio (median pair) | CPU ratio |")
+    print(
+        f"\ndevice {args.device} ({fp}), torch threads {torch.get_num_threads()}, {args.faces} face(s)/frame; {weights}\n"
+    )
+    print(
+        "| model | batch | crops/pass | raw crops/s (best) | worker crops/s (best) | ratio (median pair) | CPU ratio |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, batch, n, raw, worker, ratio, cpu_ratio in rows:
         print(f"| {name} | {batch} | {n} | {raw:,.1f} | {worker:,.1f} | {ratio:.2f} | {cpu_ratio:.2f} |")
-    print("\nratio: worker/raw crops/s of back-to-back passes, median over repeats. CPU ratio: raw CPU-s per crop over the")
-    print("worker's (its process, drain thread included, plus the Redis server's), medians: the overhead without the load noise.")
+    print(
+        "\nratio: worker/raw crops/s of back-to-back passes, median over repeats. CPU ratio: raw CPU-s per crop over the"
+    )
+    print(
+        "worker's (its process, drain thread included, plus the Redis server's), medians: the overhead without the load noise."
+    )
 
 
 if __name__ == "__main__":

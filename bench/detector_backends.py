@@ -86,10 +86,17 @@ def sizes_table(device: str, calls: int) -> None:
     print(f"\nframes/s on {device} at native input size (max_size=None), median of {calls} calls\n")
     print("| model | 640x480 b=1 | 640x480 b=16 | 1280x720 b=1 | 1280x720 b=16 |")
     print("|---|---:|---:|---:|---:|")
-    frames = {size: [make_frame(*size, "noisy", [(60, 40, 1.2, False)], seed=i).image for i in range(16)] for size in ((640, 480), (1280, 720))}
+    frames = {
+        size: [make_frame(*size, "noisy", [(60, 40, 1.2, False)], seed=i).image for i in range(16)]
+        for size in ((640, 480), (1280, 720))
+    }
     for label, make in models:
         det = make()
-        cells = [fps(det, frames[size], b, min_calls=calls, sync=device == "cuda") for size in ((640, 480), (1280, 720)) for b in (1, 16)]
+        cells = [
+            fps(det, frames[size], b, min_calls=calls, sync=device == "cuda")
+            for size in ((640, 480), (1280, 720))
+            for b in (1, 16)
+        ]
         print(f"| {label} | " + " | ".join(f"{c:.1f}" for c in cells) + " |", flush=True)
 
 
@@ -135,9 +142,13 @@ def main() -> None:
     frames = [f.image for f in generated_clip(args.frames, seed=1)]
     ngt = sum(len(f.boxes) for f in clip)
     dev = "cuda: " + torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)"
-    print(f"device {dev}, torch {torch.__version__} threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
+    print(
+        f"device {dev}, torch {torch.__version__} threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}"
+    )
     print(f"load average before start: {os.getloadavg()[0]:.2f} (other processes share these cores)")
-    print(f"frames/s at 640x480 (median per-call time, {len(frames)} distinct frames); recall@IoU0.5 on a {len(clip)}-frame clip with {ngt} faces\n")
+    print(
+        f"frames/s at 640x480 (median per-call time, {len(frames)} distinct frames); recall@IoU0.5 on a {len(clip)}-frame clip with {ngt} faces\n"
+    )
     header = f"| {'backend':<24} | " + " | ".join(f"b={b:<3}" for b in BATCHES) + " | recall | FP |"
     print(header)
     print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")

@@ -67,7 +67,13 @@ def raw_seconds(detector, images: list[np.ndarray], batch: int) -> float:
 
 
 def worker_seconds(
-    client, detector, jpegs: list[bytes], cameras: int, batch: int, data_dir: Path, profile: cProfile.Profile | None = None
+    client,
+    detector,
+    jpegs: list[bytes],
+    cameras: int,
+    batch: int,
+    data_dir: Path,
+    profile: cProfile.Profile | None = None,
 ) -> tuple[float, float]:
     """(wall seconds of the worker loop, seconds of it inside detect())."""
     client.flushdb()
@@ -109,8 +115,12 @@ def main() -> None:
     jpegs = [cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for im in images]
     detector = create_detector(args.backend, device=args.device)
     dev = getattr(detector, "device", args.device)
-    print(f"backend {args.backend} on {dev}, torch {torch.__version__} ({torch.get_num_threads()} threads, {os.cpu_count()} cores)")
-    print(f"load average at start: {os.getloadavg()[0]:.2f}; {len(images)} frames 640x480 over {args.cameras} cameras; median of {args.repeats}\n")
+    print(
+        f"backend {args.backend} on {dev}, torch {torch.__version__} ({torch.get_num_threads()} threads, {os.cpu_count()} cores)"
+    )
+    print(
+        f"load average at start: {os.getloadavg()[0]:.2f}; {len(images)} frames 640x480 over {args.cameras} cameras; median of {args.repeats}\n"
+    )
     profile = cProfile.Profile() if args.profile else None
     rows = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as server:
@@ -128,16 +138,26 @@ def main() -> None:
                 work.append(w)
                 ratios.append(r / w)  # back to back, so slow drifts of the shared CPU's load mostly cancel
                 shares.append(in_detect / w)
-            row = (batch, len(images) / float(np.median(raw)), len(images) / float(np.median(work)), float(np.median(ratios)), float(np.median(shares)))
+            row = (
+                batch,
+                len(images) / float(np.median(raw)),
+                len(images) / float(np.median(work)),
+                float(np.median(ratios)),
+                float(np.median(shares)),
+            )
             rows.append(row)
-            print(f"  batch {batch:>2}: raw {row[1]:6.1f} fps, worker {row[2]:6.1f} fps, ratio {row[3]:.2f}", flush=True)
+            print(
+                f"  batch {batch:>2}: raw {row[1]:6.1f} fps, worker {row[2]:6.1f} fps, ratio {row[3]:.2f}", flush=True
+            )
     print()
     print("worker / raw: median over repeats of raw seconds / worker seconds, each pair timed back to back.")
     print("in detect(): share of the worker's own wall time spent inside detect() (the ratio it could reach).\n")
     print("| batch | raw detect() frames/s | DetectorStage frames/s | worker / raw | in detect() |")
     print("|------:|----------------------:|-----------------------:|-------------:|------------:|")
     for batch, raw_fps, worker_fps, ratio, share in rows:
-        print(f"| {batch:>5} | {raw_fps:21.1f} | {worker_fps:22.1f} | {ratio:10.2f}{' !' if ratio < 0.85 else '  '} | {share:11.2f} |")
+        print(
+            f"| {batch:>5} | {raw_fps:21.1f} | {worker_fps:22.1f} | {ratio:10.2f}{' !' if ratio < 0.85 else '  '} | {share:11.2f} |"
+        )
     if profile:
         print()
         pstats.Stats(profile).sort_stats("tottime").print_stats(20)

@@ -14,8 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import redis
 import torch
 
 from classifier.serving import load_classifier
@@ -47,7 +45,9 @@ def main() -> None:
     decode_s = time.perf_counter() - t0
     n = len(frames)
 
-    detector = create_configured(settings.detector.backend, device=settings.detector.device, min_face=settings.detector.min_face)
+    detector = create_configured(
+        settings.detector.backend, device=settings.detector.device, min_face=settings.detector.min_face
+    )
     detector.detect(frames[:batch])  # warm-up: first-call allocations are not throughput
     t0 = time.perf_counter()
     detections = []
@@ -55,7 +55,11 @@ def main() -> None:
         detections += detector.detect(frames[i : i + batch])
     detect_s = time.perf_counter() - t0
 
-    crops = [square_crop(f, d, settings.detector.crop_size, settings.detector.crop_margin) for f, ds in zip(frames, detections) for d in ds]
+    crops = [
+        square_crop(f, d, settings.detector.crop_size, settings.detector.crop_margin)
+        for f, ds in zip(frames, detections)
+        for d in ds
+    ]
     classifier = load_classifier(settings.classifier.model, device=settings.classifier.device)
     classifier.predict(crops[:64])
     t0 = time.perf_counter()

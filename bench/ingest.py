@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-import av
+
 import cv2
 import numpy as np
 import psutil
@@ -59,7 +59,9 @@ def decode_only(path: Path) -> tuple[int, float]:
     return n, time.perf_counter() - t
 
 
-def ingest_file(client: redis.Redis, settings: Settings, path: Path, fps: float | None, *, threads: int = 2, bgr: bool = False) -> tuple[int, int, float]:
+def ingest_file(
+    client: redis.Redis, settings: Settings, path: Path, fps: float | None, *, threads: int = 2, bgr: bool = False
+) -> tuple[int, int, float]:
     """ingest.runner.run_source's loop, with the publisher's options exposed: (decoded, published, seconds)."""
     t = time.perf_counter()
     publisher = FramePublisher(Bus(client, "ingest"), "bench", settings, live=False, threads=threads)
@@ -94,7 +96,14 @@ def profile(client: redis.Redis, settings: Settings, path: Path) -> dict[str, fl
             jpeg, w, h = encode_frame(frame, size, q)
             t2 = time.perf_counter()
             msg = FrameMsg(FrameRef("prof", n, 0.0, w, h), jpeg, live=False)
-            bus.publish(frames_stream("prof"), msg, downstream_group=DETECTOR_GROUP, backlog=1_000_000, stats_key="prof", stats={"last_seq": n})
+            bus.publish(
+                frames_stream("prof"),
+                msg,
+                downstream_group=DETECTOR_GROUP,
+                backlog=1_000_000,
+                stats_key="prof",
+                stats={"last_seq": n},
+            )
             t3 = time.perf_counter()
             image = frame.to_ndarray(format="bgr24")
             t4 = time.perf_counter()
@@ -138,7 +147,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--files-only", action="store_true", help="skip the live RTSP part")
     args = ap.parse_args()
-    rows: list[tuple[str, str]] = [("machine", f"{psutil.cpu_count()} cores, load average {' / '.join(f'{x:.1f}' for x in psutil.getloadavg())} at start")]
+    rows: list[tuple[str, str]] = [
+        (
+            "machine",
+            f"{psutil.cpu_count()} cores, load average {' / '.join(f'{x:.1f}' for x in psutil.getloadavg())} at start",
+        )
+    ]
     with tempfile.TemporaryDirectory() as tmp_s, EmbeddedRedis(Path(tmp_s) / "redis") as server:
         tmp = Path(tmp_s)
         client = redis.Redis.from_url(server.url)
@@ -178,9 +192,17 @@ def main() -> None:
                 decoded, published, it = min(runs[label], key=lambda r: r[2])
                 redis_ms = redis_cpu[label] / (published * args.repeat) * 1000 if published else 0.0
                 rows.append(
-                    (f"{w}x{h} ingest, {label}", f"{decoded / it:7.0f} frames/s  = {(decoded / it) / dec_fps:.2f}x decode  ({published} JPEGs; Redis server {redis_ms:.2f} ms CPU/JPEG)")
+                    (
+                        f"{w}x{h} ingest, {label}",
+                        f"{decoded / it:7.0f} frames/s  = {(decoded / it) / dec_fps:.2f}x decode  ({published} JPEGs; Redis server {redis_ms:.2f} ms CPU/JPEG)",
+                    )
                 )
-            rows.append((f"{w}x{h} JPEGs (q{settings.ingest.jpeg_quality}) via cv2.imdecode", f"PSNR {psnr:.1f} dB vs PyAV's BGR; {ours:.1f} kB (cv2.imencode from BGR: {cv:.1f} kB)"))
+            rows.append(
+                (
+                    f"{w}x{h} JPEGs (q{settings.ingest.jpeg_quality}) via cv2.imdecode",
+                    f"PSNR {psnr:.1f} dB vs PyAV's BGR; {ours:.1f} kB (cv2.imencode from BGR: {cv:.1f} kB)",
+                )
+            )
             client.flushdb()
             prof = profile(client, settings, clip)
             rows.append((f"{w}x{h} profile, ms/frame, one thread", "  ".join(f"{k} {v:.2f}" for k, v in prof.items())))
@@ -226,10 +248,22 @@ def main() -> None:
         ingest_cpu = (c1.user + c1.system - c0.user - c0.system) / wall * 100
         server_cpu = (s1.user + s1.system - s0.user - s0.system) / wall * 100
         expected = args.cameras * 5 * wall
-        rows.append((f"{args.cameras} RTSP cams 640x480 @5 fps, {wall:.0f} s", f"{published} frames published ({published / expected:.0%} of {expected:.0f} expected)"))
-        rows.append(("  per camera", f"{published / wall / args.cameras:.2f} frames/s; states: {sorted({s.state for s in statuses})}; reconnects {sum(s.reconnects for s in statuses)}"))
+        rows.append(
+            (
+                f"{args.cameras} RTSP cams 640x480 @5 fps, {wall:.0f} s",
+                f"{published} frames published ({published / expected:.0%} of {expected:.0f} expected)",
+            )
+        )
+        rows.append(
+            (
+                "  per camera",
+                f"{published / wall / args.cameras:.2f} frames/s; states: {sorted({s.state for s in statuses})}; reconnects {sum(s.reconnects for s in statuses)}",
+            )
+        )
         rows.append(("  drops (runner / Redis stats)", f"{drops} / {stats_drops}"))
-        rows.append(("  CPU: ingest process (decode 30 fps x N)", f"{ingest_cpu:.0f}% of one core ({psutil.cpu_count()} cores)"))
+        rows.append(
+            ("  CPU: ingest process (decode 30 fps x N)", f"{ingest_cpu:.0f}% of one core ({psutil.cpu_count()} cores)")
+        )
         rows.append(("  CPU: RTSP server (1 shared x264 encode)", f"{server_cpu:.0f}% of one core"))
         rows.append(("  CPU: whole machine (shared)", f"{sys_pct:.0f}% of all cores"))
 

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import warnings
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 # This file is named storage.py: drop its own folder from the path so `storage` is the package, not this script.
@@ -67,7 +67,9 @@ def rows_for(messages) -> tuple[list[dict], list[dict]]:
     for msg in messages:
         f = msg.frame
         ts_ms = int(round(f.capture_ts * 1000))
-        frames.append(dict(camera=f.camera, seq=f.seq, ts_ms=ts_ms, width=f.width, height=f.height, faces=len(msg.emotions)))
+        frames.append(
+            dict(camera=f.camera, seq=f.seq, ts_ms=ts_ms, width=f.width, height=f.height, faces=len(msg.emotions))
+        )
         for e in msg.emotions:
             row = dict(
                 camera=f.camera, frame_seq=f.seq, face_index=e.index, ts_ms=ts_ms,
@@ -132,7 +134,9 @@ def generate_million(engine, rows: int) -> None:
     """
     with engine.begin() as conn:
         conn.execute(text(sql))
-        conn.execute(text(f"INSERT INTO cameras (name, first_seen_ms, last_seen_ms) VALUES ('bench', {t0}, {t0 + 86_400_000})"))
+        conn.execute(
+            text(f"INSERT INTO cameras (name, first_seen_ms, last_seen_ms) VALUES ('bench', {t0}, {t0 + 86_400_000})")
+        )
         # The per-minute rollup, built the way migration 0003 backfills it (the worker maintains it per batch).
         conn.execute(text(ROLLUP_BACKFILL))
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -148,7 +152,9 @@ ROLLUP_BACKFILL = (
 )
 
 
-def latency_ms(engine, since: datetime, until: datetime, bucket_ms: int, runs: int = 7, source: str = "auto") -> tuple[float, int]:
+def latency_ms(
+    engine, since: datetime, until: datetime, bucket_ms: int, runs: int = 7, source: str = "auto"
+) -> tuple[float, int]:
     timeline(engine, "bench", bucket_ms, since=since, until=until, source=source)  # warm
     times = []
     for _ in range(runs):
@@ -188,7 +194,10 @@ def worker_loop(engine, client, msgs, profile: bool = False):
 PARTS = [
     ("Redis read (XREADGROUP, XAUTOCLAIM)", [("fervid/bus.py", "read_batch")]),
     ("message decode (JSON + typed dataclasses)", [("fervid/contracts.py", "decode")]),
-    ("row building + summaries (Python)", [("storage/write.py", "_rows"), ("storage/write.py", "_summaries"), ("storage/write.py", "_pg_columns")]),
+    (
+        "row building + summaries (Python)",
+        [("storage/write.py", "_rows"), ("storage/write.py", "_summaries"), ("storage/write.py", "_pg_columns")],
+    ),
     ("Redis ack (XACK)", [("fervid/bus.py", "ack")]),
 ]
 
@@ -240,32 +249,44 @@ def main() -> None:
     t = time.perf_counter()
     generate_million(engine, args.rows)
     gen_s = time.perf_counter() - t
-    day = datetime(2025, 11, 25, tzinfo=timezone.utc)
+    day = datetime(2025, 11, 25, tzinfo=UTC)
     q1, n1 = latency_ms(engine, day + timedelta(hours=12), day + timedelta(hours=13), 60_000)
     q24, n24 = latency_ms(engine, day, day + timedelta(hours=24), 3_600_000)
     # Ranges that do not start on a minute: the partial edge minutes come from raw events.
-    q1e, _ = latency_ms(engine, day + timedelta(hours=12, seconds=17.5), day + timedelta(hours=13, seconds=17.5), 60_000)
+    q1e, _ = latency_ms(
+        engine, day + timedelta(hours=12, seconds=17.5), day + timedelta(hours=13, seconds=17.5), 60_000
+    )
     q24e, _ = latency_ms(engine, day + timedelta(seconds=17.5), day + timedelta(hours=24, seconds=-0.5), 3_600_000)
     r1, _ = latency_ms(engine, day + timedelta(hours=12), day + timedelta(hours=13), 60_000, source="raw")
     r24, _ = latency_ms(engine, day, day + timedelta(hours=24), 3_600_000, runs=3, source="raw")
 
     pgr, sqr = rates["PostgreSQL"], rates["SQLite (WAL)"]
-    print(f"\nfervid storage benchmark — {n_events} events ({len(msgs)} frames, batches of {BATCH} messages); timeline over {args.rows:,} rows")
+    print(
+        f"\nfervid storage benchmark — {n_events} events ({len(msgs)} frames, batches of {BATCH} messages); timeline over {args.rows:,} rows"
+    )
     print("| measurement | PostgreSQL | SQLite (WAL) | goal |")
     print("|---|---|---|---|")
     print(f"| worker insert path, `insert_idempotent` (events/s) | {pgr['worker']:,.0f} | {sqr['worker']:,.0f} | |")
     print(f"| bare executemany, events only (events/s) | {pgr['bare']:,.0f} | {sqr['bare']:,.0f} | |")
-    print(f"| **worker insert path / bare** | **{pgr['worker'] / pgr['bare']:.2f}x** | **{sqr['worker'] / sqr['bare']:.2f}x** | >= 0.8x |")
+    print(
+        f"| **worker insert path / bare** | **{pgr['worker'] / pgr['bare']:.2f}x** | **{sqr['worker'] / sqr['bare']:.2f}x** | >= 0.8x |"
+    )
     print(f"| bare executemany, frames + events (events/s) | {pgr['bare_frames']:,.0f} | {sqr['bare_frames']:,.0f} | |")
-    print(f"| worker insert path / bare frames + events | {pgr['worker'] / pgr['bare_frames']:.2f}x | {sqr['worker'] / sqr['bare_frames']:.2f}x | |")
-    print(f"| whole worker loop from Redis: read, decode, insert, ack (events/s) | {pgr['loop']:,.0f} | {sqr['loop']:,.0f} | |")
+    print(
+        f"| worker insert path / bare frames + events | {pgr['worker'] / pgr['bare_frames']:.2f}x | {sqr['worker'] / sqr['bare_frames']:.2f}x | |"
+    )
+    print(
+        f"| whole worker loop from Redis: read, decode, insert, ack (events/s) | {pgr['loop']:,.0f} | {sqr['loop']:,.0f} | |"
+    )
     print(f"| whole worker loop / bare | {pgr['loop'] / pgr['bare']:.2f}x | {sqr['loop'] / sqr['bare']:.2f}x | |")
     print(f"| timeline 1 h @ 1 min ({n1:,} events, median of 7) | {q1:.1f} ms | - | < 200 ms |")
     print(f"| timeline 24 h @ 1 h ({n24:,} events, median of 7) | {q24:.1f} ms | - | < 200 ms |")
     print(f"| same, unaligned range (edge minutes from raw events) | {q1e:.1f} / {q24e:.1f} ms | - | < 200 ms |")
     print(f"| same without the rollup (raw events only; 24 h median of 3) | {r1:.1f} / {r24:.1f} ms | - | |")
     print(f"| generate {args.rows:,} rows (generate_series + VACUUM ANALYZE) | {gen_s:.1f} s | - | |")
-    print("\nWhere the whole worker loop's time goes (share of run_stage under cProfile, which inflates Python-heavy parts)")
+    print(
+        "\nWhere the whole worker loop's time goes (share of run_stage under cProfile, which inflates Python-heavy parts)"
+    )
     print("| part | PostgreSQL | SQLite (WAL) |")
     print("|---|---|---|")
     for (name, a), (_, b) in zip(parts["PostgreSQL"], parts["SQLite (WAL)"]):

@@ -8,10 +8,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from classifier.io import atomic_path  # noqa: E402
+from classifier.io import atomic_path
 
 
 def _save(fig: plt.Figure, path: Path) -> None:

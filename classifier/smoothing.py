@@ -23,8 +23,8 @@ Semantics, per track, observations taken in frame order (``seq``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import redis
 
@@ -138,12 +138,22 @@ class TrackSmoother:
             return []
         c = self.cfg
         keys: dict[str, int] = {}
-        args: list[str | int | float] = [repr(c.alpha), c.min_observations, c.window, repr(c.agreement), repr(c.reset_after_s), c.ttl_s, len(EMOTIONS)]
+        args: list[str | int | float] = [
+            repr(c.alpha),
+            c.min_observations,
+            c.window,
+            repr(c.agreement),
+            repr(c.reset_after_s),
+            c.ttl_s,
+            len(EMOTIONS),
+        ]
         order = sorted(range(len(observations)), key=lambda i: observations[i].seq)
         for i in order:
             o = observations[i]
             if len(o.probs) != len(EMOTIONS):
-                raise ValueError(f"{o.camera} track {o.track_id}: {len(o.probs)} probabilities, expected {len(EMOTIONS)}")
+                raise ValueError(
+                    f"{o.camera} track {o.track_id}: {len(o.probs)} probabilities, expected {len(EMOTIONS)}"
+                )
             label = max(range(len(o.probs)), key=o.probs.__getitem__)
             key = keys.setdefault(track_key(o.camera, o.track_id), len(keys) + 1)
             args += [key, o.seq, repr(float(o.capture_ts)), label, *(repr(float(p)) for p in o.probs)]

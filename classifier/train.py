@@ -35,10 +35,10 @@ from classifier import io
 from classifier.checkpoint import CheckpointMeta, checkpoint_payload, read_checkpoint
 from classifier.data import CLASSES, FaceDataset, Splits, eval_transform, load_splits, train_transform
 from classifier.evaluate import evaluate_model_on, predict
-from fervid.device import resolve_device
 from classifier.metrics import ClassificationReport
 from classifier.models import create_model, get_spec, head_parameter_names
 from classifier.plots import plot_confusion, plot_curves
+from fervid.device import resolve_device
 
 log = logging.getLogger(__name__)
 

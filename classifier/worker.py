@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -44,7 +44,13 @@ class ClassifierStage:
     name = "classifier"
     message_type = DecodedFaces
 
-    def __init__(self, bus: Bus, classifier: EmotionClassifier, settings: Settings, should_stop: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        classifier: EmotionClassifier,
+        settings: Settings,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.bus = bus
         self.classifier = classifier
         # A batch is counted in messages (frames); the model sees all their crops in one forward pass.
@@ -79,7 +85,13 @@ class ClassifierStage:
                 emotions.append(Emotion(face.index, face.box, face.score, p, face.track_id, s.probs, s.label))
             events.append(EventsMsg(msg.frame, msg.detector, self.classifier.model_id, tuple(emotions)))
         try:  # one round trip for the whole batch, in order
-            published = self.bus.publish_many(EVENTS_STREAM, events, downstream_group=STORAGE_GROUP, backlog=self.events_backlog, should_stop=self.should_stop)
+            published = self.bus.publish_many(
+                EVENTS_STREAM,
+                events,
+                downstream_group=STORAGE_GROUP,
+                backlog=self.events_backlog,
+                should_stop=self.should_stop,
+            )
         except PartlyPublished as exc:
             published = exc.published  # acked: the frames published so far; the rest is returned
         for (delivery, msg), _ in zip(frames, published):
@@ -100,7 +112,11 @@ class ClassifierStage:
             for face in msg.faces:
                 if face.track_id is not None:
                     where.append(k)
-                    observations.append(Observation(msg.frame.camera, face.track_id, msg.frame.seq, msg.frame.capture_ts, probs[k].tolist()))
+                    observations.append(
+                        Observation(
+                            msg.frame.camera, face.track_id, msg.frame.seq, msg.frame.capture_ts, probs[k].tolist()
+                        )
+                    )
                 k += 1
         for k, s in zip(where, self.smoother.update(observations), strict=True):
             out[k] = s

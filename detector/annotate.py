@@ -4,8 +4,8 @@ supervision's PercentageBarAnnotator shows one value, not seven)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -37,7 +37,9 @@ class FaceLabel:
 class FrameAnnotator:
     def __init__(self) -> None:
         self.boxes = sv.BoxAnnotator(color=PALETTE, thickness=2)
-        self.labels = sv.LabelAnnotator(color=PALETTE, text_scale=0.45, text_padding=4, text_position=sv.Position.TOP_LEFT)
+        self.labels = sv.LabelAnnotator(
+            color=PALETTE, text_scale=0.45, text_padding=4, text_position=sv.Position.TOP_LEFT
+        )
 
     def annotate(self, image: np.ndarray, faces: Sequence[FaceLabel]) -> np.ndarray:
         """A copy of `image` (BGR) with `faces` drawn on it."""
@@ -48,7 +50,10 @@ class FrameAnnotator:
             xyxy=np.array([f.box for f in faces], dtype=np.float32),
             class_id=np.array([EMOTIONS.index(f.label) for f in faces], dtype=int),
         )
-        texts = [f"#{f.track_id % 1_000_000 if f.track_id is not None else '-'} {f.label} {max(f.probabilities):.2f}" for f in faces]
+        texts = [
+            f"#{f.track_id % 1_000_000 if f.track_id is not None else '-'} {f.label} {max(f.probabilities):.2f}"
+            for f in faces
+        ]
         out = self.boxes.annotate(out, detections)
         out = self.labels.annotate(out, detections, labels=texts)
         for face in faces:

@@ -82,10 +82,14 @@ def _module_key(conv_output: str) -> str | None:
     return None  # heads are named initializers, handled separately
 
 
-_HEADS = {"class_head.class_head": "ClassHead", "bbox_head.bbox_head": "BboxHead", "landmark_head.landmark_head": "LandmarkHead"}
+_HEADS = {
+    "class_head.class_head": "ClassHead",
+    "bbox_head.bbox_head": "BboxHead",
+    "landmark_head.landmark_head": "LandmarkHead",
+}
 
 
-def onnx_to_state_dict(onnx_bytes: bytes, bn_eps: float = 1e-5) -> "OrderedDict[str, torch.Tensor]":
+def onnx_to_state_dict(onnx_bytes: bytes, bn_eps: float = 1e-5) -> OrderedDict[str, torch.Tensor]:
     """Map the ONNX initializers onto biubug6's RetinaFace-mobilenet0.25 state dict (BN set to bias-only identity)."""
     import onnx
     from onnx import numpy_helper
@@ -145,12 +149,16 @@ def verify_against_onnx(onnx_bytes: bytes, model: torch.nn.Module, sizes=((480, 
         import onnx
         import onnxruntime as ort
     except ImportError:
-        print("onnxruntime not importable: skipping the ONNX-vs-PyTorch check "
-              "(run with `uv run --with onnxruntime python -m detector.convert_weights ...`)")
+        print(
+            "onnxruntime not importable: skipping the ONNX-vs-PyTorch check "
+            "(run with `uv run --with onnxruntime python -m detector.convert_weights ...`)"
+        )
         return None
     # Also expose the pre-softmax class logits of the graph.
     m = onnx.load_from_string(onnx_bytes)
-    m.graph.output.append(onnx.helper.make_tensor_value_info("/class_head/Concat_3_output_0", onnx.TensorProto.FLOAT, None))
+    m.graph.output.append(
+        onnx.helper.make_tensor_value_info("/class_head/Concat_3_output_0", onnx.TensorProto.FLOAT, None)
+    )
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     from skimage import data
 
@@ -178,7 +186,8 @@ def verify_against_onnx(onnx_bytes: bytes, model: torch.nn.Module, sizes=((480, 
         ort_vs_64 = max(np.abs(r - e).max() for r, e in zip((ref_loc, ref_logits, ref_lm), exact))
         pt_vs_64 = max(np.abs(t.numpy() - e).max() for t, e in zip((loc, logits, lm), exact))
         print(
-            f"ONNX vs PyTorch at {h}x{w}: " + ", ".join(f"{k} {v:.3g}" for k, v in diffs.items())
+            f"ONNX vs PyTorch at {h}x{w}: "
+            + ", ".join(f"{k} {v:.3g}" for k, v in diffs.items())
             + f" | vs float64 PyTorch: onnxruntime {ort_vs_64:.3g}, torch fp32 {pt_vs_64:.3g}"
             + f" | output magnitude {max(np.abs(e).max() for e in exact):.3g}"
         )

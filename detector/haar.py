@@ -15,7 +15,7 @@ No landmarks.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -53,7 +53,9 @@ class HaarDetector:
         cascade_path: str | None = None,
     ) -> None:
         if not hasattr(cv2, "CascadeClassifier"):
-            raise RuntimeError(f"OpenCV {cv2.__version__} has no CascadeClassifier (removed in OpenCV 5); install opencv<5")
+            raise RuntimeError(
+                f"OpenCV {cv2.__version__} has no CascadeClassifier (removed in OpenCV 5); install opencv<5"
+            )
         path = cascade_path or (cv2.data.haarcascades + CASCADE_FILE)
         self.cascade = cv2.CascadeClassifier(path)
         if self.cascade.empty():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,9 @@ from fervid.device import resolve_device
 class MTCNNDetector:
     name = "mtcnn"
 
-    def __init__(self, device: str = "auto", min_face: int = 20, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)) -> None:
+    def __init__(
+        self, device: str = "auto", min_face: int = 20, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    ) -> None:
         from facenet_pytorch import MTCNN
 
         self.device = resolve_device(device)
@@ -35,7 +37,9 @@ class MTCNNDetector:
         return results
 
 
-def _to_detections(boxes: np.ndarray | None, probs: np.ndarray | None, points: np.ndarray | None, shape: tuple[int, ...]) -> list[Detection]:
+def _to_detections(
+    boxes: np.ndarray | None, probs: np.ndarray | None, points: np.ndarray | None, shape: tuple[int, ...]
+) -> list[Detection]:
     if boxes is None or probs is None:
         return []
     h, w = shape[:2]

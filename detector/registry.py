@@ -63,7 +63,9 @@ def create_detector(name: str, **kwargs: Any) -> FaceDetector:
     return cls(**{**spec.defaults, **kwargs})
 
 
-def create_configured(name: str, *, device: str = "auto", min_face: int | None = None, weights: str | None = None) -> FaceDetector:
+def create_configured(
+    name: str, *, device: str = "auto", min_face: int | None = None, weights: str | None = None
+) -> FaceDetector:
     """`create_detector` with fervid's common options; a backend without such an option (Haar has no device)
     simply does not receive it."""
     accepted = inspect.signature(_load(name, DETECTORS[name]) if name in DETECTORS else object).parameters

@@ -23,8 +23,9 @@ from __future__ import annotations
 import os
 import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -46,7 +47,9 @@ MOBILENET_ASSET_SHA256 = "109e2c24a86bc67b623cd16d9b8dcd828709ce07336fe989b9237f
 
 # retinaface-pytorch 0.0.8, retinaface/pre_trained_models.py. The hex in the file name is a torch.hub-style
 # sha256 prefix of the zip; we check that prefix.
-RESNET50_URL = "https://github.com/ternaus/retinaface/releases/download/0.01/retinaface_resnet50_2020-07-20-f168fae3c.zip"
+RESNET50_URL = (
+    "https://github.com/ternaus/retinaface/releases/download/0.01/retinaface_resnet50_2020-07-20-f168fae3c.zip"
+)
 RESNET50_SHA256_PREFIX = "f168fae3c"
 
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -326,7 +329,10 @@ class RetinaFaceDetector:
         return (t - self._mean) * self._inv_std
 
     def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.fp16):
+        with (
+            torch.inference_mode(),
+            torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.fp16),
+        ):
             loc, conf, landm = self.model(batch)
         return loc.float(), conf.float(), landm.float()
 

@@ -11,7 +11,7 @@ reclaimed, older frame) is left untracked rather than allowed to corrupt the tra
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import supervision as sv
@@ -41,7 +41,14 @@ class FaceTracker:
             return [None] * len(detections)
         if camera not in self._trackers or (last is not None and ts - last[1] > self.lost_seconds):
             # A long gap (reconnect, restart) starts fresh tracks: nothing from before can be associated.
-            self._trackers[camera] = (self._next_epoch(camera), ByteTrackTracker(lost_track_buffer=int(30 * self.lost_seconds), track_activation_threshold=0.5, high_conf_det_threshold=0.5))
+            self._trackers[camera] = (
+                self._next_epoch(camera),
+                ByteTrackTracker(
+                    lost_track_buffer=int(30 * self.lost_seconds),
+                    track_activation_threshold=0.5,
+                    high_conf_det_threshold=0.5,
+                ),
+            )
         self._last[camera] = (seq, ts)
         epoch, tracker = self._trackers[camera]
         if not detections:
@@ -55,7 +62,9 @@ class FaceTracker:
         )
         tracked = tracker.update(dets, timestamp=ts)
         ids: list[int | None] = [None] * len(detections)
-        for index, tid in zip(tracked.data.get("index", []), tracked.tracker_id if tracked.tracker_id is not None else []):
+        for index, tid in zip(
+            tracked.data.get("index", []), tracked.tracker_id if tracked.tracker_id is not None else []
+        ):
             if tid >= 0:
                 ids[int(index)] = epoch * EPOCH_STRIDE + int(tid)
         return ids

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -14,7 +14,17 @@ from detector.crops import quality, square_crop
 from detector.leases import CameraLeases
 from detector.tracking import FaceTracker
 from fervid.bus import Bus, Delivery, StopRequested
-from fervid.contracts import CAMERAS_KEY, CLASSIFIER_GROUP, FACES_STREAM, Box, Face, FacesMsg, FrameMsg, camera_key, frames_stream
+from fervid.contracts import (
+    CAMERAS_KEY,
+    CLASSIFIER_GROUP,
+    FACES_STREAM,
+    Box,
+    Face,
+    FacesMsg,
+    FrameMsg,
+    camera_key,
+    frames_stream,
+)
 from fervid.metrics import (
     CAMERA_BATCH,
     CAMERA_FACES,
@@ -40,7 +50,9 @@ class DetectorStage:
     name = "detector"
     message_type = FrameMsg
 
-    def __init__(self, bus: Bus, detector: FaceDetector, settings: Settings, should_stop: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self, bus: Bus, detector: FaceDetector, settings: Settings, should_stop: Callable[[], bool] = lambda: False
+    ) -> None:
         self.bus = bus
         self.detector = detector
         self.cfg = settings.detector
@@ -132,7 +144,9 @@ class DetectorStage:
             if not ok:
                 continue
             box = Box(det.x1, det.y1, det.width, det.height)
-            faces.append(Face(len(faces), box, det.score, jpeg.tobytes(), track_id=track_id, quality=quality(crop, det)))
+            faces.append(
+                Face(len(faces), box, det.score, jpeg.tobytes(), track_id=track_id, quality=quality(crop, det))
+            )
         return faces
 
 
@@ -147,5 +161,7 @@ def decode_jpeg(msg: FrameMsg) -> np.ndarray:
     if image is None:
         raise ValueError(f"{ref.camera}#{ref.seq}: corrupt JPEG ({len(msg.jpeg)} bytes)")
     if image.shape[:2] != (ref.height, ref.width):
-        raise ValueError(f"{ref.camera}#{ref.seq}: JPEG is {image.shape[1]}x{image.shape[0]}, message says {ref.width}x{ref.height}")
+        raise ValueError(
+            f"{ref.camera}#{ref.seq}: JPEG is {image.shape[1]}x{image.shape[0]}, message says {ref.width}x{ref.height}"
+        )
     return image

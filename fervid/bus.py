@@ -17,9 +17,9 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 import redis
 from redis.exceptions import ResponseError
@@ -228,7 +228,9 @@ class Bus:
             self.ensure_group(s)
         got = self._reclaim(streams, count)
         if not got:
-            resp = self.redis.xreadgroup(self.group, self.consumer, {s: ">" for s in streams}, count=count, block=block_ms)
+            resp = self.redis.xreadgroup(
+                self.group, self.consumer, {s: ">" for s in streams}, count=count, block=block_ms
+            )
             got = [
                 Delivery(_s(stream), _s(entry_id), fields)
                 for stream, entries in resp or []
@@ -364,7 +366,9 @@ class Bus:
         append (one round trip, and never one without the other). The returned ``backlog`` is exact near the
         cap and an upper bound below it.
         """
-        (published,) = self._append(stream, [message], downstream_group, backlog, policy, stats_key, stats, should_stop, poll_s)
+        (published,) = self._append(
+            stream, [message], downstream_group, backlog, policy, stats_key, stats, should_stop, poll_s
+        )
         return published
 
     def publish_many(
@@ -406,7 +410,9 @@ class Bus:
         done: list[Published] = []
         delay = poll_s
         while len(done) < len(messages):
-            appended = self._publish(keys=keys, args=_publish_args(downstream_group, backlog, policy, messages[len(done) :], stats))
+            appended = self._publish(
+                keys=keys, args=_publish_args(downstream_group, backlog, policy, messages[len(done) :], stats)
+            )
             done.extend(_published(a) for a in appended)
             if len(done) < len(messages):
                 if should_stop():
@@ -430,7 +436,11 @@ class Bus:
 
 
 def _publish_args(
-    downstream_group: str, backlog: int, policy: Policy, messages: Sequence[Message], stats: Mapping[str, str | int] | None = None
+    downstream_group: str,
+    backlog: int,
+    policy: Policy,
+    messages: Sequence[Message],
+    stats: Mapping[str, str | int] | None = None,
 ) -> list[bytes | str | int]:
     """ARGV of _PUBLISH_LUA: the one place that knows its layout (publish and publish_many)."""
     args: list[bytes | str | int] = [downstream_group, backlog, policy, len(stats or {})]

@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field, fields as dataclass_fields
-from typing import Any, ClassVar, Literal, Mapping, TypeVar
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
+from typing import Any, ClassVar, Literal, TypeVar
 
 SCHEMA_VERSION = 1
 
@@ -154,7 +156,9 @@ class Emotion:
             if p is None:
                 continue
             if len(p) != len(EMOTIONS):
-                raise ValueError(f"probabilities must have {len(EMOTIONS)} entries ({', '.join(EMOTIONS)}), got {len(p)}")
+                raise ValueError(
+                    f"probabilities must have {len(EMOTIONS)} entries ({', '.join(EMOTIONS)}), got {len(p)}"
+                )
             if any(not math.isfinite(x) or x < -1e-6 or x > 1 + 1e-6 for x in p):
                 raise ValueError(f"probabilities must be in [0, 1], got {p}")
             if abs(sum(p) - 1.0) > 1e-3:
@@ -305,7 +309,9 @@ class EventsMsg(Message):
             )
             for e in meta["emotions"]
         )
-        return cls(frame=FrameRef(**meta["frame"]), detector=str(meta["detector"]), model=str(meta["model"]), emotions=emotions)
+        return cls(
+            frame=FrameRef(**meta["frame"]), detector=str(meta["detector"]), model=str(meta["model"]), emotions=emotions
+        )
 
 
 Policy = Literal["drop_oldest", "wait"]

@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     import torch
 
 
-def resolve_device(device: "str | torch.device | None" = "auto") -> "torch.device":
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """'auto' or None: CUDA when present, else the CPU; otherwise exactly what was asked for."""
     import torch
 

@@ -19,8 +19,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -32,23 +33,45 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 # -- the worker loop, per stage ------------------------------------------------------------------------------
-STAGE_MESSAGES = Counter("fervid_stage_messages", "Messages handled by the stage's worker loop (acked or dead-lettered).", ["stage"])
-STAGE_DEAD_LETTERS = Counter("fervid_stage_dead_letters", "Messages this process sent to the dead-letter stream.", ["stage"])
-STAGE_BATCH_FAILURES = Counter("fervid_stage_batch_failures", "Batches that failed as a whole (left pending, retried).", ["stage"])
-STAGE_BATCH_SIZE = Histogram("fervid_stage_batch_size", "Messages per batch read by the worker loop.", ["stage"], buckets=_BATCH_BUCKETS)
+STAGE_MESSAGES = Counter(
+    "fervid_stage_messages", "Messages handled by the stage's worker loop (acked or dead-lettered).", ["stage"]
+)
+STAGE_DEAD_LETTERS = Counter(
+    "fervid_stage_dead_letters", "Messages this process sent to the dead-letter stream.", ["stage"]
+)
+STAGE_BATCH_FAILURES = Counter(
+    "fervid_stage_batch_failures", "Batches that failed as a whole (left pending, retried).", ["stage"]
+)
+STAGE_BATCH_SIZE = Histogram(
+    "fervid_stage_batch_size", "Messages per batch read by the worker loop.", ["stage"], buckets=_BATCH_BUCKETS
+)
 STAGE_HANDLE_SECONDS = Histogram(
-    "fervid_stage_handle_seconds", "Seconds to decode, handle and publish one batch.", ["stage"], buckets=_SECONDS_BUCKETS
+    "fervid_stage_handle_seconds",
+    "Seconds to decode, handle and publish one batch.",
+    ["stage"],
+    buckets=_SECONDS_BUCKETS,
 )
 
 # -- per camera, where the stages count ---------------------------------------------------------------------
 CAMERA_FRAMES = Counter("fervid_camera_frames", "Frames processed, per camera and stage.", ["camera", "stage"])
-CAMERA_FACES = Counter("fervid_camera_faces", "Faces found (detector) or classified (classifier), per camera.", ["camera", "stage"])
-CAMERA_FPS = Gauge("fervid_camera_fps", "Frames processed per second over the last 10 s, per camera and stage.", ["camera", "stage"])
-CAMERA_SKIPPED = Counter("fervid_camera_frames_skipped", "Frames a stage could not process (dead-lettered), per camera.", ["camera", "stage"])
-INFERENCE_SECONDS = Histogram(
-    "fervid_inference_seconds", "Seconds per model forward pass (one batch).", ["stage", "model"], buckets=_SECONDS_BUCKETS
+CAMERA_FACES = Counter(
+    "fervid_camera_faces", "Faces found (detector) or classified (classifier), per camera.", ["camera", "stage"]
 )
-INFERENCE_BATCH = Histogram("fervid_inference_batch_size", "Images per model forward pass.", ["stage", "model"], buckets=_BATCH_BUCKETS)
+CAMERA_FPS = Gauge(
+    "fervid_camera_fps", "Frames processed per second over the last 10 s, per camera and stage.", ["camera", "stage"]
+)
+CAMERA_SKIPPED = Counter(
+    "fervid_camera_frames_skipped", "Frames a stage could not process (dead-lettered), per camera.", ["camera", "stage"]
+)
+INFERENCE_SECONDS = Histogram(
+    "fervid_inference_seconds",
+    "Seconds per model forward pass (one batch).",
+    ["stage", "model"],
+    buckets=_SECONDS_BUCKETS,
+)
+INFERENCE_BATCH = Histogram(
+    "fervid_inference_batch_size", "Images per model forward pass.", ["stage", "model"], buckets=_BATCH_BUCKETS
+)
 # A batch mixes cameras: per camera, the batches that carried its frames (how long, how big) and its faces per frame.
 CAMERA_INFERENCE_SECONDS = Histogram(
     "fervid_camera_inference_seconds", "Seconds per forward pass, of the batches carrying this camera's frames.", ["camera", "stage"],
@@ -112,12 +135,24 @@ class BusCollector:
 
         up = GaugeMetricFamily("fervid_bus_up", "1 when Redis answered this scrape.")
         length = GaugeMetricFamily("fervid_stream_length", "Entries in the stream (XLEN).", labels=["stream"])
-        backlog = GaugeMetricFamily("fervid_stream_lag", "Entries the group has not read yet (undelivered).", labels=["stream", "group"])
-        pending = GaugeMetricFamily("fervid_stream_pending", "Entries delivered to the group but not acked.", labels=["stream", "group"])
-        consumers = GaugeMetricFamily("fervid_stream_consumers", "Consumers registered in the group.", labels=["stream", "group"])
-        dead = GaugeMetricFamily("fervid_dead_letters", "Messages dead-lettered so far, per consuming group.", labels=["group"])
-        published = GaugeMetricFamily("fervid_camera_frames_published", "Frames ingest published, per camera.", labels=["camera"])
-        dropped = GaugeMetricFamily("fervid_camera_frames_dropped", "Frames dropped because the detector fell behind.", labels=["camera"])
+        backlog = GaugeMetricFamily(
+            "fervid_stream_lag", "Entries the group has not read yet (undelivered).", labels=["stream", "group"]
+        )
+        pending = GaugeMetricFamily(
+            "fervid_stream_pending", "Entries delivered to the group but not acked.", labels=["stream", "group"]
+        )
+        consumers = GaugeMetricFamily(
+            "fervid_stream_consumers", "Consumers registered in the group.", labels=["stream", "group"]
+        )
+        dead = GaugeMetricFamily(
+            "fervid_dead_letters", "Messages dead-lettered so far, per consuming group.", labels=["group"]
+        )
+        published = GaugeMetricFamily(
+            "fervid_camera_frames_published", "Frames ingest published, per camera.", labels=["camera"]
+        )
+        dropped = GaugeMetricFamily(
+            "fervid_camera_frames_dropped", "Frames dropped because the detector fell behind.", labels=["camera"]
+        )
         try:
             cameras = sorted(c.decode() for c in self.client.smembers(CAMERAS_KEY))
             streams = [(frames_stream(c), DETECTOR_GROUP) for c in cameras]
@@ -140,7 +175,7 @@ class BusCollector:
                 published.add_metric([camera], int(stats.get(b"published", 0)))
                 dropped.add_metric([camera], int(stats.get(b"dropped", 0)))
             up.add_metric([], 1)
-        except Exception as exc:  # noqa: BLE001 - a scrape must not fail because Redis is down
+        except Exception as exc:
             log.debug("bus metrics unavailable: %s", exc)
             up.add_metric([], 0)
             return [up]
@@ -149,7 +184,7 @@ class BusCollector:
     def _groups(self, stream: str) -> list[dict[str, Any]]:
         try:
             return [{_s(k): v for k, v in g.items()} for g in self.client.xinfo_groups(stream)]
-        except Exception:  # noqa: BLE001 - no such stream yet
+        except Exception:
             return []
 
 
@@ -179,7 +214,7 @@ class HealthServer:
         for name, check in self.checks:
             try:
                 reason = check()
-            except Exception as exc:  # noqa: BLE001 - a failing check means not ready, with its reason
+            except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             if reason:
                 problems.append(f"{name}: {reason}")
@@ -192,7 +227,7 @@ class HealthServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's spelling
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     owner.readiness()

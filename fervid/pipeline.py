@@ -10,8 +10,9 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from fervid.bus import Bus, connect
 from fervid.contracts import (
@@ -68,7 +69,7 @@ class _Thread(threading.Thread):
     def run(self) -> None:
         try:
             self._fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the pipeline's main thread
+        except BaseException as exc:
             self.error = exc
             log.error("%s failed: %s", self.name, exc, exc_info=not isinstance(exc, FervidError))
 
@@ -100,8 +101,16 @@ def run_pipeline(
     for spec in sources:
         if not is_live(spec.url):
             probe_file(spec.url)  # a missing or non-video file fails now, before models load
-    detector = create_configured(settings.detector.backend, device=settings.detector.device, min_face=settings.detector.min_face)
-    classifier = load_classifier(settings.classifier.model, settings.classifier.checkpoint, settings.classifier.device, compile=settings.classifier.compile, max_crops=settings.classifier.max_crops)
+    detector = create_configured(
+        settings.detector.backend, device=settings.detector.device, min_face=settings.detector.min_face
+    )
+    classifier = load_classifier(
+        settings.classifier.model,
+        settings.classifier.checkpoint,
+        settings.classifier.device,
+        compile=settings.classifier.compile,
+        max_crops=settings.classifier.max_crops,
+    )
 
     def bus(group: str) -> Bus:
         return Bus(client, group, claim_idle_ms=settings.bus.claim_idle_ms, max_deliveries=settings.bus.max_deliveries)
@@ -115,13 +124,21 @@ def run_pipeline(
         storage,
     ]
     workers = [
-        _Thread(f"{s.name}-worker", lambda s=s: run_stage(s, getattr(s, "bus", None) or bus(STORAGE_GROUP), stop=workers_stop, block_ms=100))
+        _Thread(
+            f"{s.name}-worker",
+            lambda s=s: run_stage(s, getattr(s, "bus", None) or bus(STORAGE_GROUP), stop=workers_stop, block_ms=100),
+        )
         for s in stages
     ]
     counters: dict[str, Any] = {}
     ingests = [
         # Live sources reconnect (backoff, stall watchdog) until stopped; files are read once.
-        _Thread(f"ingest-{spec.camera}", lambda spec=spec, run=run_live if is_live(spec.url) else run_source: counters.__setitem__(spec.camera, run(bus("ingest"), spec, settings, should_stop=stop.is_set)))
+        _Thread(
+            f"ingest-{spec.camera}",
+            lambda spec=spec, run=run_live if is_live(spec.url) else run_source: counters.__setitem__(
+                spec.camera, run(bus("ingest"), spec, settings, should_stop=stop.is_set)
+            ),
+        )
         for spec in sources
     ]
     progress = Progress(expected=None)

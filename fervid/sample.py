@@ -42,7 +42,12 @@ def face_patch(scale: float, flip: bool = False) -> tuple[np.ndarray, tuple[floa
     patch = cv2.cvtColor(rgb[y1:y2, x1:x2], cv2.COLOR_RGB2BGR)
     w, h = round((x2 - x1) * scale), round((y2 - y1) * scale)
     patch = cv2.resize(patch, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    fx1, fy1, fx2, fy2 = ((_FACE[0] - x1) * scale, (_FACE[1] - y1) * scale, (_FACE[2] - x1) * scale, (_FACE[3] - y1) * scale)
+    fx1, fy1, fx2, fy2 = (
+        (_FACE[0] - x1) * scale,
+        (_FACE[1] - y1) * scale,
+        (_FACE[2] - x1) * scale,
+        (_FACE[3] - y1) * scale,
+    )
     if flip:
         patch = patch[:, ::-1].copy()
         fx1, fx2 = w - fx2, w - fx1
@@ -103,7 +108,9 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int, *, gop: int = 30
     return path
 
 
-def make_sample_clip(path: Path, seconds: float = 4.0, fps: int = 30, width: int = 640, height: int = 480, faces: int = 2) -> GroundTruth:
+def make_sample_clip(
+    path: Path, seconds: float = 4.0, fps: int = 30, width: int = 640, height: int = 480, faces: int = 2
+) -> GroundTruth:
     frames, truth = render_frames(seconds, fps, width, height, faces)
     write_video(path, frames, fps)
     return truth

@@ -20,9 +20,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 from fervid.backoff import Backoff
 
@@ -142,7 +143,9 @@ class Supervisor:
         self._write_status()
         return {c.spec.name: c.last_rc for c in self.children}
 
-    def run(self, should_stop: Callable[[], bool], until: Callable[[], bool] | None = None, interval: float = 0.2) -> None:
+    def run(
+        self, should_stop: Callable[[], bool], until: Callable[[], bool] | None = None, interval: float = 0.2
+    ) -> None:
         """Supervise until `should_stop()` (a signal) or `until()` (e.g. drained); the caller calls :meth:`stop`."""
         while not should_stop():
             self.poll()
@@ -168,10 +171,20 @@ class Supervisor:
         if child.log_file is None:
             child.log_file = open(self.log_dir / f"{child.spec.name}.log", "ab")  # noqa: SIM115 - closed in stop()
         argv = [sys.executable, "-m", "fervid", *child.spec.args]
-        child.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=child.log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        child.proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=child.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         child.state = "running"
         child.backoff.mark_up()
-        self._status(child, f"started: fervid {' '.join(child.spec.args)}" + (f" (restart {child.restarts})" if child.restarts else ""))
+        self._status(
+            child,
+            f"started: fervid {' '.join(child.spec.args)}" + (f" (restart {child.restarts})" if child.restarts else ""),
+        )
 
     def _signal(self, child: Child, sig: signal.Signals) -> None:
         try:
@@ -186,7 +199,13 @@ class Supervisor:
         if self.status_file is None:
             return
         data = {
-            c.spec.name: {"pid": c.pid, "state": c.state, "restarts": c.restarts, "last_rc": c.last_rc, "args": c.spec.args}
+            c.spec.name: {
+                "pid": c.pid,
+                "state": c.state,
+                "restarts": c.restarts,
+                "last_rc": c.last_rc,
+                "args": c.spec.args,
+            }
             for c in self.children
         }
         tmp = self.status_file.with_suffix(".tmp")

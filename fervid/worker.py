@@ -11,15 +11,22 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, TypeVar
+from typing import Protocol, TypeVar
 
 import redis
 
 from fervid.backoff import Backoff
 from fervid.bus import Bus, Delivery, StopRequested
 from fervid.contracts import BadMessage
-from fervid.metrics import STAGE_BATCH_FAILURES, STAGE_BATCH_SIZE, STAGE_DEAD_LETTERS, STAGE_HANDLE_SECONDS, STAGE_MESSAGES
+from fervid.metrics import (
+    STAGE_BATCH_FAILURES,
+    STAGE_BATCH_SIZE,
+    STAGE_DEAD_LETTERS,
+    STAGE_HANDLE_SECONDS,
+    STAGE_MESSAGES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +162,9 @@ def _close(stage: object) -> None:
     try:
         close()
     except redis.RedisError as exc:  # what it held expires on its own
-        log.warning("%s: could not hand back what it held (%s); it expires on its own", getattr(stage, "name", stage), exc)
+        log.warning(
+            "%s: could not hand back what it held (%s); it expires on its own", getattr(stage, "name", stage), exc
+        )
 
 
 def _release(bus: Bus, deliveries: list[Delivery]) -> None:
@@ -165,7 +174,12 @@ def _release(bus: Bus, deliveries: list[Delivery]) -> None:
         bus.release(deliveries)
         log.info("%s: returned %d unfinished entries for another replica", bus.group, len(deliveries))
     except redis.RedisError as exc:  # they stay pending anyway and are reclaimed after claim_idle_ms
-        log.warning("%s: could not return %d entries (%s); they will be reclaimed after the idle timeout", bus.group, len(deliveries), exc)
+        log.warning(
+            "%s: could not return %d entries (%s); they will be reclaimed after the idle timeout",
+            bus.group,
+            len(deliveries),
+            exc,
+        )
 
 
 def _process(stage: Stage[M], bus: Bus, batch: list[Delivery]) -> Outcome:

@@ -70,7 +70,9 @@ class CameraRunner(threading.Thread):
         self.client = client
         self.settings = settings
         if config.max_size is not None:
-            self.settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"max_size": config.max_size})})
+            self.settings = settings.model_copy(
+                update={"ingest": settings.ingest.model_copy(update={"max_size": config.max_size})}
+            )
         self.backoff = backoff or Backoff(initial=0.5, cap=30.0, stable_after=30.0)
         self.permanent_retry_s = permanent_retry_s
         self.live = is_live(config.url)
@@ -179,7 +181,7 @@ class CameraRunner(threading.Thread):
                 error = str(exc)
             except redis.RedisError as exc:
                 error = f"Redis: {exc}"
-            except Exception as exc:  # noqa: BLE001 - one camera's bug must not kill the process
+            except Exception as exc:
                 log.exception("%s: unexpected error", name)
                 error = f"{type(exc).__name__}: {exc}"
             self.backoff.mark_down()

@@ -7,9 +7,10 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import av
 import numpy as np
@@ -70,7 +71,9 @@ class FramePublisher:
             return
         while self._in_flight and (self._in_flight[0].done() or len(self._in_flight) >= self._pool.size):
             self._in_flight.popleft().result()
-        self._in_flight.append(self._pool.submit(lambda: self._encode(frame), lambda jpeg: self._send(jpeg, capture_ts, stop)))
+        self._in_flight.append(
+            self._pool.submit(lambda: self._encode(frame), lambda jpeg: self._send(jpeg, capture_ts, stop))
+        )
 
     def flush(self) -> None:
         """Wait for the frames in flight; raise the first error."""
@@ -121,7 +124,9 @@ class _OrderedPool:
 
     def __init__(self, size: int, name: str) -> None:
         self.size = size
-        self._jobs: queue.SimpleQueue[tuple[int, Callable[[], Any], Callable[[Any], None], Future[None]] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[int, Callable[[], Any], Callable[[Any], None], Future[None]] | None] = (
+            queue.SimpleQueue()
+        )
         self._turn = threading.Condition()
         self._next_ticket = 0  # submitted jobs
         self._now_serving = 0  # jobs whose `then` has run (or failed)
@@ -149,14 +154,14 @@ class _OrderedPool:
             error: BaseException | None = None
             try:
                 result = work()
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+            except BaseException as exc:
                 error = exc
             with self._turn:
                 self._turn.wait_for(lambda: self._now_serving == ticket)
                 try:
                     if error is None:
                         then(result)
-                except BaseException as exc:  # noqa: BLE001 - as above
+                except BaseException as exc:
                     error = exc
                 finally:
                     self._now_serving += 1

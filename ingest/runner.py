@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from fervid.bus import Bus, StopRequested, redact_url
 from fervid.errors import SourceError
@@ -97,5 +97,11 @@ def run_live(
         runner.stop()
         runner.join(10)
     counters = runner.counters()
-    log.info("%s: %d frames published, %d dropped, %d reconnects", spec.camera, counters.published, counters.dropped, runner.snapshot().reconnects)
+    log.info(
+        "%s: %d frames published, %d dropped, %d reconnects",
+        spec.camera,
+        counters.published,
+        counters.dropped,
+        runner.snapshot().reconnects,
+    )
     return counters

@@ -12,8 +12,8 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import redis
 
@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 
 class IngestService:
-    def __init__(self, client: redis.Redis, settings: Settings, runner_factory: Callable[..., CameraRunner] = CameraRunner) -> None:
+    def __init__(
+        self, client: redis.Redis, settings: Settings, runner_factory: Callable[..., CameraRunner] = CameraRunner
+    ) -> None:
         self.client = client
         self.settings = settings
         self.runners: dict[str, CameraRunner] = {}

@@ -7,8 +7,8 @@ import functools
 import logging
 import re
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import av
 import av.error
@@ -125,7 +125,9 @@ def open_container(
     try:
         container = av.open(target, format=fmt, options=options, timeout=(timeout_s, read_timeout_s), hwaccel=accel)
     except av.error.HTTPUnauthorizedError as exc:
-        raise PermanentSourceError(f"{redact_url(url)}: the camera rejected the credentials (401 Unauthorized)") from exc
+        raise PermanentSourceError(
+            f"{redact_url(url)}: the camera rejected the credentials (401 Unauthorized)"
+        ) from exc
     except av.error.HTTPForbiddenError as exc:
         raise PermanentSourceError(f"{redact_url(url)}: access to this stream is forbidden (403)") from exc
     except av.error.HTTPNotFoundError as exc:
@@ -170,7 +172,7 @@ def hardware_decoder(kind: str, where: str = "") -> HWAccel | None:
     return HWAccel(kind, allow_software_fallback=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hardware_problem(kind: str) -> str:
     """Why `kind` cannot decode here ('' when it can). Cached: creating a device costs up to a second."""
     built = hwdevices_available()

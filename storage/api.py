@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -43,7 +43,9 @@ def create_app(engine: Engine, *, token: str | None = None, redis_url: str | Non
 
     def redis() -> Any:
         if redis_url is None:
-            raise NotFound("no Redis configured for this API (start it with --redis): snapshots come from the frame streams")
+            raise NotFound(
+                "no Redis configured for this API (start it with --redis): snapshots come from the frame streams"
+            )
         if not redis_client:
             from fervid.bus import connect
 
@@ -112,11 +114,13 @@ def create_app(engine: Engine, *, token: str | None = None, redis_url: str | Non
     def list_cameras() -> list[dict[str, Any]]:
         return tl.cameras(engine)
 
-    @app.get("/cameras/{name}/timeline", summary="Bucketed emotion timeline (same JSON as `fervid timeline --format json`)")
+    @app.get(
+        "/cameras/{name}/timeline", summary="Bucketed emotion timeline (same JSON as `fervid timeline --format json`)"
+    )
     def camera_timeline(
         name: str,
-        since: Optional[str] = Query(None, max_length=64, description="ISO-8601 or a duration ago (30m)"),
-        until: Optional[str] = Query(None, max_length=64, description="exclusive end: ISO-8601 or a duration ago"),
+        since: str | None = Query(None, max_length=64, description="ISO-8601 or a duration ago (30m)"),
+        until: str | None = Query(None, max_length=64, description="exclusive end: ISO-8601 or a duration ago"),
         bucket: str = Query("10s", max_length=16, description="1s .. 1d"),
         labels: Literal["raw", "smoothed"] = "raw",
     ) -> list[dict[str, Any]]:
@@ -131,12 +135,12 @@ def create_app(engine: Engine, *, token: str | None = None, redis_url: str | Non
 
     @app.get("/events", summary="Event rows, oldest first; page with after_id = next_after_id")
     def list_events(
-        camera: Optional[str] = Query(None, max_length=64),
-        since: Optional[str] = Query(None, max_length=64),
-        until: Optional[str] = Query(None, max_length=64),
-        label: Optional[str] = Query(None, max_length=16),
+        camera: str | None = Query(None, max_length=64),
+        since: str | None = Query(None, max_length=64),
+        until: str | None = Query(None, max_length=64),
+        label: str | None = Query(None, max_length=16),
         limit: int = Query(100, ge=1, le=1000),
-        after_id: Optional[int] = Query(None, ge=0, le=2**63 - 1),  # a BIGINT: larger would overflow the driver, a 500
+        after_id: int | None = Query(None, ge=0, le=2**63 - 1),  # a BIGINT: larger would overflow the driver, a 500
     ) -> dict[str, Any]:
         rows = tl.events(
             engine,
@@ -180,8 +184,15 @@ def render_snapshot(engine: Engine, client: Any, camera: str, scan: int = 64) ->
     seqs = [f.frame.seq for f in frames]
     with engine.connect() as conn:
         rows = conn.execute(
-            select(EventRow.frame_seq, EventRow.x, EventRow.y, EventRow.w, EventRow.h, EventRow.label, EventRow.label_smoothed)
-            .where(EventRow.camera == camera, EventRow.frame_seq.in_(seqs))
+            select(
+                EventRow.frame_seq,
+                EventRow.x,
+                EventRow.y,
+                EventRow.w,
+                EventRow.h,
+                EventRow.label,
+                EventRow.label_smoothed,
+            ).where(EventRow.camera == camera, EventRow.frame_seq.in_(seqs))
         ).all()
     by_seq: dict[int, list[Any]] = {}
     for r in rows:
@@ -198,5 +209,3 @@ def render_snapshot(engine: Engine, client: Any, camera: str, scan: int = 64) ->
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
     assert ok
     return buf.tobytes()
-
-

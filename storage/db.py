@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Column,
     BigInteger,
+    Column,
     Float,
     Index,
     Integer,
@@ -148,8 +148,12 @@ def make_engine(url: str) -> Engine:
     """An engine for `url`, checked with a connection so a typo or a dead server fails here in one line.
 
     ``postgresql://`` means psycopg 3 (the driver fervid ships), as ``postgresql+psycopg://``."""
-    if not isinstance(url, str) or not (url.startswith("sqlite://") or url.startswith("postgresql://") or url.startswith("postgresql+psycopg://")):
-        raise ConfigError(f"unsupported database URL {redact_url(str(url))}: use sqlite:///path.db or postgresql+psycopg://user:pw@host/db")
+    if not isinstance(url, str) or not (
+        url.startswith("sqlite://") or url.startswith("postgresql://") or url.startswith("postgresql+psycopg://")
+    ):
+        raise ConfigError(
+            f"unsupported database URL {redact_url(str(url))}: use sqlite:///path.db or postgresql+psycopg://user:pw@host/db"
+        )
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite:///"):
@@ -166,7 +170,9 @@ def make_engine(url: str) -> Engine:
         with engine.connect():
             pass
     except OperationalError as exc:
-        raise ServiceUnavailable(f"cannot reach the database at {redact_url(url)}: {str(exc.orig).strip().splitlines()[0]}") from exc
+        raise ServiceUnavailable(
+            f"cannot reach the database at {redact_url(url)}: {str(exc.orig).strip().splitlines()[0]}"
+        ) from exc
     return engine
 
 

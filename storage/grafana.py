@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from fervid.contracts import EMOTIONS
 
@@ -79,7 +80,10 @@ def _panel(pid: int, title: str, kind: str, sql: str, grid: tuple[int, int, int,
         "datasource": DS,
         "gridPos": {"x": x, "y": y, "w": w, "h": h},
         "targets": [_target(sql)],
-        "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}, "tooltip": {"mode": "multi"}},
+        "options": {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi"},
+        },
         "fieldConfig": {"defaults": {}, "overrides": []},
     }
     panel.update(extra)
@@ -127,8 +131,12 @@ def dashboards() -> dict[str, dict[str, Any]]:
         description="Frames that reached storage, with or without faces. A camera dropping to zero has stalled upstream.",
     )  # fmt: skip
     return {
-        "fervid-emotions": _dashboard("fervid-emotions", "fervid — emotions", [share, faces, state], "Emotion timelines per camera."),
-        "fervid-pipeline": _dashboard("fervid-pipeline", "fervid — pipeline health", [frames], "Throughput of the analysis pipeline."),
+        "fervid-emotions": _dashboard(
+            "fervid-emotions", "fervid — emotions", [share, faces, state], "Emotion timelines per camera."
+        ),
+        "fervid-pipeline": _dashboard(
+            "fervid-pipeline", "fervid — pipeline health", [frames], "Throughput of the analysis pipeline."
+        ),
     }
 
 
@@ -207,7 +215,12 @@ def datasource_payload(db_url: str) -> dict[str, Any]:
         "url": f"{url.host}:{url.port or 5432}",
         "user": url.username or "",
         "isDefault": False,
-        "jsonData": {"database": url.database, "sslmode": url.query.get("sslmode", "disable"), "postgresVersion": 1500, "timescaledb": False},
+        "jsonData": {
+            "database": url.database,
+            "sslmode": url.query.get("sslmode", "disable"),
+            "postgresVersion": 1500,
+            "timescaledb": False,
+        },
         "secureJsonData": {"password": url.password or ""},
     }
 
@@ -241,7 +254,12 @@ def provision(grafana_url: str, token: str, db_url: str) -> list[str]:
             api.folder.create_folder(FOLDER_TITLE, uid=FOLDER_UID)
             done.append(f"folder {FOLDER_UID}: created")
         for uid, d in dashboards().items():
-            body = {"dashboard": {**d, "id": None}, "folderUid": FOLDER_UID, "overwrite": True, "message": "fervid grafana provision"}
+            body = {
+                "dashboard": {**d, "id": None},
+                "folderUid": FOLDER_UID,
+                "overwrite": True,
+                "message": "fervid grafana provision",
+            }
             api.dashboard.update_dashboard(body)
             done.append(f"dashboard {uid}: saved")
     except GrafanaException as exc:

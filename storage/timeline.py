@@ -8,7 +8,7 @@ identically, so the same events give the same JSON on both.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import and_, case, func, literal, literal_column, select, union_all
@@ -24,8 +24,8 @@ MAX_BUCKETS = 10_000  # a bigger answer is a mistake (1 s buckets over a week), 
 MIN_BUCKET_MS = 1_000
 MAX_BUCKET_MS = 86_400_000
 # Anything outside this is a typo (year 20260) or a unit mix-up, not a time a camera recorded.
-EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
-LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 Labels = Literal["raw", "smoothed"]
 
@@ -47,7 +47,7 @@ def parse_bucket_ms(text: str) -> int:
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
     """ISO-8601 ('2026-11-25T10:00:00', naive = UTC) or a duration ago ('30m' = thirty minutes ago)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if not isinstance(text, str):
         raise ConfigError(f"invalid time {text!r}")
     if _DURATION.match(text.strip()):
@@ -58,8 +58,10 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     try:
         t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise ConfigError(f"invalid time {text!r}: use ISO-8601 (2026-11-25T10:00:00Z) or a duration ago (30m, 2h)") from None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+        raise ConfigError(
+            f"invalid time {text!r}: use ISO-8601 (2026-11-25T10:00:00Z) or a duration ago (30m, 2h)"
+        ) from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def validate_range(since: datetime | None, until: datetime | None) -> tuple[int | None, int | None]:
@@ -76,7 +78,9 @@ def validate_range(since: datetime | None, until: datetime | None) -> tuple[int 
 
 def cameras(engine: Engine) -> list[dict[str, Any]]:
     with engine.connect() as conn:
-        rows = conn.execute(select(CameraRow.name, CameraRow.first_seen_ms, CameraRow.last_seen_ms).order_by(CameraRow.name)).all()
+        rows = conn.execute(
+            select(CameraRow.name, CameraRow.first_seen_ms, CameraRow.last_seen_ms).order_by(CameraRow.name)
+        ).all()
     return [{"name": r.name, "first_seen": iso(r.first_seen_ms), "last_seen": iso(r.last_seen_ms)} for r in rows]
 
 
@@ -90,7 +94,7 @@ def require_camera(engine: Engine, camera: str) -> None:
 
 
 def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
 def dominant_case(counts: dict[str, Any]) -> Any:
@@ -132,7 +136,9 @@ def timeline(
             span = conn.execute(select(func.min(EventRow.ts_ms), func.max(EventRow.ts_ms)).where(*where)).one()
             n_buckets = 0 if span[0] is None else span[1] // bucket_ms - span[0] // bucket_ms + 1
         if n_buckets > MAX_BUCKETS:
-            raise ConfigError(f"{n_buckets} buckets requested (over {MAX_BUCKETS}): use a larger bucket or a shorter range")
+            raise ConfigError(
+                f"{n_buckets} buckets requested (over {MAX_BUCKETS}): use a larger bucket or a shorter range"
+            )
         if bucket_ms % 60_000 == 0 and source == "auto":
             inner = _rollup_query(camera, bucket_ms, lo, hi, labels)
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -47,7 +47,12 @@ class StorageStage:
                 if not getattr(exc, "connection_invalidated", False) and not isinstance(exc, OperationalError):
                     raise
                 delay = backoff.next_delay()
-                log.warning("storage: database unavailable (%s); retrying %d events in %.1fs", str(exc.orig).strip()[:200], len(batch), delay)
+                log.warning(
+                    "storage: database unavailable (%s); retrying %d events in %.1fs",
+                    str(exc.orig).strip()[:200],
+                    len(batch),
+                    delay,
+                )
                 if self.should_stop():
                     raise StopRequested("stopped while the database was unavailable") from exc
                 self.engine.dispose()

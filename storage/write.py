@@ -18,10 +18,10 @@ from __future__ import annotations
 import functools
 import struct
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -34,9 +34,29 @@ _EVENT_COLS = (
     *_P_COLS, "label", "label_smoothed", "model", "detector",
 )  # fmt: skip
 _FRAME_PG_TYPES = ("text", "bigint", "bigint", "int", "int", "int")
-_EVENT_PG_TYPES = ("text", "bigint", "int", "bigint", *["float8"] * 5, "bigint", *["float8"] * 7, "text", "text", "text", "text")
+_EVENT_PG_TYPES = (
+    "text",
+    "bigint",
+    "int",
+    "bigint",
+    *["float8"] * 5,
+    "bigint",
+    *["float8"] * 7,
+    "text",
+    "text",
+    "text",
+    "text",
+)
 _MINUTE_COLS = ("camera", "minute_ms", "faces", *[f"{k}_{e}" for k in ("n", "s", "sum") for e in EMOTIONS])
-_TRACK_COLS = ("camera", "track_id", "first_ts_ms", "last_ts_ms", "n_faces", *[f"mean_{e}" for e in EMOTIONS], "dominant")
+_TRACK_COLS = (
+    "camera",
+    "track_id",
+    "first_ts_ms",
+    "last_ts_ms",
+    "n_faces",
+    *[f"mean_{e}" for e in EMOTIONS],
+    "dominant",
+)
 
 
 def insert_idempotent(engine: Engine, messages: Sequence[EventsMsg]) -> int:
@@ -52,7 +72,9 @@ def insert_idempotent(engine: Engine, messages: Sequence[EventsMsg]) -> int:
         return _sqlite_write(conn, frames, events, cameras)
 
 
-def _rows(messages: Sequence[EventsMsg]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[str, int, int]]]:
+def _rows(
+    messages: Sequence[EventsMsg],
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[str, int, int]]]:
     """Flat rows, the first delivery of each (camera, seq) only, and each camera's time span in the batch."""
     frames: list[tuple[Any, ...]] = []
     events: list[tuple[Any, ...]] = []
@@ -81,7 +103,10 @@ def _rows(messages: Sequence[EventsMsg]) -> tuple[list[tuple[Any, ...]], list[tu
 
 def _dominant(means: dict[str, str]) -> str:
     """Highest mean wins; ties go to the first in EMOTIONS order (as Emotion.label does)."""
-    whens = " ".join(f"WHEN {' AND '.join(f'{means[e]} >= {means[o]}' for o in EMOTIONS if o != e)} THEN '{e}'" for e in EMOTIONS[:-1])
+    whens = " ".join(
+        f"WHEN {' AND '.join(f'{means[e]} >= {means[o]}' for o in EMOTIONS if o != e)} THEN '{e}'"
+        for e in EMOTIONS[:-1]
+    )
     return f"CASE {whens} ELSE '{EMOTIONS[-1]}' END"
 
 
@@ -96,7 +121,9 @@ def _conflict_clause(table: str, pg: bool) -> str:
             f"last_seen_ms = {greatest}(cameras.last_seen_ms, excluded.last_seen_ms)"
         )
     if table == "events_1m":
-        return "ON CONFLICT (camera, minute_ms) DO UPDATE SET " + ", ".join(f"{c} = events_1m.{c} + excluded.{c}" for c in _MINUTE_COLS[2:])
+        return "ON CONFLICT (camera, minute_ms) DO UPDATE SET " + ", ".join(
+            f"{c} = events_1m.{c} + excluded.{c}" for c in _MINUTE_COLS[2:]
+        )
     n = "(tracks.n_faces + excluded.n_faces)"
     new = {e: f"((tracks.mean_{e} * tracks.n_faces + excluded.mean_{e} * excluded.n_faces) / {n})" for e in EMOTIONS}
     sets = [
@@ -152,17 +179,19 @@ _SQLITE_EVENTS = (
     f"INSERT INTO events ({', '.join(_EVENT_COLS)}) VALUES ({_placeholders(len(_EVENT_COLS))}) "
     "ON CONFLICT (camera, frame_seq, face_index) DO NOTHING"
 )
-_SQLITE_CAMERAS = f"INSERT INTO cameras (name, first_seen_ms, last_seen_ms) VALUES (?, ?, ?) {_conflict_clause('cameras', False)}"
-_SQLITE_MINUTES = (
-    f"INSERT INTO events_1m ({', '.join(_MINUTE_COLS)}) VALUES ({_placeholders(len(_MINUTE_COLS))}) {_conflict_clause('events_1m', False)}"
+_SQLITE_CAMERAS = (
+    f"INSERT INTO cameras (name, first_seen_ms, last_seen_ms) VALUES (?, ?, ?) {_conflict_clause('cameras', False)}"
 )
+_SQLITE_MINUTES = f"INSERT INTO events_1m ({', '.join(_MINUTE_COLS)}) VALUES ({_placeholders(len(_MINUTE_COLS))}) {_conflict_clause('events_1m', False)}"
 _SQLITE_TRACKS = f"INSERT INTO tracks ({', '.join(_TRACK_COLS)}) VALUES ({_placeholders(len(_TRACK_COLS))}) {_conflict_clause('tracks', False)}"
 # The events a batch inserted are those above the high-water mark (rowid range; NOT INDEXED, or the planner
 # would walk a whole (camera, ...) index for its order).
 _SQLITE_NEW_KEYS = "SELECT camera, frame_seq, face_index FROM events NOT INDEXED WHERE id > ?"
 
 
-def _sqlite_write(conn: Connection, frames: list[tuple[Any, ...]], events: list[tuple[Any, ...]], cameras: list[tuple[str, int, int]]) -> int:
+def _sqlite_write(
+    conn: Connection, frames: list[tuple[Any, ...]], events: list[tuple[Any, ...]], cameras: list[tuple[str, int, int]]
+) -> int:
     # The frames insert comes first: it takes SQLite's write lock (even when every row conflicts), so no other
     # writer can add events between reading the high-water mark and reading above it. A read before the first
     # write would instead risk SQLITE_BUSY_SNAPSHOT when the transaction upgrades to a writer.
@@ -183,7 +212,9 @@ def _sqlite_write(conn: Connection, frames: list[tuple[Any, ...]], events: list[
     return len(events)
 
 
-_LABEL, _SMOOTHED, _TS, _TRACK, _P0 = map(_EVENT_COLS.index, ("label", "label_smoothed", "ts_ms", "track_id", _P_COLS[0]))
+_LABEL, _SMOOTHED, _TS, _TRACK, _P0 = map(
+    _EVENT_COLS.index, ("label", "label_smoothed", "ts_ms", "track_id", _P_COLS[0])
+)
 
 
 def _summaries(events: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -201,7 +232,9 @@ def _summaries(events: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], li
         raw = Counter(cols[_LABEL])
         smoothed = Counter(s or r for s, r in zip(cols[_SMOOTHED], cols[_LABEL]))
         sums = [sum(cols[_P0 + i]) for i in range(len(EMOTIONS))]
-        minutes.append((camera, minute, len(rows), *[raw[e] for e in EMOTIONS], *[smoothed[e] for e in EMOTIONS], *sums))
+        minutes.append(
+            (camera, minute, len(rows), *[raw[e] for e in EMOTIONS], *[smoothed[e] for e in EMOTIONS], *sums)
+        )
     tracks = []
     for (camera, track), rows in by_track.items():
         cols = list(zip(*rows))
@@ -277,7 +310,9 @@ def _pg_columns(rows: list[tuple[Any, ...]], types: Sequence[str], words: dict[s
     return out
 
 
-def _pg_write(conn: Connection, frames: list[tuple[Any, ...]], events: list[tuple[Any, ...]], cameras: list[tuple[str, int, int]]) -> int:
+def _pg_write(
+    conn: Connection, frames: list[tuple[Any, ...]], events: list[tuple[Any, ...]], cameras: list[tuple[str, int, int]]
+) -> int:
     # Index 0 is NULL (k.d[0] is NULL in PostgreSQL, whose arrays start at 1).
     words: dict[str | None, int] = {None: 0}
     frame_cols = _pg_columns(frames, _FRAME_PG_TYPES, words)

@@ -3,16 +3,16 @@ pointing at a per-test data directory with SQLite."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import redis
+from rtsp_fixtures import *  # noqa: F403  (real RTSP server fixtures; tests/ is on sys.path)
 
 from fervid.bus import EmbeddedRedis
 from fervid.sample import GroundTruth, make_sample_clip
 from fervid.settings import Settings, load_settings
-from rtsp_fixtures import *  # noqa: E402,F401,F403  (real RTSP server fixtures; tests/ is on sys.path)
 
 
 @pytest.fixture(scope="session")
@@ -49,4 +49,6 @@ def sample_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GroundT
     path = tmp_path_factory.mktemp("clips") / "two_faces.mp4"
     truth = make_sample_clip(path, seconds=2.0, fps=30)
     return path, truth
+
+
 from pg_fixtures import *  # noqa

@@ -12,8 +12,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -35,7 +35,13 @@ class RtspServer:
     """One gst-rtsp-server process serving `clip` on `mounts`, looping; can be SIGKILLed and restarted on its port."""
 
     def __init__(
-        self, clip: Path, mounts: tuple[str, ...] = ("cam",), user: str | None = None, password: str | None = None, port: int | None = None, tls: Path | None = None
+        self,
+        clip: Path,
+        mounts: tuple[str, ...] = ("cam",),
+        user: str | None = None,
+        password: str | None = None,
+        port: int | None = None,
+        tls: Path | None = None,
     ) -> None:
         self.clip, self.mounts, self.user, self.password, self.tls = clip, mounts, user, password, tls
         self.port = port or free_port()
@@ -90,7 +96,12 @@ def rtsp_server_factory(rtsp_clip: Path) -> Iterator:  # type: ignore[type-arg]
     """Make and start servers; every one is killed at teardown."""
     servers: list[RtspServer] = []
 
-    def make(mounts: tuple[str, ...] = ("cam",), user: str | None = None, password: str | None = None, tls: Path | None = None) -> RtspServer:
+    def make(
+        mounts: tuple[str, ...] = ("cam",),
+        user: str | None = None,
+        password: str | None = None,
+        tls: Path | None = None,
+    ) -> RtspServer:
         server = RtspServer(rtsp_clip, mounts, user, password, tls=tls)
         servers.append(server)
         return server.start()
@@ -113,10 +124,26 @@ def self_signed_pem(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A self-signed certificate for 127.0.0.1 and its key, in one PEM file (openssl, as CI installs it)."""
     d = tmp_path_factory.mktemp("tls")
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(d / "key.pem"),
+            "-out",
+            str(d / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
     )
     pem = d / "server.pem"
     pem.write_bytes((d / "cert.pem").read_bytes() + (d / "key.pem").read_bytes())

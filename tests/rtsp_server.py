@@ -87,7 +87,9 @@ def main() -> None:
     parser.add_argument("--user")
     parser.add_argument("--password")
     parser.add_argument("--gop", type=int, default=15)
-    parser.add_argument("--tls", help="PEM file with a certificate and its private key: serve rtsps:// (needs glib-networking)")
+    parser.add_argument(
+        "--tls", help="PEM file with a certificate and its private key: serve rtsps:// (needs glib-networking)"
+    )
     args = parser.parse_args()
 
     Gst.init(None)

@@ -16,7 +16,9 @@ def probs(rng: random.Random, favourite: int) -> tuple[float, ...]:
     return tuple(x / s for x in raw)
 
 
-def make_messages(n_frames: int, camera: str = "cam1", seed: int = 1, fps: float = 5.0, t0: float = T0, faces: int = 2) -> list[EventsMsg]:
+def make_messages(
+    n_frames: int, camera: str = "cam1", seed: int = 1, fps: float = 5.0, t0: float = T0, faces: int = 2
+) -> list[EventsMsg]:
     rng = random.Random(seed)
     out = []
     for seq in range(n_frames):

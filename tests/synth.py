@@ -41,7 +41,9 @@ def background(width: int, height: int, kind: str, seed: int = 0) -> np.ndarray:
     return np.clip(noise + rng.normal(0, 8, (height, width, 3)), 0, 255).astype(np.uint8)
 
 
-def make_frame(width: int, height: int, kind: str, placements: list[tuple[int, int, float, bool]], seed: int = 0) -> Frame:
+def make_frame(
+    width: int, height: int, kind: str, placements: list[tuple[int, int, float, bool]], seed: int = 0
+) -> Frame:
     """`placements`: (x, y, scale, flip) of the face crop's top-left corner."""
     img = background(width, height, kind, seed)
     crop, (fx1, fy1, fx2, fy2) = face_crop()

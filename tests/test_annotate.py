@@ -15,7 +15,13 @@ from fervid.sample import make_sample_clip
 
 
 def fervid(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from fervid.cli import main; main()", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", "from fervid.cli import main; main()", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def frames_of(path: Path) -> list[np.ndarray]:
@@ -36,7 +42,9 @@ def test_demo_writes_an_annotated_video(tmp_path: Path) -> None:
     clip = tmp_path / "clip.mp4"
     truth = make_sample_clip(clip, seconds=1.0, fps=30)
     out = tmp_path / "annotated.mp4"
-    result = fervid("demo", str(clip), "--fps", "10", "--annotate", str(out), "--data-dir", str(tmp_path / "data"), cwd=tmp_path)
+    result = fervid(
+        "demo", str(clip), "--fps", "10", "--annotate", str(out), "--data-dir", str(tmp_path / "data"), cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     annotated = frames_of(out)
     source = frames_of(clip)[::3]  # what ingest kept at 10 fps from 30 fps
@@ -51,7 +59,10 @@ def test_demo_writes_an_annotated_video(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("target", "message"),
-    [("no/such/dir/out.mp4", "directory no/such/dir does not exist"), ("out.txt", "use a video file name ending in .mp4")],
+    [
+        ("no/such/dir/out.mp4", "directory no/such/dir does not exist"),
+        ("out.txt", "use a video file name ending in .mp4"),
+    ],
 )
 def test_annotate_to_a_bad_path_is_one_line(tmp_path: Path, target: str, message: str) -> None:
     clip = tmp_path / "clip.mp4"
@@ -65,7 +76,11 @@ def test_annotate_to_a_bad_path_is_one_line(tmp_path: Path, target: str, message
 
 @pytest.mark.parametrize(
     ("label", "probabilities", "error"),
-    [("happy", (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0), None), ("gleeful", (0.0,) * 7, "label must be one of"), ("sad", (1.0,), "expected 7")],
+    [
+        ("happy", (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0), None),
+        ("gleeful", (0.0,) * 7, "label must be one of"),
+        ("sad", (1.0,), "expected 7"),
+    ],
 )
 def test_face_label_is_validated(label: str, probabilities: tuple[float, ...], error: str | None) -> None:
     make = lambda: FaceLabel((10, 10, 50, 60), 7, label, probabilities)  # noqa: E731

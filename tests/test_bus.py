@@ -26,7 +26,9 @@ def test_drop_oldest_keeps_the_newest_and_counts_exactly(redis_client: redis.Red
     producer, consumer = Bus(redis_client, "ingest"), Bus(redis_client, "detector")
     dropped = 0
     for i in range(50):
-        dropped += producer.publish(STREAM, frame(i), downstream_group="detector", backlog=8, policy="drop_oldest", stats_key="st").dropped
+        dropped += producer.publish(
+            STREAM, frame(i), downstream_group="detector", backlog=8, policy="drop_oldest", stats_key="st"
+        ).dropped
     got = consumer.read([STREAM], 100, 10)
     assert seqs(got) == list(range(42, 50))  # the 8 newest survive
     assert dropped == 42 == int(redis_client.hget("st", "dropped"))
@@ -38,7 +40,9 @@ def test_slow_consumer_memory_stays_bounded_and_drops_are_exact(redis_client: re
     producer, consumer = Bus(redis_client, "ingest"), Bus(redis_client, "detector")
     delivered = dropped = 0
     for i in range(400):
-        dropped += producer.publish(STREAM, frame(i), downstream_group="detector", backlog=16, policy="drop_oldest").dropped
+        dropped += producer.publish(
+            STREAM, frame(i), downstream_group="detector", backlog=16, policy="drop_oldest"
+        ).dropped
         if i % 10 == 0:  # the consumer reads one frame per ten published
             got = consumer.read([STREAM], 1, 10)
             consumer.ack(got)
@@ -53,11 +57,15 @@ def test_wait_policy_blocks_instead_of_dropping(redis_client: redis.Redis) -> No
     for i in range(4):
         producer.publish(STREAM, frame(i), downstream_group="detector", backlog=4, policy="wait")
     with pytest.raises(StopRequested):
-        producer.publish(STREAM, frame(4), downstream_group="detector", backlog=4, policy="wait", should_stop=lambda: True)
+        producer.publish(
+            STREAM, frame(4), downstream_group="detector", backlog=4, policy="wait", should_stop=lambda: True
+        )
     got = consumer.read([STREAM], 2, 10)
     # Delivered but unacked entries still count: the backlog is only freed by acks.
     with pytest.raises(StopRequested):
-        producer.publish(STREAM, frame(4), downstream_group="detector", backlog=4, policy="wait", should_stop=lambda: True)
+        producer.publish(
+            STREAM, frame(4), downstream_group="detector", backlog=4, policy="wait", should_stop=lambda: True
+        )
     consumer.ack(got)
     producer.publish(STREAM, frame(4), downstream_group="detector", backlog=4, policy="wait")
     assert seqs(consumer.read([STREAM], 10, 10)) == [2, 3, 4]
@@ -65,10 +73,21 @@ def test_wait_policy_blocks_instead_of_dropping(redis_client: redis.Redis) -> No
 
 def test_stats_fields_are_written_with_the_entry_and_only_with_it(redis_client: redis.Redis) -> None:
     producer = Bus(redis_client, "ingest")
-    producer.publish(STREAM, frame(0), downstream_group="detector", backlog=1, policy="wait", stats_key="st", stats={"last_seq": 0})
+    producer.publish(
+        STREAM, frame(0), downstream_group="detector", backlog=1, policy="wait", stats_key="st", stats={"last_seq": 0}
+    )
     assert redis_client.hget("st", "last_seq") == b"0"
     with pytest.raises(StopRequested):  # refused for want of room: no entry, so no last_seq either
-        producer.publish(STREAM, frame(1), downstream_group="detector", backlog=1, policy="wait", stats_key="st", stats={"last_seq": 1}, should_stop=lambda: True)
+        producer.publish(
+            STREAM,
+            frame(1),
+            downstream_group="detector",
+            backlog=1,
+            policy="wait",
+            stats_key="st",
+            stats={"last_seq": 1},
+            should_stop=lambda: True,
+        )
     assert redis_client.hget("st", "last_seq") == b"0" and redis_client.xlen(STREAM) == 1
 
 
@@ -77,7 +96,9 @@ def test_drop_counts_stay_exact_across_the_cheap_path_below_the_cap(redis_client
     producer, consumer = Bus(redis_client, "ingest"), Bus(redis_client, "detector")
     delivered = dropped = 0
     for i in range(300):
-        dropped += producer.publish(STREAM, frame(i), downstream_group="detector", backlog=6, policy="drop_oldest").dropped
+        dropped += producer.publish(
+            STREAM, frame(i), downstream_group="detector", backlog=6, policy="drop_oldest"
+        ).dropped
         if i % 40 < 20:  # bursts of a fast consumer (stream far below the cap) and of none (full, dropping)
             got = consumer.read([STREAM], 3, 10)
             consumer.ack(got)
@@ -101,7 +122,7 @@ def test_dead_consumers_entries_are_reclaimed_then_dead_lettered(redis_client: r
     (third,) = survivor.read([STREAM], 10, 10)
     assert third.deliveries == 3
     survivor.dead_letter(third, "delivered 3 times")
-    (entry_id, fields), = redis_client.xrange(DEAD_LETTER_STREAM)
+    ((entry_id, fields),) = redis_client.xrange(DEAD_LETTER_STREAM)
     assert fields[b"dl_reason"] == b"delivered 3 times" and fields[b"dl_stream"] == STREAM.encode()
     assert FrameMsg.decode(fields).frame.seq == 0  # the original payload is kept for replay
     assert redis_client.xpending(STREAM, "detector")["pending"] == 0
@@ -164,7 +185,9 @@ def test_publish_many_is_in_order_waits_for_room_and_reports_a_partial_batch(red
     out = producer.publish_many(STREAM, [frame(i) for i in range(3)], downstream_group="detector", backlog=5)
     assert [p.backlog for p in out] == [1, 2, 3]
     with pytest.raises(PartlyPublished) as info:  # room for 2 of 4; the first two go out, in order
-        producer.publish_many(STREAM, [frame(i) for i in range(3, 7)], downstream_group="detector", backlog=5, should_stop=lambda: True)
+        producer.publish_many(
+            STREAM, [frame(i) for i in range(3, 7)], downstream_group="detector", backlog=5, should_stop=lambda: True
+        )
     assert len(info.value.published) == 2 and isinstance(info.value, StopRequested)
     got = consumer.read([STREAM], 100, 10)
     assert seqs(got) == [0, 1, 2, 3, 4]

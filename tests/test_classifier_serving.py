@@ -29,14 +29,29 @@ def best_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny vgg1 trained for one epoch on generated faces (seconds): any real best.pt will do."""
     root = tmp_path_factory.mktemp("serve")
     data = write_image_folder(root / "faces", n_train=10, n_test=2)
-    config = TrainConfig(model="vgg1", data=str(data), out=str(root / "run"), epochs=1, batch_size=32, num_workers=0, progress=False, patience=0)
+    config = TrainConfig(
+        model="vgg1",
+        data=str(data),
+        out=str(root / "run"),
+        epochs=1,
+        batch_size=32,
+        num_workers=0,
+        progress=False,
+        patience=0,
+    )
     return train(config).best_checkpoint
 
 
 def real_crops() -> list[np.ndarray]:
     """Face crops of different sizes and framings from a real photograph, BGR."""
     img = astronaut_bgr()
-    return [img[56:176, 177:272], img[30:200, 150:300], img[40:190, 160:290], cv2.flip(img[56:176, 177:272], 1), img[70:170, 190:260]]
+    return [
+        img[56:176, 177:272],
+        img[30:200, 150:300],
+        img[40:190, 160:290],
+        cv2.flip(img[56:176, 177:272], 1),
+        img[70:170, 190:260],
+    ]
 
 
 def jpeg(crop: np.ndarray) -> bytes:
@@ -50,7 +65,12 @@ def test_stage_serves_best_pt_like_a_direct_forward(best_pt: Path, redis_client:
     producer = Bus(redis_client, "detector")
     for seq in range(3):  # 3 frames, 5 faces each, the same crops: batched across frames
         faces = tuple(Face(i, Box(10, 10, 50, 50), 0.9, c, track_id=i) for i, c in enumerate(crops))
-        producer.publish(FACES_STREAM, FacesMsg(FrameRef("cam", seq, 100.0 + seq, 640, 480), "retinaface", faces), downstream_group="classifier", backlog=100)
+        producer.publish(
+            FACES_STREAM,
+            FacesMsg(FrameRef("cam", seq, 100.0 + seq, 640, 480), "retinaface", faces),
+            downstream_group="classifier",
+            backlog=100,
+        )
     settings = load_settings(data_dir=tmp_path, classifier__checkpoint=best_pt, classifier__device="cpu")
     served = load_classifier(settings.classifier.model, settings.classifier.checkpoint, "cpu")
     assert served.model_id.startswith("vgg1:")
@@ -78,7 +98,10 @@ def test_decoding_luma_only_serves_what_the_color_decode_would() -> None:
     decode must give the same pixels but for JPEG's rounding (a few saturated pixels clamp in the color
     conversion), and the same labels."""
     crops = [jpeg(c) for c in real_crops()]
-    gray = [decode_crop(FacesMsg(FrameRef("cam", 0, 1.0, 640, 480), "retinaface", (Face(0, Box(1, 1, 9, 9), 0.9, c),)), 0) for c in crops]
+    gray = [
+        decode_crop(FacesMsg(FrameRef("cam", 0, 1.0, 640, 480), "retinaface", (Face(0, Box(1, 1, 9, 9), 0.9, c),)), 0)
+        for c in crops
+    ]
     color = [cv2.imdecode(np.frombuffer(c, np.uint8), cv2.IMREAD_COLOR) for c in crops]
     for g, c in zip(gray, color):
         assert g.shape == c.shape[:2]
@@ -132,7 +155,11 @@ def test_checkpoint_classes_in_another_order_are_mapped_by_name(best_pt: Path, t
         (lambda p, obj: None, NotFound, "does not exist"),
         (lambda p, obj: p.write_bytes(b"\x80\x02 not a checkpoint"), ConfigError, "cannot read checkpoint"),
         (lambda p, obj: torch.save({"weights": 1}, p), ConfigError, "not a fervid classifier checkpoint"),
-        (lambda p, obj: torch.save({**obj, "classes": [*EMOTIONS[:6], "contempt"]}, p), ConfigError, "fervid serves exactly"),
+        (
+            lambda p, obj: torch.save({**obj, "classes": [*EMOTIONS[:6], "contempt"]}, p),
+            ConfigError,
+            "fervid serves exactly",
+        ),
         (lambda p, obj: torch.save({**obj, "classes": list(EMOTIONS[:6])}, p), ConfigError, "fervid serves exactly"),
         (lambda p, obj: torch.save({**obj, "model_name": "vgg2"}, p), ConfigError, "do not fit model 'vgg2'"),
     ],
@@ -157,13 +184,16 @@ def test_settings_carry_compile_and_smoothing(monkeypatch: pytest.MonkeyPatch, t
         load_settings(data_dir=tmp_path)
 
 
-
 def test_a_corrupt_face_does_not_shift_the_next_frames_probabilities(redis_client: redis.Redis, settings) -> None:
     crops = real_crops()
     producer = Bus(redis_client, "detector")
     ref = lambda seq: FrameRef("cam", seq, 1.0 + seq, 640, 480)  # noqa: E731
-    bad = FacesMsg(ref(0), "retinaface", (Face(0, Box(1, 1, 9, 9), 0.9, jpeg(crops[0])), Face(1, Box(20, 1, 9, 9), 0.9, b"junk")))
-    good = FacesMsg(ref(1), "retinaface", tuple(Face(i, Box(1 + 20 * i, 1, 9, 9), 0.9, jpeg(c)) for i, c in enumerate(crops[1:4])))
+    bad = FacesMsg(
+        ref(0), "retinaface", (Face(0, Box(1, 1, 9, 9), 0.9, jpeg(crops[0])), Face(1, Box(20, 1, 9, 9), 0.9, b"junk"))
+    )
+    good = FacesMsg(
+        ref(1), "retinaface", tuple(Face(i, Box(1 + 20 * i, 1, 9, 9), 0.9, jpeg(c)) for i, c in enumerate(crops[1:4]))
+    )
     for m in (bad, good):  # one batch: the dead frame's good face must not stay among the crops
         producer.publish(FACES_STREAM, m, downstream_group="classifier", backlog=100)
     clf = load_classifier("mini_xception", device="cpu")

@@ -29,13 +29,17 @@ def onehot(k: int, p: float = 0.8) -> tuple[float, ...]:
     return tuple(p if i == k else rest for i in range(7))
 
 
-def obs(seq: int, probs: tuple[float, ...], track: int = 1, camera: str = "cam", ts: float | None = None) -> Observation:
+def obs(
+    seq: int, probs: tuple[float, ...], track: int = 1, camera: str = "cam", ts: float | None = None
+) -> Observation:
     return Observation(camera, track, seq, 1000.0 + seq * 0.2 if ts is None else ts, probs)
 
 
 @pytest.fixture
 def smoother(redis_client: redis.Redis) -> TrackSmoother:
-    return TrackSmoother(redis_client, SmoothingSettings(alpha=0.5, min_observations=3, window=5, agreement=0.6, ttl_s=60))
+    return TrackSmoother(
+        redis_client, SmoothingSettings(alpha=0.5, min_observations=3, window=5, agreement=0.6, ttl_s=60)
+    )
 
 
 def test_ema_starts_at_the_first_observation_and_reports_from_the_third(smoother: TrackSmoother) -> None:
@@ -80,9 +84,15 @@ def test_replays_and_late_frames_do_not_count_twice(smoother: TrackSmoother, red
     assert redis_client.hgetall(track_key("cam", 1)) == state
     assert replay[0].probs == replay[1].probs == first[3].probs  # reported with the state as it stands
     # Within one call, observations are applied in frame order whatever order they come in.
-    a = TrackSmoother(redis_client, smoother.cfg).update([obs(12, onehot(SAD), track=2), obs(10, onehot(HAPPY), track=2), obs(11, onehot(HAPPY), track=2)])
+    a = TrackSmoother(redis_client, smoother.cfg).update(
+        [obs(12, onehot(SAD), track=2), obs(10, onehot(HAPPY), track=2), obs(11, onehot(HAPPY), track=2)]
+    )
     assert a[0].label == "happy" and a[1].probs is None
-    np.testing.assert_allclose(a[0].probs, 0.5 * np.array(onehot(SAD)) + 0.25 * np.array(onehot(HAPPY)) + 0.25 * np.array(onehot(HAPPY)), atol=1e-12)
+    np.testing.assert_allclose(
+        a[0].probs,
+        0.5 * np.array(onehot(SAD)) + 0.25 * np.array(onehot(HAPPY)) + 0.25 * np.array(onehot(HAPPY)),
+        atol=1e-12,
+    )
 
 
 def test_one_call_for_a_batch_equals_one_call_per_observation(redis_client: redis.Redis) -> None:
@@ -93,7 +103,9 @@ def test_one_call_for_a_batch_equals_one_call_per_observation(redis_client: redi
     stream = []
     for i in range(40):
         p = rng.dirichlet(np.ones(7))
-        stream.append(obs(i // 2, tuple(float(v) for v in p), track=i % 2, ts=1000.0 + (i // 2) * 0.2 + (20 if i >= 30 else 0)))
+        stream.append(
+            obs(i // 2, tuple(float(v) for v in p), track=i % 2, ts=1000.0 + (i // 2) * 0.2 + (20 if i >= 30 else 0))
+        )
     stream.insert(25, obs(3, onehot(NEUTRAL), track=1))  # a late frame: must not change track 1
     cfg = SmoothingSettings(alpha=0.3, min_observations=3, window=5, agreement=0.6, ttl_s=60)
     batched = TrackSmoother(redis_client, cfg).update(stream)
@@ -106,7 +118,9 @@ def test_one_call_for_a_batch_equals_one_call_per_observation(redis_client: redi
     assert sum(b.probs is not None for b in batched) > 20 and any(b.label for b in batched)
 
 
-def test_tracks_are_separate_bounded_and_restart_after_a_gap(smoother: TrackSmoother, redis_client: redis.Redis) -> None:
+def test_tracks_are_separate_bounded_and_restart_after_a_gap(
+    smoother: TrackSmoother, redis_client: redis.Redis
+) -> None:
     got = smoother.update(
         [obs(i, onehot(HAPPY), track=1) for i in range(3)]
         + [obs(i, onehot(SAD), track=2) for i in range(3)]
@@ -131,18 +145,25 @@ def track_frames(n: int) -> list[FacesMsg]:
     out = []
     for seq in range(n):
         ok, buf = cv2.imencode(".jpg", crops[(seq // 2) % len(crops)])
-        faces = (Face(0, Box(10, 10, 60, 60), 0.9, buf.tobytes(), track_id=7), Face(1, Box(100, 10, 60, 60), 0.9, buf.tobytes()))
+        faces = (
+            Face(0, Box(10, 10, 60, 60), 0.9, buf.tobytes(), track_id=7),
+            Face(1, Box(100, 10, 60, 60), 0.9, buf.tobytes()),
+        )
         out.append(FacesMsg(FrameRef("cam", seq, 100.0 + seq * 0.2, 640, 480), "retinaface", faces))
     return out
 
 
-def classify(redis_client: redis.Redis, settings: Settings, replicas: int, frames: list[FacesMsg], model) -> list[EventsMsg]:
+def classify(
+    redis_client: redis.Redis, settings: Settings, replicas: int, frames: list[FacesMsg], model
+) -> list[EventsMsg]:
     """Publish `frames`, then let `replicas` stages take turns, one batch each, until all are handled."""
     redis_client.flushdb()
     producer = Bus(redis_client, "detector")
     for m in frames:
         producer.publish(FACES_STREAM, m, downstream_group="classifier", backlog=1000)
-    stages = [ClassifierStage(Bus(redis_client, "classifier", f"replica-{i}"), model, settings) for i in range(replicas)]
+    stages = [
+        ClassifierStage(Bus(redis_client, "classifier", f"replica-{i}"), model, settings) for i in range(replicas)
+    ]
     handled = 0
     turn = 0
     while handled < len(frames):
@@ -186,7 +207,9 @@ def test_smoothed_label_reaches_sql(redis_client: redis.Redis, settings: Setting
     create_schema(engine)
     run_stage(StorageStage(engine, settings), Bus(redis_client, "storage"), max_messages=6, idle_timeout=2, block_ms=50)
     with engine.connect() as conn:
-        rows = conn.execute(text("select frame_seq, face_index, label, label_smoothed from events order by frame_seq, face_index")).all()
+        rows = conn.execute(
+            text("select frame_seq, face_index, label, label_smoothed from events order by frame_seq, face_index")
+        ).all()
     assert len(rows) == 12
     assert [(r.frame_seq, r.face_index, r.label, r.label_smoothed) for r in rows] == [
         (seq, em.index, em.label, em.smoothed_label) for seq in range(6) for em in events[seq].emotions

@@ -11,7 +11,13 @@ import pytest
 
 
 def fervid(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from fervid.cli import main; main()", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", "from fervid.cli import main; main()", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def empty_video(path: Path) -> Path:
@@ -28,10 +34,18 @@ def empty_video(path: Path) -> Path:
         (["demo", "notvideo.mp4"], "notvideo.mp4 is not a readable video file", 2),
         (["demo", "empty.mp4"], "empty.mp4", 2),
         (["demo", "notvideo.mp4", "--db", "mysql://x"], "database", 2),
-        (["demo", "notvideo.mp4", "--redis", "redis://:pw@127.0.0.1:1/0"], "cannot reach Redis at redis://***@127.0.0.1:1/0", 2),
+        (
+            ["demo", "notvideo.mp4", "--redis", "redis://:pw@127.0.0.1:1/0"],
+            "cannot reach Redis at redis://***@127.0.0.1:1/0",
+            2,
+        ),
         (["demo", "a.mp4", "b.mp4", "--camera", "one"], "1 --camera names for 2 sources", 2),
         (["timeline", "nowhere", "--db", "sqlite:///db.sqlite"], "unknown camera 'nowhere'", 1),
-        (["timeline", "x", "--db", "postgresql+psycopg://u:secret@127.0.0.1:1/x"], "cannot reach the database at postgresql+psycopg://***@127.0.0.1:1/x", 2),
+        (
+            ["timeline", "x", "--db", "postgresql+psycopg://u:secret@127.0.0.1:1/x"],
+            "cannot reach the database at postgresql+psycopg://***@127.0.0.1:1/x",
+            2,
+        ),
         (["timeline", "x", "--bucket", "5 parsecs"], "invalid duration", 2),
         (["timeline", "x", "--format", "xml"], "unknown format", 2),
     ],
@@ -47,8 +61,9 @@ def test_bad_input_is_one_line_and_an_exit_code(tmp_path: Path, args: list[str],
 
 
 def test_every_command_has_help(tmp_path: Path) -> None:
-    from fervid.cli import app
     import typer.main
+
+    from fervid.cli import app
 
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     assert {"demo", "timeline"} <= set(commands)
@@ -62,7 +77,9 @@ def test_train_evaluate_export_through_the_cli(tmp_path: Path) -> None:
     from synthetic_faces import write_image_folder
 
     data = write_image_folder(tmp_path / "faces", n_train=12, n_test=4)
-    run = fervid("train", "--model", "vgg1", "--data", str(data), "--epochs", "1", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    run = fervid(
+        "train", "--model", "vgg1", "--data", str(data), "--epochs", "1", "--out", str(tmp_path / "run"), cwd=tmp_path
+    )
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "curves.png").is_file()
     ev = fervid("evaluate", str(tmp_path / "run" / "best.pt"), "--data", str(data), cwd=tmp_path)
@@ -81,7 +98,19 @@ def test_compare_passes_the_training_flags_to_every_model(tmp_path: Path) -> Non
     from synthetic_faces import write_image_folder
 
     data = write_image_folder(tmp_path / "faces", n_train=8, n_test=2)
-    args = ("--data", str(data), "--epochs", "1", "--out", str(tmp_path / "cmp"), "--batch-size", "16", "--freeze-epochs", "1", "--no-amp")
+    args = (
+        "--data",
+        str(data),
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "cmp"),
+        "--batch-size",
+        "16",
+        "--freeze-epochs",
+        "1",
+        "--no-amp",
+    )
     run = fervid("compare", "--models", "vgg1", *args, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     config = json.loads((tmp_path / "cmp" / "vgg1" / "config.json").read_text())

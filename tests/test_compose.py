@@ -40,11 +40,15 @@ _Loader.add_constructor("!override", _tagged)
 
 
 def load(name: str) -> dict[str, Any]:
-    return yaml.load((ROOT / name).read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    return yaml.load((ROOT / name).read_text(), Loader=_Loader)
 
 
 def env_example() -> dict[str, str]:
-    pairs = [line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines() if line and not line.startswith("#")]
+    pairs = [
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     return {k.strip(): v.strip() for k, v in pairs}
 
 
@@ -132,7 +136,9 @@ def test_service_command_exists(service: str, command: list[str]) -> None:
 
     assert command[0] in set(typer.main.get_command(app).commands), f"{service}: no `fervid {command[0]}`"  # type: ignore[attr-defined]
     # --help after the service's own arguments: click rejects an unknown option or argument first.
-    result = subprocess.run([sys.executable, "-m", "fervid", *command, "--help"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "fervid", *command, "--help"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "Usage: fervid" in result.stdout.replace("\n", " ") or "Usage:" in result.stdout
 
@@ -185,7 +191,10 @@ def test_k8s_base() -> None:
     # Classifier: KEDA's redis-streams scaler on the one faces stream, pending entries and lag.
     (classifier,) = scaled["fervid-classifier"]["spec"]["triggers"]
     meta = classifier["metadata"]
-    assert classifier["type"] == "redis-streams" and (meta["stream"], meta["consumerGroup"]) == (FACES_STREAM, CLASSIFIER_GROUP)
+    assert classifier["type"] == "redis-streams" and (meta["stream"], meta["consumerGroup"]) == (
+        FACES_STREAM,
+        CLASSIFIER_GROUP,
+    )
     assert int(meta["pendingEntriesCount"]) > 0 and int(meta["lagCount"]) > 0
     known = settings_env_names()
     config = next(d for d in docs if d["kind"] == "ConfigMap")
@@ -233,7 +242,9 @@ def test_keda_detector_query_reads_the_bus_metrics_workers_export(redis_client) 
     from fervid.contracts import CAMERAS_KEY, FrameMsg, FrameRef
     from fervid.metrics import BusCollector
 
-    (trigger,) = next(d for d in _k8s_docs() if d["metadata"]["name"] == "fervid-detector" and d["kind"] == "ScaledObject")["spec"]["triggers"]
+    (trigger,) = next(
+        d for d in _k8s_docs() if d["metadata"]["name"] == "fervid-detector" and d["kind"] == "ScaledObject"
+    )["spec"]["triggers"]
     query = " ".join(trigger["metadata"]["query"].split())
     m = re.fullmatch(r"sum\(max by \(stream\) \((\w+)\{(\w+)=\"(\w+)\"\} \+ (\w+)\{(\w+)=\"(\w+)\"\}\)\)", query)
     assert m, query
@@ -246,7 +257,12 @@ def test_keda_detector_query_reads_the_bus_metrics_workers_export(redis_client) 
         redis_client.sadd(CAMERAS_KEY, camera)
         detector.ensure_group(frames_stream(camera))
         for seq in range(n):
-            producer.publish(frames_stream(camera), FrameMsg(FrameRef(camera, seq, 1000.0 + seq, 2, 2), b"x"), downstream_group=DETECTOR_GROUP, backlog=64)
+            producer.publish(
+                frames_stream(camera),
+                FrameMsg(FrameRef(camera, seq, 1000.0 + seq, 2, 2), b"x"),
+                downstream_group=DETECTOR_GROUP,
+                backlog=64,
+            )
     assert len(detector.read([frames_stream("cam-a")], 2, 100)) == 2
 
     registry = CollectorRegistry()

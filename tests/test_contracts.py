@@ -30,9 +30,21 @@ def as_redis(fields: dict[str, bytes]) -> dict[bytes, bytes]:
     "msg",
     [
         FrameMsg(REF, b"\xff\xd8jpeg\x00bytes", live=True),
-        FacesMsg(REF, "mtcnn", (Face(0, Box(1, 2, 30, 40), 0.99, b"\x00crop", track_id=3, quality=0.5), Face(1, Box(100, 2, 30, 40), 0.9, b"c2"))),
+        FacesMsg(
+            REF,
+            "mtcnn",
+            (
+                Face(0, Box(1, 2, 30, 40), 0.99, b"\x00crop", track_id=3, quality=0.5),
+                Face(1, Box(100, 2, 30, 40), 0.9, b"c2"),
+            ),
+        ),
         FacesMsg(REF, "mtcnn", ()),
-        EventsMsg(REF, "mtcnn", "mini_xception", (Emotion(0, Box(1, 2, 30, 40), 0.99, PROBS, track_id=3, smoothed=PROBS, smoothed_label="happy"),)),
+        EventsMsg(
+            REF,
+            "mtcnn",
+            "mini_xception",
+            (Emotion(0, Box(1, 2, 30, 40), 0.99, PROBS, track_id=3, smoothed=PROBS, smoothed_label="happy"),),
+        ),
     ],
 )
 def test_round_trip(msg: FrameMsg | FacesMsg | EventsMsg) -> None:

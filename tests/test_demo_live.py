@@ -13,17 +13,20 @@ from typing import Any
 import pytest
 import redis
 from sqlalchemy import select
+from waiting import wait_for
 
 from fervid.pipeline import run_pipeline
 from fervid.settings import load_settings
 from fervid.worker import StopFlag
 from ingest.runner import SourceSpec
 from storage.db import FrameRow, create_schema, make_engine
-from waiting import wait_for
 
 
 def test_pipeline_on_rtsp_survives_a_server_restart(
-    rtsp_server_factory, embedded_redis, tmp_path: Path, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+    rtsp_server_factory,
+    embedded_redis,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
 ) -> None:
     caplog.set_level(logging.INFO)
     server = rtsp_server_factory(("cam",))
@@ -34,8 +37,10 @@ def test_pipeline_on_rtsp_survives_a_server_restart(
 
     def run() -> None:
         try:
-            result["summary"] = run_pipeline([SourceSpec("door", server.url(), fps=5)], settings, embedded_redis.url, stop=stop)
-        except BaseException as exc:  # noqa: BLE001 - asserted below
+            result["summary"] = run_pipeline(
+                [SourceSpec("door", server.url(), fps=5)], settings, embedded_redis.url, stop=stop
+            )
+        except BaseException as exc:
             result["error"] = exc
 
     engine = make_engine(settings.resolved_db_url)
@@ -45,10 +50,17 @@ def test_pipeline_on_rtsp_survives_a_server_restart(
 
     def stored() -> list[tuple[int, int]]:
         with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(select(FrameRow.seq, FrameRow.ts_ms).where(FrameRow.camera == "door").order_by(FrameRow.seq))]
+            return [
+                tuple(r)
+                for r in conn.execute(
+                    select(FrameRow.seq, FrameRow.ts_ms).where(FrameRow.camera == "door").order_by(FrameRow.seq)
+                )
+            ]
 
     try:
-        wait_for("frames stored before the kill (models load first)", lambda: len(stored()) >= 5 or "error" in result, 90)
+        wait_for(
+            "frames stored before the kill (models load first)", lambda: len(stored()) >= 5 or "error" in result, 90
+        )
         assert "error" not in result, result.get("error")
         server.kill()
         killed_at = time.time()
@@ -56,7 +68,11 @@ def test_pipeline_on_rtsp_survives_a_server_restart(
         before = stored()
         server.start()  # same port
         restarted_at = time.time()
-        wait_for("frames stored after the restart", lambda: sum(ts / 1000 > restarted_at for _, ts in stored()) >= 5 or "error" in result, 30)
+        wait_for(
+            "frames stored after the restart",
+            lambda: sum(ts / 1000 > restarted_at for _, ts in stored()) >= 5 or "error" in result,
+            30,
+        )
         assert thread.is_alive() and "error" not in result, result.get("error")
     finally:
         stop.set()
@@ -68,7 +84,9 @@ def test_pipeline_on_rtsp_survives_a_server_restart(
     assert seqs == sorted(set(seqs))
     after = [(s, ts) for s, ts in rows if ts / 1000 > restarted_at]
     assert after and min(s for s, _ in after) > max(s for s, _ in before)
-    assert not any(killed_at + 0.5 < ts / 1000 < restarted_at for _, ts in rows), "frames stamped while the server was down"
+    assert not any(killed_at + 0.5 < ts / 1000 < restarted_at for _, ts in rows), (
+        "frames stamped while the server was down"
+    )
     summary = result["summary"]
     assert summary.frames_published >= len(rows) >= 10
     assert "reconnecting in" in caplog.text and "door" in caplog.text
@@ -81,6 +99,8 @@ def test_a_wrong_path_ends_the_live_run_instead_of_retrying(rtsp_server, redis_c
     from ingest.runner import run_live
 
     started = time.monotonic()
-    with pytest.raises(SourceError, match=r"rtsp://\*\*\*@127.0.0.1:\d+/nope: no such stream path on the camera \(404 Not Found\)"):
+    with pytest.raises(
+        SourceError, match=r"rtsp://\*\*\*@127.0.0.1:\d+/nope: no such stream path on the camera \(404 Not Found\)"
+    ):
         run_live(Bus(redis_client, "ingest"), SourceSpec("typo", rtsp_server.url("nope")), settings)
     assert time.monotonic() - started < 30

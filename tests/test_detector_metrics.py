@@ -38,7 +38,12 @@ def test_per_camera_detector_metrics(redis_client: redis.Redis, tmp_path: Path) 
         for seq, image in enumerate(frames):
             image = image if faces else np.full_like(image, 100)  # the second camera sees a grey wall
             ok, jpeg = cv2.imencode(".jpg", image)
-            producer.publish(frames_stream(camera), FrameMsg(FrameRef(camera, seq, 100.0 + seq / 30, 640, 480), jpeg.tobytes()), downstream_group=DETECTOR_GROUP, backlog=64)
+            producer.publish(
+                frames_stream(camera),
+                FrameMsg(FrameRef(camera, seq, 100.0 + seq / 30, 640, 480), jpeg.tobytes()),
+                downstream_group=DETECTOR_GROUP,
+                backlog=64,
+            )
     before = scrape()
     settings = load_settings(data_dir=tmp_path, detector__batch_size=8, detector__max_wait_ms=500)
     stage = DetectorStage(Bus(redis_client, DETECTOR_GROUP), create_detector("retinaface"), settings)

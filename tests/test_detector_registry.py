@@ -7,11 +7,11 @@ import sys
 
 import numpy as np
 import pytest
+from synth import astronaut_bgr
 
 from detector.base import Detection
 from detector.registry import DETECTORS, DetectorUnavailableError, create_detector
 from detector.weights import WeightsError
-from synth import astronaut_bgr
 
 
 def test_names():

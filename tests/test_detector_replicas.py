@@ -18,7 +18,14 @@ from detector.registry import create_detector
 from detector.tracking import EPOCH_STRIDE
 from detector.worker import DetectorStage
 from fervid.bus import Bus
-from fervid.contracts import CAMERAS_KEY, DEAD_LETTER_STREAM, DETECTOR_GROUP, FACES_STREAM, FacesMsg, FrameMsg, frames_stream
+from fervid.contracts import (
+    CAMERAS_KEY,
+    DEAD_LETTER_STREAM,
+    DETECTOR_GROUP,
+    FACES_STREAM,
+    FacesMsg,
+    frames_stream,
+)
 from fervid.sample import GroundTruth
 from fervid.settings import Settings, load_settings
 from fervid.worker import StopFlag, run_stage
@@ -44,7 +51,7 @@ def start(stage: DetectorStage, stop: StopFlag, errors: list[BaseException]) -> 
     def loop() -> None:
         try:
             run_stage(stage, stage.bus, stop=stop, block_ms=100)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             errors.append(exc)
 
     t = threading.Thread(target=loop, name=stage.bus.consumer, daemon=True)
@@ -53,7 +60,9 @@ def start(stage: DetectorStage, stop: StopFlag, errors: list[BaseException]) -> 
 
 
 def ingest(client: redis.Redis, clip: Path, cameras: list[str], settings: Settings) -> int:
-    return sum(run_source(Bus(client, "ingest"), SourceSpec(c, str(clip), fps=FPS), settings).published for c in cameras)
+    return sum(
+        run_source(Bus(client, "ingest"), SourceSpec(c, str(clip), fps=FPS), settings).published for c in cameras
+    )
 
 
 def assert_each_frame_once(msgs: list[FacesMsg], cameras: list[str], frames_per_camera: int) -> None:
@@ -82,12 +91,20 @@ def test_two_replicas_neither_lose_nor_duplicate_and_keep_tracks(
     settings = replica_settings(tmp_path)
     redis_client.sadd(CAMERAS_KEY, *cameras)
     stop, errors = StopFlag(), []
-    stages = [DetectorStage(Bus(redis_client, DETECTOR_GROUP), create_detector("retinaface"), settings, stop.is_set) for _ in range(2)]
+    stages = [
+        DetectorStage(Bus(redis_client, DETECTOR_GROUP), create_detector("retinaface"), settings, stop.is_set)
+        for _ in range(2)
+    ]
     threads = [start(s, stop, errors) for s in stages]
     try:
         # Both replicas registered and the cameras split 2 + 1 before any frame flows.
         names = {s.bus.consumer for s in stages}
-        wait_for("cameras split between the replicas", lambda: set(owners(redis_client, cameras).values()) == names, 30, threads)
+        wait_for(
+            "cameras split between the replicas",
+            lambda: set(owners(redis_client, cameras).values()) == names,
+            30,
+            threads,
+        )
         total = ingest(redis_client, clip, cameras, settings)
         assert total == len(cameras) * len(truth.boxes) // 2
         wait_for("every frame published", lambda: redis_client.xlen(FACES_STREAM) >= total, 300, threads)
@@ -102,7 +119,10 @@ def test_two_replicas_neither_lose_nor_duplicate_and_keep_tracks(
     # per camera means one replica saw all of that camera's frames. Without leases each camera has two.
     assert [int(redis_client.get(f"fervid:camera:{c}:track_epoch")) for c in cameras] == [1, 1, 1]
     for camera in cameras:
-        assert all(share >= 0.9 for share in stable_share(msgs, camera, truth.width)), (camera, stable_share(msgs, camera, truth.width))
+        assert all(share >= 0.9 for share in stable_share(msgs, camera, truth.width)), (
+            camera,
+            stable_share(msgs, camera, truth.width),
+        )
     # A graceful stop gives the leases back.
     assert set(owners(redis_client, cameras).values()) == {None}
 
@@ -128,14 +148,23 @@ class CrashingStage(DetectorStage):
         pass  # a killed process runs no cleanup
 
 
-def test_a_crashed_replicas_cameras_are_taken_over(redis_client: redis.Redis, sample_clip: tuple[Path, GroundTruth], tmp_path: Path) -> None:
+def test_a_crashed_replicas_cameras_are_taken_over(
+    redis_client: redis.Redis, sample_clip: tuple[Path, GroundTruth], tmp_path: Path
+) -> None:
     clip, truth = sample_clip
     cameras = ["cam-x", "cam-y"]
     settings = replica_settings(tmp_path)
     redis_client.sadd(CAMERAS_KEY, *cameras)
     survivor_stop, crash_stop, errors = StopFlag(), StopFlag(), []
-    survivor = DetectorStage(Bus(redis_client, DETECTOR_GROUP), create_detector("retinaface"), settings, survivor_stop.is_set)
-    victim = CrashingStage(Bus(redis_client, DETECTOR_GROUP, claim_idle_ms=60_000), create_detector("retinaface"), settings, crash_stop.is_set)
+    survivor = DetectorStage(
+        Bus(redis_client, DETECTOR_GROUP), create_detector("retinaface"), settings, survivor_stop.is_set
+    )
+    victim = CrashingStage(
+        Bus(redis_client, DETECTOR_GROUP, claim_idle_ms=60_000),
+        create_detector("retinaface"),
+        settings,
+        crash_stop.is_set,
+    )
     threads = [start(survivor, survivor_stop, errors), start(victim, crash_stop, errors)]
     try:
         wait_for("one camera each", lambda: len(set(owners(redis_client, cameras).values()) - {None}) == 2, 30, threads)
@@ -143,7 +172,9 @@ def test_a_crashed_replicas_cameras_are_taken_over(redis_client: redis.Redis, sa
         total = ingest(redis_client, clip, cameras, settings)
         threads[1].join(timeout=120)
         assert [type(e) for e in errors] == [Crash]
-        held = redis_client.xpending_range(frames_stream(victims_camera), DETECTOR_GROUP, "-", "+", 100, consumername=victim.bus.consumer)
+        held = redis_client.xpending_range(
+            frames_stream(victims_camera), DETECTOR_GROUP, "-", "+", 100, consumername=victim.bus.consumer
+        )
         assert held, "the crashed replica should have died holding frames"
         # Its lease expires; the survivor takes the camera, adopts the frames the victim held, and carries on.
         wait_for("every frame published", lambda: redis_client.xlen(FACES_STREAM) >= total, 300, threads[:1])
@@ -160,7 +191,13 @@ def test_a_crashed_replicas_cameras_are_taken_over(redis_client: redis.Redis, sa
         assert redis_client.xpending(frames_stream(camera), DETECTOR_GROUP)["pending"] == 0
     # Fresh tracks after the takeover: a new epoch, so no id of the victim's is reused, and the epochs follow
     # the frame order (the victim's frames first).
-    epochs = [(m.frame.seq, f.track_id // EPOCH_STRIDE) for m in msgs if m.frame.camera == victims_camera for f in m.faces if f.track_id]
+    epochs = [
+        (m.frame.seq, f.track_id // EPOCH_STRIDE)
+        for m in msgs
+        if m.frame.camera == victims_camera
+        for f in m.faces
+        if f.track_id
+    ]
     assert int(redis_client.get(f"fervid:camera:{victims_camera}:track_epoch")) == 2
     assert {e for _, e in epochs} <= {1, 2} and 2 in {e for _, e in epochs}
     assert [e for _, e in sorted(epochs)] == sorted(e for _, e in epochs)
@@ -170,7 +207,9 @@ def test_a_crashed_replicas_cameras_are_taken_over(redis_client: redis.Redis, sa
     ("replicas", "cameras", "shares"),
     [(1, 3, [3]), (2, 3, [2, 1]), (3, 3, [1, 1, 1]), (2, 5, [3, 2]), (4, 2, [1, 1, 0, 0])],
 )
-def test_leases_split_cameras_fairly_and_rebalance(redis_client: redis.Redis, replicas: int, cameras: int, shares: list[int]) -> None:
+def test_leases_split_cameras_fairly_and_rebalance(
+    redis_client: redis.Redis, replicas: int, cameras: int, shares: list[int]
+) -> None:
     names = [f"cam{i}" for i in range(cameras)]
     leases = [CameraLeases(redis_client, f"replica-{i}", ttl_ms=5000) for i in range(replicas)]
     for _ in range(3):  # the first replica takes everything, then gives back as the others register

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from synth import ASTRONAUT_FACE, astronaut_bgr, iou, match, standard_frames
 
 from detector.base import Detection
 from detector.haar import HaarDetector, weight_to_score
-from synth import ASTRONAUT_FACE, astronaut_bgr, iou, match, standard_frames
 
 
 @pytest.fixture(scope="module")

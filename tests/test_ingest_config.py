@@ -44,12 +44,30 @@ def test_missing_env_var_is_named() -> None:
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
-        ("cameras:\n  - name: a\n    url: x.mp4\n    colour: red\n", r"cameras\.0\.colour \(a\): Extra inputs are not permitted"),
-        ("cameras:\n  - name: a\n    url: x.mp4\n    fps: 0\n", r"cameras\.0\.fps \(a\): Input should be greater than 0"),
-        ("cameras:\n  - name: a\n    url: rtsp://h/x\n    transport: quic\n", r"cameras\.0\.transport \(a\): Input should be 'tcp' or 'udp'"),
-        ("cameras:\n  - name: a\n    url: rtsp://u:pw@h/x\n    loop: true\n", r"cameras\.0 \(a\): Value error, loop applies to video files only"),
-        ("cameras:\n  - name: a b\n    url: x.mp4\n", r"cameras\.0\.name \(a b\): Value error, camera name 'a b' is invalid"),
-        ("cameras:\n  - {name: a, url: x.mp4}\n  - {name: a, url: y.mp4}\n", r"cameras: Value error, camera name 'a' is used twice"),
+        (
+            "cameras:\n  - name: a\n    url: x.mp4\n    colour: red\n",
+            r"cameras\.0\.colour \(a\): Extra inputs are not permitted",
+        ),
+        (
+            "cameras:\n  - name: a\n    url: x.mp4\n    fps: 0\n",
+            r"cameras\.0\.fps \(a\): Input should be greater than 0",
+        ),
+        (
+            "cameras:\n  - name: a\n    url: rtsp://h/x\n    transport: quic\n",
+            r"cameras\.0\.transport \(a\): Input should be 'tcp' or 'udp'",
+        ),
+        (
+            "cameras:\n  - name: a\n    url: rtsp://u:pw@h/x\n    loop: true\n",
+            r"cameras\.0 \(a\): Value error, loop applies to video files only",
+        ),
+        (
+            "cameras:\n  - name: a b\n    url: x.mp4\n",
+            r"cameras\.0\.name \(a b\): Value error, camera name 'a b' is invalid",
+        ),
+        (
+            "cameras:\n  - {name: a, url: x.mp4}\n  - {name: a, url: y.mp4}\n",
+            r"cameras: Value error, camera name 'a' is used twice",
+        ),
         ("cameras: []\n", r"cameras: List should have at least 1 item"),
         ("- a\n", r"expected a mapping"),
         ("cameras: [\n", r"not valid YAML"),

@@ -43,7 +43,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
         ("rgb24", None, 1280),
     ],
 )
-def test_jpeg_decodes_to_the_image_pyav_converts(real_frames: list[av.VideoFrame], fmt: str, size: tuple[int, int] | None, max_size: int) -> None:
+def test_jpeg_decodes_to_the_image_pyav_converts(
+    real_frames: list[av.VideoFrame], fmt: str, size: tuple[int, int] | None, max_size: int
+) -> None:
     for i, src in enumerate(real_frames[::4]):
         w, h = size or (src.width, src.height)
         frame = src.reformat(width=w, height=h, format=fmt)

@@ -8,8 +8,8 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import redis
@@ -60,7 +60,10 @@ def assert_no_secret(client: redis.Redis, secret: str) -> None:
 
 
 def test_kill_and_restart_server_reconnects_while_other_camera_flows(
-    service: IngestService, rtsp_server_factory, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+    service: IngestService,
+    rtsp_server_factory,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
 ) -> None:
     caplog.set_level(logging.INFO)
     flaky = rtsp_server_factory(("cam",), "viewer", PASSWORD)
@@ -76,7 +79,11 @@ def test_kill_and_restart_server_reconnects_while_other_camera_flows(
     before = a.snapshot().frames
 
     flaky.kill()
-    wait_for("the loss noticed", lambda: a.snapshot().state in ("backing_off", "connecting") and a.snapshot().reconnects >= 1, 6)
+    wait_for(
+        "the loss noticed",
+        lambda: a.snapshot().state in ("backing_off", "connecting") and a.snapshot().reconnects >= 1,
+        6,
+    )
     steady_frames = b.snapshot().frames
     service.tick()
     state = {k.decode(): v.decode() for k, v in redis_client.hgetall(camera_key("flaky", "state")).items()}
@@ -135,7 +142,12 @@ def silent_listener() -> Iterator[int]:
 
 
 def test_broken_sources_each_get_a_clear_state(
-    service: IngestService, rtsp_server, silent_listener: int, tmp_path: Path, rtsp_clip: Path, redis_client: redis.Redis  # type: ignore[no-untyped-def]
+    service: IngestService,
+    rtsp_server,
+    silent_listener: int,
+    tmp_path: Path,
+    rtsp_clip: Path,
+    redis_client: redis.Redis,  # type: ignore[no-untyped-def]
 ) -> None:
     truncated = tmp_path / "truncated.mp4"
     data = rtsp_clip.read_bytes()
@@ -150,8 +162,16 @@ def test_broken_sources_each_get_a_clear_state(
     cams = {
         "refused": (f"rtsp://viewer:{PASSWORD}@127.0.0.1:{port}/cam", "backing_off", "Connection refused"),
         "notfound": (rtsp_server.url("nope"), "failed", "no such stream path on the camera (404 Not Found)"),
-        "badauth": (rtsp_server.url("cam", password="wrong-pw"), "failed", "rejected the credentials (401 Unauthorized)"),
-        "silent": (f"rtsp://viewer:{PASSWORD}@127.0.0.1:{silent_listener}/cam", "backing_off", "no answer within 2s (timed out)"),
+        "badauth": (
+            rtsp_server.url("cam", password="wrong-pw"),
+            "failed",
+            "rejected the credentials (401 Unauthorized)",
+        ),
+        "silent": (
+            f"rtsp://viewer:{PASSWORD}@127.0.0.1:{silent_listener}/cam",
+            "backing_off",
+            "no answer within 2s (timed out)",
+        ),
         "truncated": (str(truncated), "failed", "is not a readable video file"),
         "notvideo": (str(not_video), "failed", "is not a readable video file"),
         "missing": (str(tmp_path / "gone.mp4"), "backing_off", "does not exist"),
@@ -181,7 +201,9 @@ def test_broken_sources_each_get_a_clear_state(
 
 
 def test_slow_consumer_memory_flat_and_drops_exact(
-    rtsp_server, redis_client: redis.Redis, settings: Settings  # type: ignore[no-untyped-def]
+    rtsp_server,
+    redis_client: redis.Redis,
+    settings: Settings,  # type: ignore[no-untyped-def]
 ) -> None:
     backlog = 6
     settings = settings.model_copy(update={"bus": settings.bus.model_copy(update={"frame_backlog": backlog})})
@@ -205,7 +227,9 @@ def test_slow_consumer_memory_flat_and_drops_exact(
         runner.stop()
         runner.join(5)
     # Nothing is in flight now: every published frame was delivered, dropped, or is still waiting.
-    stats = {k.decode(): int(v) for k, v in redis_client.hgetall(f"fervid:camera:busy:stats").items() if k != b"last_seq"}
+    stats = {
+        k.decode(): int(v) for k, v in redis_client.hgetall("fervid:camera:busy:stats").items() if k != b"last_seq"
+    }
     waiting = len(redis_client.xrange(stream, "-", "+"))
     snap = runner.snapshot()
     assert stats["published"] == snap.frames > 60
@@ -215,7 +239,8 @@ def test_slow_consumer_memory_flat_and_drops_exact(
 
 
 def test_frozen_server_trips_the_read_timeout_then_recovers(
-    service: IngestService, rtsp_server_factory  # type: ignore[no-untyped-def]
+    service: IngestService,
+    rtsp_server_factory,  # type: ignore[no-untyped-def]
 ) -> None:
     """SIGSTOP: the TCP connection stays open but nothing arrives; the read timeout must notice."""
     import signal
@@ -241,8 +266,26 @@ def test_fervid_demo_on_a_live_rtsp_camera_stops_after_seconds(rtsp_server, tmp_
 
     url = rtsp_server.url("cam")
     r = subprocess.run(
-        [sys.executable, "-c", "from fervid.cli import main; main()", "demo", url, "--camera", "door", "--seconds", "2", "--fps", "5", "--data-dir", str(tmp_path / "d"), "-v"],
-        capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "COLUMNS": "120"},
+        [
+            sys.executable,
+            "-c",
+            "from fervid.cli import main; main()",
+            "demo",
+            url,
+            "--camera",
+            "door",
+            "--seconds",
+            "2",
+            "--fps",
+            "5",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "-v",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "COLUMNS": "120"},
     )
     assert r.returncode == 0, r.stderr[-3000:]
     analysed = int(next(line for line in r.stdout.splitlines() if "frames analysed" in line).split("│")[2])

@@ -11,16 +11,18 @@ import time
 from pathlib import Path
 
 import redis
+from waiting import wait_for
 
 from fervid.bus import iter_entries
 from fervid.contracts import FrameMsg, camera_key, frames_stream
 from fervid.settings import Settings
 from ingest.cameras import CameraConfig
 from ingest.service import IngestService
-from waiting import wait_for
 
 
-def test_reload_keeps_unchanged_restarts_changed_stops_removed(redis_client: redis.Redis, settings: Settings, rtsp_clip: Path) -> None:
+def test_reload_keeps_unchanged_restarts_changed_stops_removed(
+    redis_client: redis.Redis, settings: Settings, rtsp_clip: Path
+) -> None:
     svc = IngestService(redis_client, settings)
     try:
         a = CameraConfig(name="a", url=str(rtsp_clip), loop=True, fps=5)
@@ -28,7 +30,9 @@ def test_reload_keeps_unchanged_restarts_changed_stops_removed(redis_client: red
         c = CameraConfig(name="c", url=str(rtsp_clip), loop=True, fps=5)
         svc.apply([a, b, c])
         ra, rb, rc = (svc.runners[n] for n in "abc")
-        changes = svc.apply([a, b.model_copy(update={"fps": 2.0}), CameraConfig(name="d", url=str(rtsp_clip), enabled=False)])
+        changes = svc.apply(
+            [a, b.model_copy(update={"fps": 2.0}), CameraConfig(name="d", url=str(rtsp_clip), enabled=False)]
+        )
         assert changes == {"started": [], "stopped": ["c"], "restarted": ["b"], "unchanged": ["a"]}
         assert svc.runners["a"] is ra and ra.is_alive()
         assert rc.stopping and "c" not in svc.runners and "d" not in svc.runners
@@ -43,7 +47,9 @@ def test_reload_keeps_unchanged_restarts_changed_stops_removed(redis_client: red
     assert numbers == sorted(set(numbers))
 
 
-def test_looping_file_waits_for_room_and_keeps_time_moving(redis_client: redis.Redis, settings: Settings, rtsp_clip: Path) -> None:
+def test_looping_file_waits_for_room_and_keeps_time_moving(
+    redis_client: redis.Redis, settings: Settings, rtsp_clip: Path
+) -> None:
     """Files favour completeness: with backlog 8 and nobody reading, ingest waits (no drop); PTS-derived
     capture times keep increasing across loops."""
     settings = settings.model_copy(update={"bus": settings.bus.model_copy(update={"frame_backlog": 8})})
@@ -56,7 +62,9 @@ def test_looping_file_waits_for_room_and_keeps_time_moving(redis_client: redis.R
         assert r.snapshot().frames == 8 and r.snapshot().drops == 0 and r.snapshot().state == "live"
         # Drain as a detector would, and let it loop.
         for _ in range(40):
-            for stream, entries in redis_client.xreadgroup("detector", "t", {frames_stream("loop"): ">"}, count=10, block=200) or []:
+            for stream, entries in (
+                redis_client.xreadgroup("detector", "t", {frames_stream("loop"): ">"}, count=10, block=200) or []
+            ):
                 redis_client.xack(stream, "detector", *[i for i, _ in entries])
             if r.snapshot().frames >= 45:
                 break
@@ -72,7 +80,9 @@ def _fervid(*args: str) -> list[str]:
     return [sys.executable, "-c", "from fervid.cli import main; main()", *args]
 
 
-def test_fervid_ingest_cli_sighup_reload_and_cameras_table(tmp_path: Path, redis_url: str, redis_client: redis.Redis, rtsp_server) -> None:  # type: ignore[no-untyped-def]
+def test_fervid_ingest_cli_sighup_reload_and_cameras_table(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, rtsp_server
+) -> None:  # type: ignore[no-untyped-def]
     config = tmp_path / "cameras.yaml"
     config.write_text(
         "cameras:\n"
@@ -82,20 +92,38 @@ def test_fervid_ingest_cli_sighup_reload_and_cameras_table(tmp_path: Path, redis
     env = {**os.environ, "CAM_USER": "viewer", "CAM_PASS": "s3cret-pw"}
     proc = subprocess.Popen(
         _fervid("ingest", "--config", str(config), "--redis", redis_url, "-v"),
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
+
         def state(name: str) -> str:
             return (redis_client.hget(camera_key(name, "state"), "state") or b"").decode()
 
-        wait_for("front live, gone backing off", lambda: state("front") == "live" and state("gone") == "backing_off", 15)
+        wait_for(
+            "front live, gone backing off", lambda: state("front") == "live" and state("gone") == "backing_off", 15
+        )
         since = redis_client.hget(camera_key("front", "state"), "since")
-        config.write_text(config.read_text().replace("rtsp://127.0.0.1:1/nothing", "rtsp://${CAM_USER}:${CAM_PASS}@127.0.0.1:%d/cam2" % rtsp_server.port).replace("name: gone", "name: added"))
+        config.write_text(
+            config.read_text()
+            .replace(
+                "rtsp://127.0.0.1:1/nothing", "rtsp://${CAM_USER}:${CAM_PASS}@127.0.0.1:%d/cam2" % rtsp_server.port
+            )
+            .replace("name: gone", "name: added")
+        )
         proc.send_signal(signal.SIGHUP)
         wait_for("reload applied", lambda: state("added") == "live" and state("gone") == "stopped", 15)
         assert redis_client.hget(camera_key("front", "state"), "since") == since, "an unchanged camera was restarted"
 
-        table = subprocess.run(_fervid("cameras", "--redis", redis_url), capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "200"})
+        table = subprocess.run(
+            _fervid("cameras", "--redis", redis_url),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "COLUMNS": "200"},
+        )
         assert table.returncode == 0, table.stderr
         for word in ("front", "added", "gone", "live", "stopped", "reconnects"):
             assert word in table.stdout
@@ -111,7 +139,13 @@ def test_fervid_ingest_cli_sighup_reload_and_cameras_table(tmp_path: Path, redis
 def test_fervid_ingest_bad_config_is_one_line(tmp_path: Path) -> None:
     config = tmp_path / "cameras.yaml"
     config.write_text("cameras:\n  - {name: a, url: 'rtsp://u:${NOPE_PW}@h/x'}\n")
-    r = subprocess.run(_fervid("ingest", "--config", str(config)), capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "NOPE_PW"})
+    r = subprocess.run(
+        _fervid("ingest", "--config", str(config)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "NOPE_PW"},
+    )
     assert r.returncode == 2
     assert "cameras.0.url: environment variable NOPE_PW is not set" in r.stderr
     assert "Traceback" not in r.stderr

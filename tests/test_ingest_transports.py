@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import redis
 from av.codec.hwaccel import hwdevices_available
+from test_ingest_rtsp import service  # noqa: F401  (the IngestService fixture)
+from waiting import wait_for
 
-from fervid.contracts import FrameMsg, frames_stream
 from fervid.bus import iter_entries
+from fervid.contracts import FrameMsg, frames_stream
 from fervid.errors import ConfigError
 from ingest.cameras import CameraConfig, parse_cameras
 from ingest.service import IngestService
-from test_ingest_rtsp import service  # noqa: F401  (the IngestService fixture)
-from waiting import wait_for
 
 
 def udp_sockets_of_this_process() -> int:
@@ -39,7 +39,9 @@ def udp_sockets_of_this_process() -> int:
     return count
 
 
-def test_udp_transport_receives_rtp_over_udp(service: IngestService, rtsp_server_factory, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_udp_transport_receives_rtp_over_udp(
+    service: IngestService, rtsp_server_factory, redis_client: redis.Redis
+) -> None:  # type: ignore[no-untyped-def]
     server = rtsp_server_factory(("cam",))
     assert udp_sockets_of_this_process() == 0
     service.apply([CameraConfig(name="udpcam", url=server.url(), fps=10, transport="udp")])
@@ -61,7 +63,13 @@ def test_udp_transport_receives_rtp_over_udp(service: IngestService, rtsp_server
     ids=["verify-off", "trusted-ca-file", "verify-on-refused"],
 )
 def test_rtsps_with_a_self_signed_certificate(
-    service: IngestService, rtsp_server_factory, self_signed_pem: Path, options: dict, state: str, message: str, redis_client: redis.Redis  # type: ignore[no-untyped-def]
+    service: IngestService,
+    rtsp_server_factory,
+    self_signed_pem: Path,
+    options: dict,
+    state: str,
+    message: str,
+    redis_client: redis.Redis,  # type: ignore[no-untyped-def]
 ) -> None:
     server = rtsp_server_factory(("cam",), "viewer", "tls-pw", tls=self_signed_pem)
     assert server.url().startswith("rtsps://viewer:tls-pw@")
@@ -95,7 +103,10 @@ def _has_nvidia_gpu() -> bool:
 
 @pytest.mark.parametrize("kind", ["cuda", "vaapi"])
 def test_hwaccel_falls_back_to_software_with_a_clear_message(
-    kind: str, service: IngestService, rtsp_server, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+    kind: str,
+    service: IngestService,
+    rtsp_server,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
 ) -> None:
     """cuda is in PyAV's FFmpeg build but this machine has no GPU; vaapi is not in the build at all. Either way
     the camera decodes in software and the log says why, once."""

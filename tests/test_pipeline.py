@@ -11,7 +11,6 @@ from sqlalchemy import func, select
 
 from fervid.pipeline import run_pipeline
 from fervid.sample import GroundTruth
-from fervid.settings import Settings
 from ingest.runner import SourceSpec
 from storage.db import EventRow, FrameRow, make_engine
 from storage.timeline import timeline
@@ -36,7 +35,12 @@ def matched(truth: list[tuple[float, ...]], found: list[tuple[float, ...]], thre
 
 
 @pytest.fixture(scope="module", params=["retinaface", "mtcnn"])
-def run(request: pytest.FixtureRequest, sample_clip: tuple[Path, GroundTruth], tmp_path_factory: pytest.TempPathFactory, embedded_redis) -> tuple:
+def run(
+    request: pytest.FixtureRequest,
+    sample_clip: tuple[Path, GroundTruth],
+    tmp_path_factory: pytest.TempPathFactory,
+    embedded_redis,
+) -> tuple:
     """The whole pipeline once per detector backend, each on a fresh Redis database and SQLite file."""
     import redis
 
@@ -53,7 +57,9 @@ def test_every_frame_is_stored_once(run: tuple) -> None:
     summary, truth, settings = run
     engine = make_engine(settings.resolved_db_url)
     with engine.connect() as conn:
-        seqs = list(conn.execute(select(FrameRow.seq).where(FrameRow.camera == "lobby").order_by(FrameRow.seq)).scalars())
+        seqs = list(
+            conn.execute(select(FrameRow.seq).where(FrameRow.camera == "lobby").order_by(FrameRow.seq)).scalars()
+        )
     assert seqs == list(range(len(truth.boxes)))
     assert summary.frames_stored == summary.frames_published == len(truth.boxes)
     assert summary.dead_letters == 0 and summary.dropped == 0
@@ -63,7 +69,9 @@ def test_every_face_of_every_frame_becomes_a_row(run: tuple) -> None:
     summary, truth, settings = run
     engine = make_engine(settings.resolved_db_url)
     with engine.connect() as conn:
-        rows = conn.execute(select(EventRow.frame_seq, EventRow.x, EventRow.y, EventRow.w, EventRow.h).where(EventRow.camera == "lobby")).all()
+        rows = conn.execute(
+            select(EventRow.frame_seq, EventRow.x, EventRow.y, EventRow.w, EventRow.h).where(EventRow.camera == "lobby")
+        ).all()
     by_frame: dict[int, list[tuple[float, ...]]] = {}
     for seq, x, y, w, h in rows:
         by_frame.setdefault(seq, []).append((x, y, x + w, y + h))
@@ -99,10 +107,14 @@ def test_tracks_are_stable_for_smoothly_moving_faces(run: tuple) -> None:
     summary, truth, settings = run
     engine = make_engine(settings.resolved_db_url)
     with engine.connect() as conn:
-        rows = conn.execute(select(EventRow.frame_seq, EventRow.x, EventRow.track_id).where(EventRow.camera == "lobby")).all()
+        rows = conn.execute(
+            select(EventRow.frame_seq, EventRow.x, EventRow.track_id).where(EventRow.camera == "lobby")
+        ).all()
     for side in (0, 1):  # face 0 lives on the left half of the frame, face 1 on the right
         ids = [tid for _, x, tid in rows if (x > truth.width / 2) == bool(side)]
         assert ids, f"no rows for face {side}"
         most = max(set(ids), key=ids.count)
         assert most is not None
-        assert ids.count(most) >= 0.9 * len(truth.boxes), f"face {side}: {ids.count(most)} of {len(truth.boxes)} frames on track {most}"
+        assert ids.count(most) >= 0.9 * len(truth.boxes), (
+            f"face {side}: {ids.count(most)} of {len(truth.boxes)} frames on track {most}"
+        )

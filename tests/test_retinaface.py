@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from synth import ASTRONAUT_FACE, astronaut_bgr, iou, match, standard_frames
 
 from detector.base import Detection
 from detector.retinaface import (
@@ -22,7 +23,6 @@ from detector.retinaface import (
     make_priors,
 )
 from detector.weights import WeightsError, resolve_weights, sha256_file
-from synth import ASTRONAUT_FACE, astronaut_bgr, iou, match, standard_frames
 
 
 @pytest.fixture(scope="module")

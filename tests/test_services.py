@@ -72,8 +72,12 @@ def stored(db_url: str, camera: str) -> tuple[list[tuple[int, int]], list[tuple[
     engine = create_engine(db_url)
     try:
         with engine.connect() as conn:
-            frames = conn.execute(text("select seq, faces from frames where camera = :c order by seq"), {"c": camera}).all()
-            events = conn.execute(text("select frame_seq, face_index from events where camera = :c order by 1, 2"), {"c": camera}).all()
+            frames = conn.execute(
+                text("select seq, faces from frames where camera = :c order by seq"), {"c": camera}
+            ).all()
+            events = conn.execute(
+                text("select frame_seq, face_index from events where camera = :c order by 1, 2"), {"c": camera}
+            ).all()
     except (OperationalError, ProgrammingError):  # no schema yet
         return [], []
     finally:
@@ -98,7 +102,9 @@ def assert_every_face_once(db: str, camera: str, published: int, faces_per_frame
     assert {(s, i) for s, i in events} == {(s, i) for s in range(published) for i in range(faces_per_frame)}
 
 
-def test_stage_processes_sigterm_metrics(redis_url: str, redis_client: redislib.Redis, sample_clip: Any, tmp_path: Path) -> None:
+def test_stage_processes_sigterm_metrics(
+    redis_url: str, redis_client: redislib.Redis, sample_clip: Any, tmp_path: Path
+) -> None:
     from fervid.bus import Bus
     from fervid.settings import load_settings
     from ingest.runner import SourceSpec, run_source
@@ -119,15 +125,26 @@ def test_stage_processes_sigterm_metrics(redis_url: str, redis_client: redislib.
 
     def start(name: str, cmd: str) -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115
-        return subprocess.Popen([*FERVID, cmd, "--metrics-port", str(ports[name])], env=env, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [*FERVID, cmd, "--metrics-port", str(ports[name])], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
 
-    procs = {name: start(name, cmd) for name, cmd in (("detect", "detect"), ("classify", "classify"), ("store", "store"))}
+    procs = {
+        name: start(name, cmd) for name, cmd in (("detect", "detect"), ("classify", "classify"), ("store", "store"))
+    }
     try:
         # /health answers at once; /ready only when Redis is reachable and the model is loaded.
         for name in procs:
-            wait_for(f"{name} /health", lambda name=name: http_get(ports[name], "/health")[0] == 200, 60, list(procs.values()))
+            wait_for(
+                f"{name} /health",
+                lambda name=name: http_get(ports[name], "/health")[0] == 200,
+                60,
+                list(procs.values()),
+            )
         for name in procs:
-            wait_for(f"{name} /ready", lambda name=name: http_get(ports[name], "/ready")[0] == 200, 120, list(procs.values()))
+            wait_for(
+                f"{name} /ready", lambda name=name: http_get(ports[name], "/ready")[0] == 200, 120, list(procs.values())
+            )
 
         settings = load_settings(data_dir=tmp_path)
         counters = run_source(Bus(redis_client, "ingest"), SourceSpec("cam1", str(clip), fps=10, seconds=1.5), settings)
@@ -137,7 +154,9 @@ def test_stage_processes_sigterm_metrics(redis_url: str, redis_client: redislib.
         # SIGTERM while the detector holds a batch: it finishes (or returns) the batch and exits 0 within 10 s.
         stream = frames_stream("cam1")
         det = procs["detect"]
-        wait_for("the detector to hold a batch", lambda: any(pending_by_consumer(redis_client, stream).values()), 60, [det])
+        wait_for(
+            "the detector to hold a batch", lambda: any(pending_by_consumer(redis_client, stream).values()), 60, [det]
+        )
         t0 = time.monotonic()
         det.send_signal(signal.SIGTERM)
         assert det.wait(timeout=10) == 0
@@ -168,7 +187,9 @@ def test_stage_processes_sigterm_metrics(redis_url: str, redis_client: redislib.
             missing = (names | bus_metrics) - set(families)
             assert not missing, f"{name}: missing {missing}"
             assert any(s.value > 0 for s in families["fervid_stage_messages"].samples if s.name.endswith("_total"))
-            published_samples = {s.labels["camera"]: s.value for s in families["fervid_camera_frames_published"].samples}
+            published_samples = {
+                s.labels["camera"]: s.value for s in families["fervid_camera_frames_published"].samples
+            }
             assert published_samples == {"cam1": published}
         _, text = http_get(ports["detect2"], "/metrics")
         families = {f.name: f for f in text_string_to_metric_families(text)}
@@ -190,7 +211,12 @@ def test_stage_processes_sigterm_metrics(redis_url: str, redis_client: redislib.
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_up_two_detectors_one_sigkilled(
-    backend: str, redis_url: str, redis_client: redislib.Redis, sample_clip: Any, tmp_path: Path, request: pytest.FixtureRequest
+    backend: str,
+    redis_url: str,
+    redis_client: redislib.Redis,
+    sample_clip: Any,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     clip, truth = sample_clip
     data = tmp_path / "data"
@@ -246,11 +272,25 @@ def test_up_stops_everything_on_sigterm(redis_url: str, sample_clip: Any, tmp_pa
     """SIGTERM to `fervid up` (what Ctrl-C does too): every worker gets SIGTERM, all are gone within ~10 s."""
     clip, _ = sample_clip
     data = tmp_path / "data"
-    cmd = [*FERVID, "up", "--source", str(clip), "--camera", "cam3", "--redis", redis_url, "--data-dir", str(data), "-v"]
+    cmd = [
+        *FERVID,
+        "up",
+        "--source",
+        str(clip),
+        "--camera",
+        "cam3",
+        "--redis",
+        redis_url,
+        "--data-dir",
+        str(data),
+        "-v",
+    ]
     up = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     status_file = data / "up.json"
     try:
-        wait_for("workers started", lambda: status_file.exists() and len(json.loads(status_file.read_text())) == 4, 60, [up])
+        wait_for(
+            "workers started", lambda: status_file.exists() and len(json.loads(status_file.read_text())) == 4, 60, [up]
+        )
         time.sleep(3)
         pids = [s["pid"] for s in json.loads(status_file.read_text()).values() if s["state"] == "running"]
         output, _ = sigterm_within(up, 12)

@@ -4,7 +4,7 @@ back (pending, marked idle, delivery count unchanged) and taken over by another 
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import redis
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import cv2
-import pytest
 import redis
+from sqlalchemy import text
 
 from classifier.serving import load_classifier
 from classifier.worker import ClassifierStage
@@ -29,7 +29,6 @@ from fervid.settings import Settings
 from fervid.worker import run_stage
 from storage.db import create_schema, insert_idempotent, make_engine
 from storage.worker import StorageStage
-from sqlalchemy import text
 
 
 def dead_reasons(client: redis.Redis) -> list[str]:
@@ -61,7 +60,7 @@ def test_detector_dead_letters_bad_frames_and_keeps_going(redis_client: redis.Re
     assert any("absurd frame size" in r for r in reasons)
     assert any("message says 320x240" in r for r in reasons)
     assert any("malformed" in r for r in reasons)
-    (_, fields), = redis_client.xrange(FACES_STREAM)
+    ((_, fields),) = redis_client.xrange(FACES_STREAM)
     faces = FacesMsg.decode(fields)
     assert faces.frame.seq == 4 and len(faces.faces) == 2
     assert redis_client.xpending(stream, "detector")["pending"] == 0  # everything acked
@@ -80,7 +79,7 @@ def test_classifier_dead_letters_a_corrupt_crop(redis_client: redis.Redis, setti
     stage = ClassifierStage(Bus(redis_client, "classifier"), load_classifier("mini_xception"), settings)
     run_stage(stage, stage.bus, max_messages=2, idle_timeout=2, block_ms=50)
     assert any("corrupt crop" in r for r in dead_reasons(redis_client))
-    (_, fields), = redis_client.xrange(EVENTS_STREAM)
+    ((_, fields),) = redis_client.xrange(EVENTS_STREAM)
     events = EventsMsg.decode(fields)
     assert events.frame.seq == 0 and events.emotions[0].label == "happy"
 
@@ -92,7 +91,12 @@ def test_storage_redelivery_never_duplicates(redis_client: redis.Redis, settings
     from fervid.contracts import Emotion
 
     msgs = [
-        EventsMsg(FrameRef("cam", i, 100.0 + i, 64, 64), "mtcnn", "m", tuple(Emotion(k, Box(1, 1, 5, 5), 0.9, probs) for k in range(i % 3)))
+        EventsMsg(
+            FrameRef("cam", i, 100.0 + i, 64, 64),
+            "mtcnn",
+            "m",
+            tuple(Emotion(k, Box(1, 1, 5, 5), 0.9, probs) for k in range(i % 3)),
+        )
         for i in range(10)
     ]
     producer = Bus(redis_client, "classifier")

@@ -43,7 +43,10 @@ def test_timeline_json_is_the_same_as_the_cli(client: TestClient, db_url: str) -
     args = ["--since", "2025-11-25T00:00:00Z", "--until", "2025-11-25T00:01:00Z", "--bucket", "5s"]
     result = CliRunner().invoke(cli_app, ["timeline", "cam1", "--db", db_url, "--format", "json", *args])
     assert result.exit_code == 0, result.output
-    r = client.get("/cameras/cam1/timeline", params={"since": "2025-11-25T00:00:00Z", "until": "2025-11-25T00:01:00Z", "bucket": "5s"})
+    r = client.get(
+        "/cameras/cam1/timeline",
+        params={"since": "2025-11-25T00:00:00Z", "until": "2025-11-25T00:01:00Z", "bucket": "5s"},
+    )
     assert r.status_code == 200
     assert r.json() == json.loads(result.stdout) and len(r.json()) == 8
 
@@ -52,7 +55,9 @@ def test_cameras_events_paging_and_filters(client: TestClient) -> None:
     assert [c["name"] for c in client.get("/cameras").json()] == ["cam1", "cam2"]
     seen, after = [], None
     while True:
-        page = client.get("/events", params={"camera": "cam2", "limit": 17, **({"after_id": after} if after else {})}).json()
+        page = client.get(
+            "/events", params={"camera": "cam2", "limit": 17, **({"after_id": after} if after else {})}
+        ).json()
         seen += page["events"]
         after = page["next_after_id"]
         if after is None:
@@ -61,7 +66,9 @@ def test_cameras_events_paging_and_filters(client: TestClient) -> None:
     assert {e["camera"] for e in seen} == {"cam2"}
     happy = client.get("/events", params={"label": "happy", "limit": 1000}).json()["events"]
     assert happy and {e["label"] for e in happy} == {"happy"}
-    ranged = client.get("/events", params={"since": "2025-11-25T00:00:10Z", "until": "2025-11-25T00:00:20Z", "limit": 1000}).json()["events"]
+    ranged = client.get(
+        "/events", params={"since": "2025-11-25T00:00:10Z", "until": "2025-11-25T00:00:20Z", "limit": 1000}
+    ).json()["events"]
     assert ranged and all("2025-11-25T00:00:10" <= e["ts"] < "2025-11-25T00:00:20" for e in ranged)
 
 
@@ -71,9 +78,19 @@ def test_cameras_events_paging_and_filters(client: TestClient) -> None:
         ("/cameras/nope/timeline", {}, 404, "unknown camera"),
         ("/cameras/cam1/timeline", {"bucket": "100ms"}, 400, "out of range"),
         ("/cameras/cam1/timeline", {"bucket": "soon"}, 400, "invalid duration"),
-        ("/cameras/cam1/timeline", {"since": "2025-11-26T00:00:00Z", "until": "2025-11-25T00:00:00Z"}, 400, "empty time range"),
+        (
+            "/cameras/cam1/timeline",
+            {"since": "2025-11-26T00:00:00Z", "until": "2025-11-25T00:00:00Z"},
+            400,
+            "empty time range",
+        ),
         ("/cameras/cam1/timeline", {"since": "0001-01-01T00:00:00"}, 400, "outside"),
-        ("/cameras/cam1/timeline", {"since": "2020-01-01T00:00:00Z", "until": "2025-01-01T00:00:00Z", "bucket": "1s"}, 400, "buckets requested"),
+        (
+            "/cameras/cam1/timeline",
+            {"since": "2020-01-01T00:00:00Z", "until": "2025-01-01T00:00:00Z", "bucket": "1s"},
+            400,
+            "buckets requested",
+        ),
         ("/cameras/cam1/timeline", {"labels": "fancy"}, 422, ""),
         ("/events", {"limit": 0}, 422, ""),
         ("/events", {"label": "bored"}, 400, "unknown label"),
@@ -88,17 +105,29 @@ def test_cameras_events_paging_and_filters(client: TestClient) -> None:
         ("/cameras/cam1/timelines", {}, 404, "Not Found"),
     ],
 )
-def test_bad_input_is_4xx_with_a_message(client: TestClient, path: str, params: dict, status: int, message: str) -> None:
+def test_bad_input_is_4xx_with_a_message(
+    client: TestClient, path: str, params: dict, status: int, message: str
+) -> None:
     r = client.get(path, params=params)
     assert r.status_code == status, r.text
     assert message in json.dumps(r.json()["detail"])
 
 
-INJECTIONS = ["' OR '1'='1", "cam1'; DROP TABLE events; --", "1) OR (1=1", "cam1\" --", "%27%20OR%201=1", "$camera", "../../etc/passwd"]
+INJECTIONS = [
+    "' OR '1'='1",
+    "cam1'; DROP TABLE events; --",
+    "1) OR (1=1",
+    'cam1" --',
+    "%27%20OR%201=1",
+    "$camera",
+    "../../etc/passwd",
+]
 
 
 @pytest.mark.parametrize("payload", INJECTIONS)
-@pytest.mark.parametrize("param", ["camera_path", "since", "until", "bucket", "labels", "events_camera", "events_label", "after_id", "limit"])
+@pytest.mark.parametrize(
+    "param", ["camera_path", "since", "until", "bucket", "labels", "events_camera", "events_label", "after_id", "limit"]
+)
 def test_sql_injection_is_harmless(client: TestClient, param: str, payload: str) -> None:
     if param == "camera_path":
         r = client.get(f"/cameras/{payload}/timeline")
@@ -123,7 +152,9 @@ def test_bearer_token(db_url: str) -> None:
         assert c.get("/metrics").status_code == 401
         ok = c.get("/cameras", headers={"Authorization": f"Bearer {TOKEN}"})
         assert ok.status_code == 200 and ok.json()
-        assert c.get("/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}).json()["paths"]["/cameras/{name}/timeline"]
+        assert c.get("/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}).json()["paths"][
+            "/cameras/{name}/timeline"
+        ]
 
 
 def test_metrics_health_ready_docs(client: TestClient) -> None:
@@ -134,7 +165,11 @@ def test_metrics_health_ready_docs(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     text = client.get("/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    samples = {(s.labels.get("route"), s.labels.get("status")): s.value for s in families["fervid_api_requests"].samples if s.name.endswith("_total")}
+    samples = {
+        (s.labels.get("route"), s.labels.get("status")): s.value
+        for s in families["fervid_api_requests"].samples
+        if s.name.endswith("_total")
+    }
     assert samples[("/cameras", "200")] == 1 and samples[("/cameras/{name}/timeline", "404")] == 1
     assert "fervid_api_request_seconds" in families
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -52,12 +52,18 @@ def test_redelivery_never_duplicates_rows_or_track_counts(engine) -> None:
         tracks = {r.track_id: r for r in conn.execute(select(TrackRow.__table__))}
         cam = conn.execute(select(CameraRow.__table__)).one()
         per_track = dict(conn.execute(select(EventRow.track_id, func.count()).group_by(EventRow.track_id)).all())
-        mean_happy = dict(conn.execute(select(EventRow.track_id, func.avg(EventRow.p_happy)).group_by(EventRow.track_id)).all())
+        mean_happy = dict(
+            conn.execute(select(EventRow.track_id, func.avg(EventRow.p_happy)).group_by(EventRow.track_id)).all()
+        )
     assert {t: r.n_faces for t, r in tracks.items()} == per_track
     for t, r in tracks.items():
         assert r.mean_happy == pytest.approx(mean_happy[t], abs=1e-9)
         assert r.dominant in EMOTIONS
-    assert cam.name == "cam1" and cam.first_seen_ms == int(T0 * 1000) and cam.last_seen_ms == int(round((T0 + 39 / 5) * 1000))
+    assert (
+        cam.name == "cam1"
+        and cam.first_seen_ms == int(T0 * 1000)
+        and cam.last_seen_ms == int(round((T0 + 39 / 5) * 1000))
+    )
 
 
 def test_timeline_buckets_dominant_and_smoothed(engine) -> None:
@@ -72,8 +78,8 @@ def test_timeline_buckets_dominant_and_smoothed(engine) -> None:
     smoothed = timeline(engine, "cam1", 10_000, labels="smoothed")
     assert [b["faces"] for b in smoothed] == [b["faces"] for b in raw]
     assert [b["counts"] for b in smoothed] != [b["counts"] for b in raw]
-    since = datetime.fromtimestamp(T0 + 5, timezone.utc)
-    until = datetime.fromtimestamp(T0 + 15, timezone.utc)
+    since = datetime.fromtimestamp(T0 + 5, UTC)
+    until = datetime.fromtimestamp(T0 + 15, UTC)
     part = timeline(engine, "cam1", 1000, since=since, until=until)
     assert [b["start"] for b in part][0] == "2025-11-25T00:00:05Z" and len(part) == 10
 
@@ -92,9 +98,9 @@ def test_prune_deletes_only_old_rows(engine) -> None:
     [
         (dict(bucket_ms=500), "out of range"),
         (dict(bucket_ms=86_400_001), "out of range"),
-        (dict(since=datetime(2025, 11, 26, tzinfo=timezone.utc), until=datetime(2025, 11, 25, tzinfo=timezone.utc)), "empty time range"),
-        (dict(since=datetime(1970, 1, 2, tzinfo=timezone.utc)), "outside"),
-        (dict(since=datetime(2025, 1, 1, tzinfo=timezone.utc), until=datetime(2025, 12, 1, tzinfo=timezone.utc)), "buckets requested"),
+        (dict(since=datetime(2025, 11, 26, tzinfo=UTC), until=datetime(2025, 11, 25, tzinfo=UTC)), "empty time range"),
+        (dict(since=datetime(1970, 1, 2, tzinfo=UTC)), "outside"),
+        (dict(since=datetime(2025, 1, 1, tzinfo=UTC), until=datetime(2025, 12, 1, tzinfo=UTC)), "buckets requested"),
     ],
 )
 def test_timeline_rejects_bad_ranges(engine, kwargs, message) -> None:
@@ -164,7 +170,10 @@ def test_pre_migration_database_is_stamped_and_upgraded(tmp_path: Path) -> None:
     Base.metadata.tables["frames"].create(eng)
     Base.metadata.tables["events"].create(eng)
     with eng.begin() as conn:
-        conn.execute(FrameRow.__table__.insert(), [dict(camera="old", seq=0, ts_ms=1_700_000_000_000, width=1, height=1, faces=0)])
+        conn.execute(
+            FrameRow.__table__.insert(),
+            [dict(camera="old", seq=0, ts_ms=1_700_000_000_000, width=1, height=1, faces=0)],
+        )
     create_schema(eng)
     assert current_revision(eng) == head_revision()
     with eng.connect() as conn:
@@ -173,15 +182,22 @@ def test_pre_migration_database_is_stamped_and_upgraded(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "since, until",
-    [(None, None), (T0 + 10.4, None), (None, T0 + 200.7), (T0 + 61.3, T0 + 161.9), (T0 + 5.5, T0 + 40.2), (T0 + 60, T0 + 180)],
+    [
+        (None, None),
+        (T0 + 10.4, None),
+        (None, T0 + 200.7),
+        (T0 + 61.3, T0 + 161.9),
+        (T0 + 5.5, T0 + 40.2),
+        (T0 + 60, T0 + 180),
+    ],
 )
 def test_minute_rollup_equals_raw_events(engine, since, until) -> None:
     msgs = make_messages(1500, fps=5)
     insert_idempotent(engine, msgs[:900])
     insert_idempotent(engine, msgs[500:])  # overlap: the rollup must not double count either
     kw = dict(
-        since=None if since is None else datetime.fromtimestamp(since, timezone.utc),
-        until=None if until is None else datetime.fromtimestamp(until, timezone.utc),
+        since=None if since is None else datetime.fromtimestamp(since, UTC),
+        until=None if until is None else datetime.fromtimestamp(until, UTC),
     )
     for bucket in (60_000, 120_000):
         for labels in ("raw", "smoothed"):
@@ -203,7 +219,10 @@ def test_rows_round_trip_exactly_with_awkward_strings_and_interleaved_cameras(en
 
     odd = ['m,1 "q" {x} \\ NULL', "NULL", "", "modèle ünï"]
     cams = [make_messages(30, camera=c, seed=i + 3, faces=3) for i, c in enumerate(("cam1", "cam.2", "Cam_3"))]
-    msgs = [dataclasses.replace(m, model=odd[i % 4], detector=odd[(i + 1) % 4]) for i, m in enumerate(x for trio in zip(*cams) for x in trio)]
+    msgs = [
+        dataclasses.replace(m, model=odd[i % 4], detector=odd[(i + 1) % 4])
+        for i, m in enumerate(x for trio in zip(*cams) for x in trio)
+    ]
     n = sum(len(m.emotions) for m in msgs)
     assert insert_idempotent(engine, msgs) == n
     expected = {
@@ -218,11 +237,16 @@ def test_rows_round_trip_exactly_with_awkward_strings_and_interleaved_cameras(en
         tracks = {(r.camera, r.track_id): r for r in conn.execute(select(TrackRow.__table__))}
         cameras = {r.name: (r.first_seen_ms, r.last_seen_ms) for r in conn.execute(select(CameraRow.__table__))}
     assert stored == expected
-    assert cameras == {c[0].frame.camera: (round(c[0].frame.capture_ts * 1000), round(c[-1].frame.capture_ts * 1000)) for c in cams}
+    assert cameras == {
+        c[0].frame.camera: (round(c[0].frame.capture_ts * 1000), round(c[-1].frame.capture_ts * 1000)) for c in cams
+    }
     for (camera, track), row in tracks.items():
         faces = [v for k, v in expected.items() if k[0] == camera and v[6] == track]
         means = [sum(f[7 + i] for f in faces) / len(faces) for i in range(len(EMOTIONS))]
-        assert row.n_faces == len(faces) and (row.first_ts_ms, row.last_ts_ms) == (min(f[0] for f in faces), max(f[0] for f in faces))
+        assert row.n_faces == len(faces) and (row.first_ts_ms, row.last_ts_ms) == (
+            min(f[0] for f in faces),
+            max(f[0] for f in faces),
+        )
         assert [getattr(row, f"mean_{e}") for e in EMOTIONS] == pytest.approx(means, abs=1e-12)
         assert row.dominant == EMOTIONS[means.index(max(means))]
     assert sum(r.n_faces for r in tracks.values()) == n

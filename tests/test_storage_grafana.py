@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -36,13 +37,20 @@ def test_committed_dashboards_equal_generated(tmp_path: Path) -> None:
     committed = sorted(p.name for p in (ROOT / "deploy/grafana/dashboards").iterdir())
     assert generated == committed == ["fervid-emotions.json", "fervid-pipeline.json"]
     for name in generated:
-        assert (tmp_path / name).read_text() == (ROOT / "deploy/grafana/dashboards" / name).read_text(), f"re-run fervid grafana export deploy/grafana/dashboards"
+        assert (tmp_path / name).read_text() == (ROOT / "deploy/grafana/dashboards" / name).read_text(), (
+            "re-run fervid grafana export deploy/grafana/dashboards"
+        )
 
 
 def test_dashboards_have_camera_variable_and_expected_panels() -> None:
     boards = grafana.dashboards()
     titles = [p["title"] for d in boards.values() for p in d["panels"]]
-    assert titles == ["Emotion share — $camera", "Faces per minute", "Dominant emotion — $camera", "Analysed frames per minute"]
+    assert titles == [
+        "Emotion share — $camera",
+        "Faces per minute",
+        "Dominant emotion — $camera",
+        "Analysed frames per minute",
+    ]
     share = boards["fervid-emotions"]["panels"][0]
     assert share["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "percent"
     assert boards["fervid-emotions"]["panels"][2]["type"] == "state-timeline"
@@ -76,7 +84,9 @@ def test_every_panel_sql_runs_on_postgresql(pg_url: str) -> None:
 
     assert {iso(int(r.time) * 1000): r.dominant for r in state} == api
     shares = results["fervid-emotions/Emotion share — $camera"]
-    assert {r.metric for r in shares} <= set(EMOTIONS) and sum(r.faces for r in shares) == sum(r.faces for r in faces if r.metric == "cam1")
+    assert {r.metric for r in shares} <= set(EMOTIONS) and sum(r.faces for r in shares) == sum(
+        r.faces for r in faces if r.metric == "cam1"
+    )
     engine.dispose()
 
 
@@ -107,7 +117,11 @@ class FakeGrafana(BaseHTTPRequestHandler):
         if path.startswith("/api/datasources/uid/"):
             uid = path.rsplit("/", 1)[1]
             if self.command == "GET":
-                return self._reply(200, st["datasources"][uid]) if uid in st["datasources"] else self._reply(404, {"message": "Data source not found"})
+                return (
+                    self._reply(200, st["datasources"][uid])
+                    if uid in st["datasources"]
+                    else self._reply(404, {"message": "Data source not found"})
+                )
             if self.command == "PUT" and uid in st["datasources"]:
                 st["datasources"][uid] = body
                 return self._reply(200, {"message": "Datasource updated"})
@@ -118,7 +132,11 @@ class FakeGrafana(BaseHTTPRequestHandler):
             return self._reply(200, {"message": "Datasource added", "id": len(st["datasources"])})
         if path.startswith("/api/folders/") and self.command == "GET":
             uid = path.rsplit("/", 1)[1]
-            return self._reply(200, st["folders"][uid]) if uid in st["folders"] else self._reply(404, {"message": "folder not found"})
+            return (
+                self._reply(200, st["folders"][uid])
+                if uid in st["folders"]
+                else self._reply(404, {"message": "folder not found"})
+            )
         if path == "/api/folders" and self.command == "POST":
             if body["uid"] in st["folders"]:
                 return self._reply(409, {"message": "a folder with the same uid already exists"})
@@ -149,7 +167,16 @@ def fake_grafana() -> Iterator[tuple[str, dict[str, Any]]]:
 
 def test_provision_is_idempotent(fake_grafana: tuple[str, dict[str, Any]]) -> None:
     url, state = fake_grafana
-    args = ["grafana", "provision", "--url", url, "--token", "glsa_test", "--db-url", "postgresql+psycopg://grafana:pw@db:5432/fervid"]
+    args = [
+        "grafana",
+        "provision",
+        "--url",
+        url,
+        "--token",
+        "glsa_test",
+        "--db-url",
+        "postgresql+psycopg://grafana:pw@db:5432/fervid",
+    ]
     first = CliRunner().invoke(cli_app, args)
     assert first.exit_code == 0, first.output
     assert "datasource fervid-pg: created" in first.stdout and "folder fervid: created" in first.stdout
@@ -159,7 +186,12 @@ def test_provision_is_idempotent(fake_grafana: tuple[str, dict[str, Any]]) -> No
     assert list(state["datasources"]) == ["fervid-pg"] and list(state["folders"]) == ["fervid"]
     assert sorted(state["dashboards"]) == ["fervid-emotions", "fervid-pipeline"]
     ds = state["datasources"]["fervid-pg"]
-    assert ds["url"] == "db:5432" and ds["user"] == "grafana" and ds["jsonData"]["database"] == "fervid" and ds["secureJsonData"]["password"] == "pw"
+    assert (
+        ds["url"] == "db:5432"
+        and ds["user"] == "grafana"
+        and ds["jsonData"]["database"] == "fervid"
+        and ds["secureJsonData"]["password"] == "pw"
+    )
     saved = state["dashboards"]["fervid-emotions"]
     assert saved["folderUid"] == "fervid" and saved["overwrite"] is True
     assert {k: v for k, v in saved["dashboard"].items() if k != "id"} == grafana.dashboards()["fervid-emotions"]

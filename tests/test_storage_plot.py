@@ -21,7 +21,12 @@ T0 = 1_764_028_800.0  # 2025-11-25T00:00:00Z
 def faces_feeling(emotion: str, seqs: range) -> list[EventsMsg]:
     probs = tuple(0.88 if e == emotion else 0.02 for e in EMOTIONS)
     return [
-        EventsMsg(FrameRef("plotcam", s, T0 + s, 640, 480), "haar", "mini_xception", (Emotion(0, Box(1, 1, 20, 20), 0.9, probs, track_id=1),))
+        EventsMsg(
+            FrameRef("plotcam", s, T0 + s, 640, 480),
+            "haar",
+            "mini_xception",
+            (Emotion(0, Box(1, 1, 20, 20), 0.9, probs, track_id=1),),
+        )
         for s in seqs
     ]
 
@@ -42,7 +47,9 @@ def test_timeline_plot_shows_the_stacked_shares(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'p.db'}"
     engine = make_engine(db)
     create_schema(engine)
-    insert_idempotent(engine, faces_feeling("happy", range(0, 120)) + faces_feeling("sad", range(120, 240)))  # 2 min each
+    insert_idempotent(
+        engine, faces_feeling("happy", range(0, 120)) + faces_feeling("sad", range(120, 240))
+    )  # 2 min each
     out = tmp_path / "plots" / "t.png"
     r = CliRunner().invoke(cli_app, ["timeline", "plotcam", "--bucket", "10s", "--since", "2025-11-25T00:00:00", "--until", "2025-11-25T00:04:00",
                                      "--plot", str(out), "--db", db])  # fmt: skip
@@ -60,7 +67,18 @@ def test_plot_of_an_empty_range_is_a_one_line_error(tmp_path: Path) -> None:
     engine = make_engine(db)
     create_schema(engine)
     insert_idempotent(engine, faces_feeling("happy", range(0, 10)))
-    args = ["timeline", "plotcam", "--since", "2025-11-26T00:00:00", "--until", "2025-11-26T01:00:00", "--plot", str(tmp_path / "none.png"), "--db", db]
+    args = [
+        "timeline",
+        "plotcam",
+        "--since",
+        "2025-11-26T00:00:00",
+        "--until",
+        "2025-11-26T01:00:00",
+        "--plot",
+        str(tmp_path / "none.png"),
+        "--db",
+        db,
+    ]
     r = subprocess.run([sys.executable, "-m", "fervid.cli", *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and not (tmp_path / "none.png").exists()
     assert "nothing to plot" in r.stderr and "Traceback" not in r.stderr

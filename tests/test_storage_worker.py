@@ -37,7 +37,11 @@ def counts(url: str) -> tuple[int, int, int]:
     engine = make_engine(url)
     with engine.connect() as conn:
         n_events = conn.execute(select(func.count()).select_from(EventRow)).scalar_one()
-        distinct = conn.execute(select(func.count()).select_from(select(EventRow.camera, EventRow.frame_seq, EventRow.face_index).distinct().subquery())).scalar_one()
+        distinct = conn.execute(
+            select(func.count()).select_from(
+                select(EventRow.camera, EventRow.frame_seq, EventRow.face_index).distinct().subquery()
+            )
+        ).scalar_one()
         n_frames = conn.execute(select(func.count()).select_from(FrameRow)).scalar_one()
     engine.dispose()
     return n_events, distinct, n_frames
@@ -56,13 +60,17 @@ def summaries_agree(url: str) -> None:
         tracked = conn.execute(select(func.sum(TrackRow.n_faces))).scalar_one()
         tracked_events = select(EventRow.camera, EventRow.track_id, func.count()).where(EventRow.track_id.is_not(None))
         per_track = {(c, t): n for c, t, n in conn.execute(tracked_events.group_by(EventRow.camera, EventRow.track_id))}
-        track_rows = {(c, t): n for c, t, n in conn.execute(select(TrackRow.camera, TrackRow.track_id, TrackRow.n_faces))}
+        track_rows = {
+            (c, t): n for c, t, n in conn.execute(select(TrackRow.camera, TrackRow.track_id, TrackRow.n_faces))
+        }
     engine.dispose()
     assert rollup == faces and tracked == sum(per_track.values()) and track_rows == per_track
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_sigkill_mid_run_and_restart_leaves_one_row_per_face(backend: str, tmp_path: Path, redis_url: str, redis_client: redis.Redis, request) -> None:
+def test_sigkill_mid_run_and_restart_leaves_one_row_per_face(
+    backend: str, tmp_path: Path, redis_url: str, redis_client: redis.Redis, request
+) -> None:
     db = f"sqlite:///{tmp_path / 'kill.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
     create_schema(make_engine(db))
     total = 2000
@@ -93,7 +101,9 @@ def test_sigkill_mid_run_and_restart_leaves_one_row_per_face(backend: str, tmp_p
     assert 0 < stored < total, f"kill landed outside the run ({stored} frames stored)"
     # 3. Restart: it reclaims the dead consumers' pending entries and finishes.
     time.sleep(0.3)
-    done = subprocess.run([*store, "--idle-timeout", "2"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*store, "--idle-timeout", "2"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     n_events, distinct, n_frames = counts(db)
     assert (n_events, distinct, n_frames) == (faces, faces, total)
@@ -102,7 +112,9 @@ def test_sigkill_mid_run_and_restart_leaves_one_row_per_face(backend: str, tmp_p
     assert redis_client.xlen(DEAD_LETTER_STREAM) == 0
 
 
-def test_sigterm_mid_run_acks_what_it_committed_and_exits_within_10s(tmp_path: Path, redis_url: str, redis_client: redis.Redis) -> None:
+def test_sigterm_mid_run_acks_what_it_committed_and_exits_within_10s(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
     db = f"sqlite:///{tmp_path / 'term.db'}"
     create_schema(make_engine(db))
     total = 3000
@@ -122,7 +134,9 @@ def test_sigterm_mid_run_acks_what_it_committed_and_exits_within_10s(tmp_path: P
     assert 200 <= stored < total, f"SIGTERM landed outside the run ({stored} frames stored)"
     # Ack after commit: nothing it committed is left pending, and nothing is left pending that is not committed.
     assert pending(redis_client) == 0
-    last = next(g for g in redis_client.xinfo_groups(EVENTS_STREAM) if g["name"] == STORAGE_GROUP.encode())["last-delivered-id"]
+    last = next(g for g in redis_client.xinfo_groups(EVENTS_STREAM) if g["name"] == STORAGE_GROUP.encode())[
+        "last-delivered-id"
+    ]
     unread = len(redis_client.xrange(EVENTS_STREAM, b"(" + last, "+"))
     assert total - unread == stored  # every entry it read was committed (Redis 6 has no entries-read field)
     # The rest is still there for the next worker.
@@ -131,7 +145,9 @@ def test_sigterm_mid_run_acks_what_it_committed_and_exits_within_10s(tmp_path: P
     assert counts(db)[2] == total and pending(redis_client) == 0
 
 
-def test_malformed_messages_are_dead_lettered_with_reason(tmp_path: Path, redis_url: str, redis_client: redis.Redis, settings) -> None:
+def test_malformed_messages_are_dead_lettered_with_reason(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, settings
+) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'dl.db'}")
     create_schema(engine)
     good = make_messages(5)
@@ -155,7 +171,9 @@ def test_malformed_messages_are_dead_lettered_with_reason(tmp_path: Path, redis_
     assert pending(redis_client) == 0
 
 
-def test_postgresql_outage_is_retried_in_place_and_loses_nothing(pg_url: str, pg_server: str, redis_client: redis.Redis, settings) -> None:
+def test_postgresql_outage_is_retried_in_place_and_loses_nothing(
+    pg_url: str, pg_server: str, redis_client: redis.Redis, settings
+) -> None:
     """The database is renamed away (every connection fails) while a batch is in hand, then comes back."""
     import psycopg
 
@@ -221,7 +239,9 @@ def test_cli_errors_are_one_line_with_exit_codes(tmp_path: Path, args: list[str]
     create_schema(engine)
     insert_idempotent(engine, make_messages(3))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERVID_")}
-    proc = subprocess.run([sys.executable, "-m", "fervid.cli", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fervid.cli", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60
+    )
     assert proc.returncode == code, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr and "hunter2" not in proc.stderr
 
@@ -245,7 +265,9 @@ def test_connection_lost_inside_the_transaction_is_retried(pg_url: str, settings
 
     monkeypatch.setattr(psycopg.Cursor, "execute", flaky)
     msgs = make_messages(30)
-    outcome = StorageStage(engine, settings).handle([(Delivery(EVENTS_STREAM, f"{i}-0", {}), m) for i, m in enumerate(msgs)])
+    outcome = StorageStage(engine, settings).handle(
+        [(Delivery(EVENTS_STREAM, f"{i}-0", {}), m) for i, m in enumerate(msgs)]
+    )
     assert failures == [1] and len(outcome.done) == 30
     n = sum(len(m.emotions) for m in msgs)
     assert counts(pg_url) == (n, n, 30)
@@ -259,7 +281,10 @@ def test_two_workers_writing_the_same_messages_concurrently_on_postgresql(pg_url
 
     create_schema(make_engine(pg_url))
     msgs = make_messages(400, faces=3) + make_messages(200, camera="cam2", seed=5, faces=3)
-    batches = [[(Delivery(EVENTS_STREAM, f"{i}-{j}", {}), m) for j, m in enumerate(msgs[i : i + 16])] for i in range(0, len(msgs), 16)]
+    batches = [
+        [(Delivery(EVENTS_STREAM, f"{i}-{j}", {}), m) for j, m in enumerate(msgs[i : i + 16])]
+        for i in range(0, len(msgs), 16)
+    ]
     errors: list[BaseException] = []
 
     def worker(order: list) -> None:
@@ -268,7 +293,7 @@ def test_two_workers_writing_the_same_messages_concurrently_on_postgresql(pg_url
             stage = StorageStage(engine, settings)
             for batch in order:
                 assert len(stage.handle(batch).done) == len(batch)
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:
             errors.append(exc)
         finally:
             engine.dispose()

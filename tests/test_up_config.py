@@ -35,7 +35,15 @@ def test_up_with_a_cameras_file_stores_every_face_once(
     up = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     status_file = data / "up.json"
     try:
-        wait_for("ingest, detector, classifier and storage running", lambda: status_file.exists() and sorted(json.loads(status_file.read_text())) == ["classifier-1", "detector-1", "ingest", "storage"], 60, [up])
+        wait_for(
+            "ingest, detector, classifier and storage running",
+            lambda: (
+                status_file.exists()
+                and sorted(json.loads(status_file.read_text())) == ["classifier-1", "detector-1", "ingest", "storage"]
+            ),
+            60,
+            [up],
+        )
 
         def published() -> int:
             return int(redis_client.hget(camera_key("hall", "stats"), "published") or 0)
@@ -59,12 +67,16 @@ def test_up_with_a_cameras_file_stores_every_face_once(
     assert_every_face_once(pg_url, "hall", n, len(truth.boxes[0]))
 
 
-def test_ingest_exits_within_10s_of_sigterm_while_publishing(redis_url: str, redis_client: redislib.Redis, sample_clip: Any, tmp_path: Path) -> None:
+def test_ingest_exits_within_10s_of_sigterm_while_publishing(
+    redis_url: str, redis_client: redislib.Redis, sample_clip: Any, tmp_path: Path
+) -> None:
     clip, _ = sample_clip
     config = tmp_path / "cameras.yaml"
     config.write_text(f"cameras:\n  - {{name: loopy, url: '{clip}', loop: true}}\n")  # every frame, forever
     env = {**os.environ, "FERVID_BUS__FRAME_BACKLOG": "20"}  # no detector: the publisher soon waits for room
-    proc = subprocess.Popen([*FERVID, "ingest", "--config", str(config), "--redis", redis_url], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*FERVID, "ingest", "--config", str(config), "--redis", redis_url], env=env, stderr=subprocess.PIPE, text=True
+    )
     try:
         wait_for("frames published", lambda: redis_client.xlen(frames_stream("loopy")) >= 5, 60, [proc])  # type: ignore[list-item]
         _, err = sigterm_within(proc, 10)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
-def wait_for(what: str, cond: Callable[[], Any], timeout: float, watch: Sequence[subprocess.Popen[Any] | threading.Thread] = ()) -> Any:
+def wait_for(
+    what: str, cond: Callable[[], Any], timeout: float, watch: Sequence[subprocess.Popen[Any] | threading.Thread] = ()
+) -> Any:
     """Poll `cond` until it returns something truthy, and return that. Fails after `timeout` s, or at once when a
     watched process or thread has ended: the condition could then only time out, and the error says why."""
     deadline = time.monotonic() + timeout

@@ -58,25 +58,29 @@ def main() -> None:
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress of every stage to stderr.")]
 DbUrl = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--db", help="Database URL (default: SQLite under the data dir; env FERVID_DB_URL)."),
 ]
 RedisUrl = Annotated[
-    Optional[str],
-    typer.Option("--redis", help="Redis URL, e.g. redis://localhost:6379/0 (default: an embedded Redis; env FERVID_REDIS_URL)."),
+    str | None,
+    typer.Option(
+        "--redis", help="Redis URL, e.g. redis://localhost:6379/0 (default: an embedded Redis; env FERVID_REDIS_URL)."
+    ),
 ]
-DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Where embedded Redis and SQLite live (default ./fervid-data).")]
-
-
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where embedded Redis and SQLite live (default ./fervid-data).")
+]
 
 
 def _register_commands() -> None:
-    from fervid.cli import demo  # noqa: F401  (registers demo, timeline)
-    from fervid.cli import ingest  # noqa: F401  (registers ingest, cameras)
-    from fervid.cli import storage  # noqa: F401  (registers store, migrate, prune, api, grafana)
-    from fervid.cli import services  # noqa: F401  (registers detect, classify, ingest-files)
-    from fervid.cli import up  # noqa: F401  (registers up)
-    from fervid.cli import classifier  # noqa: F401  (registers train, evaluate, compare, export)
+    from fervid.cli import (
+        classifier,  # noqa: F401  (registers train, evaluate, compare, export)
+        demo,  # noqa: F401  (registers demo, timeline)
+        ingest,  # noqa: F401  (registers ingest, cameras)
+        services,  # noqa: F401  (registers detect, classify, ingest-files)
+        storage,  # noqa: F401  (registers store, migrate, prune, api, grafana)
+        up,  # noqa: F401  (registers up)
+    )
 
 
 _register_commands()

@@ -43,7 +43,15 @@ def write_annotated(spec: Any, first_seq: int, settings: Any, out: Path) -> int:
     faces: dict[int, list[FaceLabel]] = {}
     engine = make_engine(settings.resolved_db_url)
     with engine.connect() as conn:
-        columns = [EventRow.frame_seq, EventRow.x, EventRow.y, EventRow.w, EventRow.h, EventRow.track_id, EventRow.label]
+        columns = [
+            EventRow.frame_seq,
+            EventRow.x,
+            EventRow.y,
+            EventRow.w,
+            EventRow.h,
+            EventRow.track_id,
+            EventRow.label,
+        ]
         columns += [getattr(EventRow, f"p_{e}") for e in EMOTIONS]
         rows = conn.execute(select(*columns).where(EventRow.camera == spec.camera, EventRow.frame_seq >= first_seq))
         for seq, x, y, w, h, track_id, label, *probs in rows:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -57,11 +57,13 @@ def compare(
     models: Annotated[str, typer.Option(help="Comma-separated registry names, e.g. densenet161,resnet152,vgg16.")],
     data: Annotated[Path, typer.Option(help="FER-2013 CSV or an ImageFolder root.")],
     epochs: Annotated[int, typer.Option(help="Epochs per model.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Output directory: one sub-directory per model + comparison.md.")],
-    weights: Annotated[Optional[str], typer.Option(help="imagenet, none or a PATH, for every model.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size for every model (default 64).")] = None,
-    freeze_epochs: Annotated[Optional[int], typer.Option(help="Head-only epochs before the backbone is unfrozen.")] = None,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (default on).")] = None,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Output directory: one sub-directory per model + comparison.md.")
+    ],
+    weights: Annotated[str | None, typer.Option(help="imagenet, none or a PATH, for every model.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size for every model (default 64).")] = None,
+    freeze_epochs: Annotated[int | None, typer.Option(help="Head-only epochs before the backbone is unfrozen.")] = None,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (default on).")] = None,
 ) -> None:
     """Train and evaluate several models on the same data; writes comparison.md and overlay curves."""
     from classifier.compare import compare as run_compare
@@ -70,7 +72,11 @@ def compare(
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
         raise ConfigError("--models is empty: give names such as densenet161,resnet152,vgg16")
-    given = {k: v for k, v in dict(weights=weights, batch_size=batch_size, freeze_epochs=freeze_epochs, amp=amp).items() if v is not None}
+    given = {
+        k: v
+        for k, v in dict(weights=weights, batch_size=batch_size, freeze_epochs=freeze_epochs, amp=amp).items()
+        if v is not None
+    }
     base = TrainConfig(model=names[0], data=str(data), out=str(out_dir), epochs=epochs, **given) if given else None  # type: ignore[arg-type]
     try:
         report = run_compare(names, data, epochs, out_dir, base=base)
@@ -82,7 +88,9 @@ def compare(
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A best.pt written by `fervid train`.")],
-    onnx_path: Annotated[Optional[Path], typer.Option("--out", help="Where to write the .onnx (default: beside the checkpoint).")] = None,
+    onnx_path: Annotated[
+        Path | None, typer.Option("--out", help="Where to write the .onnx (default: beside the checkpoint).")
+    ] = None,
 ) -> None:
     """Export a checkpoint to ONNX (dynamic batch), checked against the PyTorch outputs."""
     from classifier.export import export_onnx

@@ -6,7 +6,7 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -17,16 +17,27 @@ from fervid.errors import FervidError
 
 @app.command()
 def demo(
-    sources: Annotated[Optional[list[str]], typer.Argument(help="Video files, rtsp:// URLs or webcams. None: a generated sample clip.")] = None,
-    camera: Annotated[Optional[list[str]], typer.Option("--camera", help="Camera name per source (default: file stem).")] = None,
-    fps: Annotated[Optional[float], typer.Option(help="Analysis rate in frames/s (default: every frame of a file).")] = None,
-    seconds: Annotated[Optional[float], typer.Option(help="Stop after this many seconds of video.")] = None,
+    sources: Annotated[
+        list[str] | None, typer.Argument(help="Video files, rtsp:// URLs or webcams. None: a generated sample clip.")
+    ] = None,
+    camera: Annotated[
+        list[str] | None, typer.Option("--camera", help="Camera name per source (default: file stem).")
+    ] = None,
+    fps: Annotated[
+        float | None, typer.Option(help="Analysis rate in frames/s (default: every frame of a file).")
+    ] = None,
+    seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds of video.")] = None,
     db: DbUrl = None,
     redis: RedisUrl = None,
     data_dir: DataDir = None,
-    detector: Annotated[Optional[str], typer.Option(help="Face detector backend.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Emotion classifier model.")] = None,
-    annotate: Annotated[Optional[Path], typer.Option("--annotate", help="Also write the (first) video with faces, track ids, labels and probabilities drawn.")] = None,
+    detector: Annotated[str | None, typer.Option(help="Face detector backend.")] = None,
+    model: Annotated[str | None, typer.Option(help="Emotion classifier model.")] = None,
+    annotate: Annotated[
+        Path | None,
+        typer.Option(
+            "--annotate", help="Also write the (first) video with faces, track ids, labels and probabilities drawn."
+        ),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Run the whole pipeline on video files (or cameras) in one process, then print a summary."""
@@ -40,7 +51,9 @@ def demo(
     from fervid.worker import StopFlag
     from ingest.runner import SourceSpec
 
-    settings = load_settings(data_dir=data_dir, db_url=db, redis_url=redis, detector__backend=detector, classifier__model=model)
+    settings = load_settings(
+        data_dir=data_dir, db_url=db, redis_url=redis, detector__backend=detector, classifier__model=model
+    )
     if not sources:
         from fervid.sample import make_sample_clip
 
@@ -73,9 +86,18 @@ def demo(
     embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir)
     redis_url = settings.redis_url or embedded.url  # type: ignore[union-attr]
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} frames stored"), TimeElapsedColumn(), console=console, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed} frames stored"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
             task = bar.add_task("analysing", total=None)
-            summary = run_pipeline(specs, settings, redis_url, stop=stop, on_progress=lambda p: bar.update(task, completed=p.stored))
+            summary = run_pipeline(
+                specs, settings, redis_url, stop=stop, on_progress=lambda p: bar.update(task, completed=p.stored)
+            )
     finally:
         if embedded:
             embedded.close()
@@ -99,7 +121,9 @@ def demo(
             raise FervidError(f"--annotate: no frame of {specs[0].url} was analysed")
         n = write_annotated(specs[0], summary.first_seq[specs[0].camera], settings, annotate)
         out.print(f"Annotated video ({n} frames): {annotate}")
-    out.print(f"Timeline: fervid timeline {summary.cameras[0]} --db {settings.resolved_db_url}" if summary.cameras else "")
+    out.print(
+        f"Timeline: fervid timeline {summary.cameras[0]} --db {settings.resolved_db_url}" if summary.cameras else ""
+    )
 
 
 def _default_camera_name(url: str, index: int) -> str:
@@ -118,18 +142,19 @@ def timeline(
     camera: Annotated[str, typer.Argument(help="Camera name.")],
     db: DbUrl = None,
     data_dir: DataDir = None,
-    since: Annotated[Optional[str], typer.Option(help="Start: ISO-8601 or a duration ago (30m, 2h).")] = None,
-    until: Annotated[Optional[str], typer.Option(help="End (exclusive): ISO-8601 or a duration ago.")] = None,
+    since: Annotated[str | None, typer.Option(help="Start: ISO-8601 or a duration ago (30m, 2h).")] = None,
+    until: Annotated[str | None, typer.Option(help="End (exclusive): ISO-8601 or a duration ago.")] = None,
     bucket: Annotated[str, typer.Option(help="Bucket size: 1s, 10s, 1m, 1h, 1d, ...")] = "10s",
     format: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
     labels: Annotated[str, typer.Option(help="raw (per frame) or smoothed (per track) labels.")] = "raw",
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also write a stacked-area PNG of emotion shares here.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Also write a stacked-area PNG of emotion shares here.")
+    ] = None,
 ) -> None:
     """Emotion timeline of one camera: faces, label counts and mean probabilities per time bucket."""
     from fervid.contracts import EMOTIONS
     from fervid.settings import load_settings
-    from storage.db import make_engine
-    from storage.db import create_schema
+    from storage.db import create_schema, make_engine
     from storage.timeline import parse_bucket_ms, parse_time
     from storage.timeline import timeline as query
 
@@ -172,5 +197,10 @@ def timeline(
         table.add_column(e[:4], justify="right")
     table.add_column("dominant")
     for b in buckets:
-        table.add_row(b["start"].replace("T", " ").removesuffix("Z"), str(b["faces"]), *[str(b["counts"][e]) for e in EMOTIONS], b["dominant"])
+        table.add_row(
+            b["start"].replace("T", " ").removesuffix("Z"),
+            str(b["faces"]),
+            *[str(b["counts"][e]) for e in EMOTIONS],
+            b["dominant"],
+        )
     out.print(table)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -21,7 +21,8 @@ def ingest(
     redis: RedisUrl = None,
     data_dir: DataDir = None,
     metrics_port: Annotated[
-        Optional[int], typer.Option("--metrics-port", help="Serve /metrics, /health, /ready here; 0 = off (env FERVID_METRICS_PORT).")
+        int | None,
+        typer.Option("--metrics-port", help="Serve /metrics, /health, /ready here; 0 = off (env FERVID_METRICS_PORT)."),
     ] = None,
     verbose: Verbose = False,
 ) -> None:
@@ -77,7 +78,9 @@ def cameras(redis: RedisUrl = None, data_dir: DataDir = None) -> None:
     for col in ("camera", "state", "fps", "frames", "drops", "reconnects", "last error", "age"):
         table.add_column(col, justify="right" if col in ("fps", "frames", "drops", "reconnects", "age") else "left")
     for r in rows:
-        table.add_row(r["camera"], r["state"], r["fps"], r["frames"], r["drops"], r["reconnects"], r["last_error"], r["age"])
+        table.add_row(
+            r["camera"], r["state"], r["fps"], r["frames"], r["drops"], r["reconnects"], r["last_error"], r["age"]
+        )
     out.print(table)
 
 

@@ -10,22 +10,25 @@ left pending for another replica. A second SIGTERM exits at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 
-from fervid.cli import DataDir, DbUrl, RedisUrl, Verbose, _setup_logging, app
+from fervid.cli import DataDir, RedisUrl, Verbose, _setup_logging, app
 from fervid.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 MetricsPort = Annotated[
-    Optional[int],
-    typer.Option("--metrics-port", help="Serve /metrics, /health and /ready on this port; 0 = off (env FERVID_METRICS_PORT)."),
+    int | None,
+    typer.Option(
+        "--metrics-port", help="Serve /metrics, /health and /ready on this port; 0 = off (env FERVID_METRICS_PORT)."
+    ),
 ]
-Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")]
-BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Messages per batch.")]
+Device = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Messages per batch.")]
 
 
 def serve_stage(
@@ -61,7 +64,9 @@ def serve_stage(
         loaded["stage"] = stage
         stop.install_signal_handlers()
         log.info("%s: ready", service)
-        stats = run_stage(stage, bus, stop=stop, block_ms=settings.bus.block_ms, max_messages=max_messages, idle_timeout=idle_timeout)
+        stats = run_stage(
+            stage, bus, stop=stop, block_ms=settings.bus.block_ms, max_messages=max_messages, idle_timeout=idle_timeout
+        )
         return stats, stage
     finally:
         health.close()
@@ -82,7 +87,7 @@ def _exit_now_on_signal() -> None:
 def detect(
     redis: RedisUrl = None,
     data_dir: DataDir = None,
-    detector: Annotated[Optional[str], typer.Option(help="Face detector backend (env FERVID_DETECTOR__BACKEND).")] = None,
+    detector: Annotated[str | None, typer.Option(help="Face detector backend (env FERVID_DETECTOR__BACKEND).")] = None,
     device: Device = None,
     batch_size: BatchSize = None,
     metrics_port: MetricsPort = None,
@@ -113,13 +118,16 @@ def detect(
 def classify(
     redis: RedisUrl = None,
     data_dir: DataDir = None,
-    model: Annotated[Optional[str], typer.Option(help="Emotion model (env FERVID_CLASSIFIER__MODEL).")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="A trained checkpoint; overrides --model.")] = None,
+    model: Annotated[str | None, typer.Option(help="Emotion model (env FERVID_CLASSIFIER__MODEL).")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="A trained checkpoint; overrides --model.")] = None,
     device: Device = None,
     batch_size: BatchSize = None,
     compile: Annotated[
-        Optional[bool],
-        typer.Option("--compile/--no-compile", help="torch.compile the model at start-up (env FERVID_CLASSIFIER__COMPILE): ~2x on CPU; needs a C++ compiler."),
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the model at start-up (env FERVID_CLASSIFIER__COMPILE): ~2x on CPU; needs a C++ compiler.",
+        ),
     ] = None,
     metrics_port: MetricsPort = None,
     verbose: Verbose = False,
@@ -140,7 +148,12 @@ def classify(
         from classifier.worker import ClassifierStage
 
         cfg = settings.classifier
-        return ClassifierStage(bus, load_classifier(cfg.model, cfg.checkpoint, cfg.device, compile=cfg.compile, max_crops=cfg.max_crops), settings, stop.is_set)
+        return ClassifierStage(
+            bus,
+            load_classifier(cfg.model, cfg.checkpoint, cfg.device, compile=cfg.compile, max_crops=cfg.max_crops),
+            settings,
+            stop.is_set,
+        )
 
     serve_stage("classifier", CLASSIFIER_GROUP, settings, build)
 
@@ -148,9 +161,11 @@ def classify(
 @app.command("ingest-files")
 def ingest_files(
     sources: Annotated[list[str], typer.Argument(help="Video files (or URLs) to publish once through.")],
-    camera: Annotated[Optional[list[str]], typer.Option("--camera", help="Camera name per source (default: file stem).")] = None,
-    fps: Annotated[Optional[float], typer.Option(help="Analysis rate in frames/s (default: every frame).")] = None,
-    seconds: Annotated[Optional[float], typer.Option(help="Stop after this many seconds of video.")] = None,
+    camera: Annotated[
+        list[str] | None, typer.Option("--camera", help="Camera name per source (default: file stem).")
+    ] = None,
+    fps: Annotated[float | None, typer.Option(help="Analysis rate in frames/s (default: every frame).")] = None,
+    seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds of video.")] = None,
     redis: RedisUrl = None,
     metrics_port: MetricsPort = None,
     verbose: Verbose = False,
@@ -188,7 +203,9 @@ def ingest_files(
                 validate_camera_name(name)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
-            counters = run_source(bus, SourceSpec(name, url, fps=fps, seconds=seconds), settings, should_stop=stop.is_set)
+            counters = run_source(
+                bus, SourceSpec(name, url, fps=fps, seconds=seconds), settings, should_stop=stop.is_set
+            )
             log.info("%s: published %d frames (%d dropped)", name, counters.published, counters.dropped)
             if stop.is_set():
                 break

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Annotated, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -20,11 +20,17 @@ def store(
     redis: RedisUrl = None,
     db: DbUrl = None,
     data_dir: DataDir = None,
-    claim_idle_ms: Annotated[Optional[int], typer.Option(help="Reclaim entries another consumer left unacked this long (ms).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Events per transaction.")] = None,
-    max_messages: Annotated[Optional[int], typer.Option(help="Stop after this many messages (tests, one-off drains).")] = None,
-    idle_timeout: Annotated[Optional[float], typer.Option(help="Stop after this many seconds without a message.")] = None,
-    metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve /metrics, /health and /ready on this port; 0 = off.")] = None,
+    claim_idle_ms: Annotated[
+        int | None, typer.Option(help="Reclaim entries another consumer left unacked this long (ms).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Events per transaction.")] = None,
+    max_messages: Annotated[
+        int | None, typer.Option(help="Stop after this many messages (tests, one-off drains).")
+    ] = None,
+    idle_timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds without a message.")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Serve /metrics, /health and /ready on this port; 0 = off.")
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """The storage service: EventsMsg from `fervid:events` → rows in SQL → ack. SIGTERM finishes the batch in hand."""
@@ -46,8 +52,12 @@ def store(
         create_schema(engine)
         return StorageStage(engine, settings, stop.is_set)
 
-    stats, stage = serve_stage("storage", STORAGE_GROUP, settings, build, max_messages=max_messages, idle_timeout=idle_timeout)
-    console.print(f"stored {stage.frames_written} frames, {stage.rows_written} new event rows; {stats.dead} dead-lettered")
+    stats, stage = serve_stage(
+        "storage", STORAGE_GROUP, settings, build, max_messages=max_messages, idle_timeout=idle_timeout
+    )
+    console.print(
+        f"stored {stage.frames_written} frames, {stage.rows_written} new event rows; {stats.dead} dead-lettered"
+    )
 
 
 @app.command()
@@ -121,7 +131,12 @@ def api(
     # uvicorn shuts down gracefully on SIGTERM, restores the handler it found and re-raises the signal: with this
     # handler that ends the process with status 0, as every other fervid worker does, not killed by the signal.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(create_app(engine, token=token, redis_url=settings.redis_url), host=host, port=port, log_level="info" if verbose else "warning")
+    uvicorn.run(
+        create_app(engine, token=token, redis_url=settings.redis_url),
+        host=host,
+        port=port,
+        log_level="info" if verbose else "warning",
+    )
 
 
 grafana_app = typer.Typer(help="Grafana dashboards as code.", no_args_is_help=True)
@@ -140,8 +155,13 @@ def grafana_export(directory: Annotated[Path, typer.Argument(help="Where to writ
 @grafana_app.command("provision")
 def grafana_provision(
     url: Annotated[str, typer.Option(help="Grafana URL, e.g. http://localhost:3000")],
-    token: Annotated[Optional[str], typer.Option(help="Grafana service-account token (env GRAFANA_TOKEN).", envvar="GRAFANA_TOKEN")] = None,
-    db_url: Annotated[Optional[str], typer.Option("--db-url", help="PostgreSQL URL Grafana uses to reach the database (default: FERVID_DB_URL).")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Grafana service-account token (env GRAFANA_TOKEN).", envvar="GRAFANA_TOKEN")
+    ] = None,
+    db_url: Annotated[
+        str | None,
+        typer.Option("--db-url", help="PostgreSQL URL Grafana uses to reach the database (default: FERVID_DB_URL)."),
+    ] = None,
 ) -> None:
     """Create or update the PostgreSQL datasource, the fervid folder and the dashboards (idempotent)."""
     from fervid.settings import load_settings

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -23,18 +23,29 @@ def _has_command(name: str) -> bool:
 
 @app.command()
 def up(
-    source: Annotated[Optional[list[str]], typer.Option("--source", help="A video file to ingest once (repeatable).")] = None,
-    camera: Annotated[Optional[list[str]], typer.Option("--camera", help="Camera name per --source (default: file stem).")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="cameras.yaml for `fervid ingest --config` (live cameras).")] = None,
-    fps: Annotated[Optional[float], typer.Option(help="Analysis rate of --source files in frames/s (default: every frame).")] = None,
+    source: Annotated[
+        list[str] | None, typer.Option("--source", help="A video file to ingest once (repeatable).")
+    ] = None,
+    camera: Annotated[
+        list[str] | None, typer.Option("--camera", help="Camera name per --source (default: file stem).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="cameras.yaml for `fervid ingest --config` (live cameras).")
+    ] = None,
+    fps: Annotated[
+        float | None, typer.Option(help="Analysis rate of --source files in frames/s (default: every frame).")
+    ] = None,
     detectors: Annotated[int, typer.Option("--detectors", min=1, help="Detector replicas.")] = 1,
     classifiers: Annotated[int, typer.Option("--classifiers", min=1, help="Classifier replicas.")] = 1,
     redis: RedisUrl = None,
     db: DbUrl = None,
     data_dir: DataDir = None,
-    metrics_port: Annotated[int, typer.Option("--metrics-port", help="First metrics port; worker i gets this + i. 0 = off.")] = 0,
+    metrics_port: Annotated[
+        int, typer.Option("--metrics-port", help="First metrics port; worker i gets this + i. 0 = off.")
+    ] = 0,
     until_drained: Annotated[
-        bool, typer.Option("--until-drained", help="Stop once the --source files are ingested and every frame is stored.")
+        bool,
+        typer.Option("--until-drained", help="Stop once the --source files are ingested and every frame is stored."),
     ] = False,
     drain_timeout: Annotated[float, typer.Option(help="With --until-drained: fail after this many seconds.")] = 600.0,
     stop_timeout: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping.")] = 10.0,
@@ -80,7 +91,11 @@ def up(
     redis_url = settings.redis_url or embedded.url  # type: ignore[union-attr]
     db_url = settings.db_url or f"sqlite:///{data / 'fervid.db'}"
     env = {"FERVID_REDIS_URL": redis_url, "FERVID_DB_URL": db_url, "FERVID_DATA_DIR": str(data)}
-    console.print(f"[up] redis {redact_url(redis_url)}  db {redact_url(db_url)}  logs {data / 'logs'}", highlight=False, markup=False)
+    console.print(
+        f"[up] redis {redact_url(redis_url)}  db {redact_url(db_url)}  logs {data / 'logs'}",
+        highlight=False,
+        markup=False,
+    )
     sup = Supervisor(
         specs, env=env, log_dir=data / "logs", stop_timeout=stop_timeout, status_file=data / "up.json",
         on_status=lambda line: console.print(line, highlight=False, markup=False),
@@ -114,7 +129,15 @@ def up(
 
 def _drain_check(sup: Any, redis_url: str, settings: Any, deadline: float) -> Any:
     from fervid.bus import Bus, connect
-    from fervid.contracts import CAMERAS_KEY, CLASSIFIER_GROUP, DETECTOR_GROUP, EVENTS_STREAM, FACES_STREAM, STORAGE_GROUP, frames_stream
+    from fervid.contracts import (
+        CAMERAS_KEY,
+        CLASSIFIER_GROUP,
+        DETECTOR_GROUP,
+        EVENTS_STREAM,
+        FACES_STREAM,
+        STORAGE_GROUP,
+        frames_stream,
+    )
 
     probe = Bus(connect(redis_url), "probe")
     calm_since: list[float] = []
@@ -136,5 +159,3 @@ def _drain_check(sup: Any, redis_url: str, settings: Any, deadline: float) -> An
         return calm_since[-1] - calm_since[0] >= 0.5  # empty twice, half a second apart
 
     return drained
-
-

@@ -36,7 +36,10 @@ def upgrade() -> None:
         sa.Column("ts_ms", sa.BigInteger, nullable=False),
         *[sa.Column(c, sa.Float, nullable=False) for c in ("x", "y", "w", "h", "det_score")],
         sa.Column("track_id", sa.BigInteger, nullable=True),
-        *[sa.Column(f"p_{e}", sa.Float, nullable=False) for e in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")],
+        *[
+            sa.Column(f"p_{e}", sa.Float, nullable=False)
+            for e in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+        ],
         sa.Column("label", sa.String(16), nullable=False),
         sa.Column("label_smoothed", sa.String(16), nullable=True),
         sa.Column("model", sa.String(128), nullable=False),

@@ -33,18 +33,48 @@ def upgrade() -> None:
     )
     op.create_index("ix_tracks_camera_last", "tracks", ["camera", "last_ts_ms"])
     bind = op.get_bind()
-    bind.execute(sa.text("INSERT INTO cameras (name, first_seen_ms, last_seen_ms) SELECT camera, min(ts_ms), max(ts_ms) FROM frames GROUP BY camera"))
+    bind.execute(
+        sa.text(
+            "INSERT INTO cameras (name, first_seen_ms, last_seen_ms) SELECT camera, min(ts_ms), max(ts_ms) FROM frames GROUP BY camera"
+        )
+    )
     means = ", ".join(f"avg(p_{e}) AS mean_{e}" for e in EMOTIONS)
     rows = bind.execute(
-        sa.text(f"SELECT camera, track_id, min(ts_ms) AS lo, max(ts_ms) AS hi, count(*) AS n, {means} FROM events WHERE track_id IS NOT NULL GROUP BY camera, track_id")
+        sa.text(
+            f"SELECT camera, track_id, min(ts_ms) AS lo, max(ts_ms) AS hi, count(*) AS n, {means} FROM events WHERE track_id IS NOT NULL GROUP BY camera, track_id"
+        )
     ).all()
     if rows:
-        tracks = sa.table("tracks", *[sa.column(c) for c in ["camera", "track_id", "first_ts_ms", "last_ts_ms", "n_faces", "dominant", *[f"mean_{e}" for e in EMOTIONS]]])
+        tracks = sa.table(
+            "tracks",
+            *[
+                sa.column(c)
+                for c in [
+                    "camera",
+                    "track_id",
+                    "first_ts_ms",
+                    "last_ts_ms",
+                    "n_faces",
+                    "dominant",
+                    *[f"mean_{e}" for e in EMOTIONS],
+                ]
+            ],
+        )
         values = []
         for r in rows:
             m = {f"mean_{e}": float(getattr(r, f"mean_{e}")) for e in EMOTIONS}
             dominant = max(EMOTIONS, key=lambda e: m[f"mean_{e}"])
-            values.append(dict(camera=r.camera, track_id=r.track_id, first_ts_ms=r.lo, last_ts_ms=r.hi, n_faces=r.n, dominant=dominant, **m))
+            values.append(
+                dict(
+                    camera=r.camera,
+                    track_id=r.track_id,
+                    first_ts_ms=r.lo,
+                    last_ts_ms=r.hi,
+                    n_faces=r.n,
+                    dominant=dominant,
+                    **m,
+                )
+            )
         op.bulk_insert(tracks, values)
 
 

@@ -27,7 +27,16 @@ def upgrade() -> None:
     n = ", ".join(f"sum(CASE WHEN label = '{e}' THEN 1 ELSE 0 END)" for e in EMOTIONS)
     s = ", ".join(f"sum(CASE WHEN coalesce(label_smoothed, label) = '{e}' THEN 1 ELSE 0 END)" for e in EMOTIONS)
     p = ", ".join(f"sum(p_{e})" for e in EMOTIONS)
-    cols = ", ".join(["camera", "minute_ms", "faces", *[f"n_{e}" for e in EMOTIONS], *[f"s_{e}" for e in EMOTIONS], *[f"sum_{e}" for e in EMOTIONS]])
+    cols = ", ".join(
+        [
+            "camera",
+            "minute_ms",
+            "faces",
+            *[f"n_{e}" for e in EMOTIONS],
+            *[f"s_{e}" for e in EMOTIONS],
+            *[f"sum_{e}" for e in EMOTIONS],
+        ]
+    )
     op.execute(
         f"INSERT INTO events_1m ({cols}) SELECT camera, ts_ms - ts_ms % 60000, count(*), {n}, {s}, {p} "
         "FROM events GROUP BY camera, ts_ms - ts_ms % 60000"
