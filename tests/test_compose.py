@@ -268,7 +268,7 @@ def test_keda_detector_query_reads_the_bus_metrics_workers_export(redis_client) 
     assert len(detector.read([KEYS.frames("cam-a")], 2, 100)) == 2
 
     registry = CollectorRegistry()
-    registry.register(BusCollector(redis_client))
+    registry.register(BusCollector(redis_client, KEYS))
     exposition = generate_latest(registry).decode()
     samples = [s for f in text_string_to_metric_families(exposition) for s in f.samples]
     # Two scraped workers report the same streams (the reason for max by (stream)): add a second instance.
