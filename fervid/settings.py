@@ -29,8 +29,12 @@ class BusSettings(_Section):
     # Faces and events are never dropped; producers wait. These bound Redis memory while a stage is down.
     faces_backlog: int = Field(512, ge=1)
     events_backlog: int = Field(4096, ge=1)
-    # A consumer that has not acked for this long is presumed dead and its entries are claimed by another.
+    # An entry pending this long is claimed by another consumer even when its consumer still looks alive (hung).
     claim_idle_ms: int = Field(30_000, ge=100)
+    # Each consumer proves it is alive every heartbeat_ms / 5 (on a thread, so a slow batch still counts as alive);
+    # once its heartbeat is this old, the consumer is dead and its entries are claimed at once, without waiting
+    # for claim_idle_ms. Five beats of slack ride out a busy CPU; a killed worker costs about this much.
+    heartbeat_ms: int = Field(5_000, ge=500)
     # A message delivered this many times without an ack is a poison message: dead-lettered.
     max_deliveries: int = Field(3, ge=1)
     block_ms: int = Field(500, ge=1)

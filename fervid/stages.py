@@ -58,10 +58,10 @@ def serve(
     max_messages: int | None = None,
     idle_timeout: float | None = None,
 ) -> tuple[LoopStats, Stage[Any]]:
-    """Run one stage as a service: connect, serve health and metrics, build the stage (loads its model), run the
-    worker loop until SIGTERM (or the bounded mode's limits). ``/health`` answers while the model loads, ``/ready``
-    once it is loaded."""
-    from fervid.bus import Bus, connect
+    """Run one stage as a service: connect (waiting for Redis however long it is away), serve health and metrics,
+    build the stage (loads its model), run the worker loop until SIGTERM (or the bounded mode's limits).
+    ``/health`` answers while the model loads, ``/ready`` once it is loaded."""
+    from fervid.bus import Bus, connect_waiting
     from fervid.metrics import serve_health
     from fervid.worker import run_stage
 
@@ -69,7 +69,7 @@ def serve(
         raise ConfigError(f"{entry.name} needs a shared Redis: set FERVID_REDIS_URL or pass --redis")
     exit_now_on_signal()  # nothing is in flight until the model is loaded: SIGTERM/Ctrl-C exits at once
     stop = StopFlag()
-    client = connect(settings.redis_url)
+    client = connect_waiting(settings.redis_url, entry.name)
     built: list[Stage[Any]] = []
     health = serve_health(
         entry.name, settings.metrics_port, client, settings.keys, {"model": lambda: None if built else "loading"}

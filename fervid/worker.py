@@ -1,8 +1,9 @@
 """The one worker loop every consuming stage runs: read a batch → decode → handle → ack.
 
 A stage supplies its input streams, its message type and a ``handle`` that publishes outputs. The loop owns
-everything else: dead letters, reconnecting to a lost Redis, a bounded mode for tests (``max_messages``,
-``idle_timeout``) and graceful stop (first SIGTERM finishes and acks the batch in hand; the second exits).
+everything else: dead letters, the consumer's heartbeat, riding out a lost Redis (the batch in hand is kept and
+handled again), a bounded mode for tests (``max_messages``, ``idle_timeout``) and graceful stop (first SIGTERM
+finishes and acks the batch in hand; the second exits).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Protocol, TypeVar
 import redis
 
 from fervid.backoff import Backoff
-from fervid.bus import Bus, Delivery, StopRequested
+from fervid.bus import Bus, Delivery, Heartbeat, StopRequested
 from fervid.contracts import BadMessage
 from fervid.metrics import (
     STAGE_BATCH_FAILURES,
@@ -99,19 +100,28 @@ def run_stage(
     max_messages: int | None = None,
     idle_timeout: float | None = None,
 ) -> LoopStats:
-    """Run `stage` until stopped, or until `max_messages` were handled, or nothing arrived for `idle_timeout` s."""
+    """Run `stage` until stopped, or until `max_messages` were handled, or nothing arrived for `idle_timeout` s.
+
+    While it runs, a :class:`Heartbeat` proves the consumer alive, so a killed worker's entries are claimed by
+    another within seconds. A batch that Redis vanished under is kept and handled again once Redis is back (its
+    entries are still pending on this consumer; what was already published is published again, which storage's
+    idempotent insert absorbs), so an outage of any length never turns good messages into dead letters.
+    """
     stop = stop or StopFlag()
     stats = LoopStats()
     backoff = Backoff(initial=0.2, cap=10.0)
     idle_since = time.monotonic()
     log.info("%s: consuming as %s", stage.name, bus.consumer)
+    heartbeat = Heartbeat(bus).start()
+    unsettled: list[Delivery] = []  # a batch in hand when Redis went away: handled again first
     try:
         while not stop.is_set():
             if max_messages is not None and stats.messages >= max_messages:
                 break
-            batch: list[Delivery] = []
+            batch = unsettled
             try:
-                batch = bus.read_batch(stage.input_streams, stage.batch_size, stage.max_wait_ms, block_ms)
+                if not batch:
+                    batch = bus.read_batch(stage.input_streams, stage.batch_size, stage.max_wait_ms, block_ms)
                 if not batch:
                     if idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
                         break
@@ -119,20 +129,30 @@ def run_stage(
                 started = time.perf_counter()
                 outcome = _process(stage, bus, batch)
                 bus.ack(outcome.done)
+                unsettled = []
                 if stop.is_set():  # a stage that stopped mid-batch returned what it finished; hand back the rest
                     settled = {d.id for d in outcome.done} | {d.id for d, _ in outcome.dead}
                     _release(bus, [d for d in batch if d.id not in settled])
                 STAGE_HANDLE_SECONDS.labels(stage.name).observe(time.perf_counter() - started)
                 backoff.reset()
             except StopRequested:
+                unsettled = []
                 _release(bus, batch)  # stays pending, marked idle: another replica claims it at once
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                unsettled = batch
                 delay = backoff.next_delay()
-                log.warning("%s: Redis unreachable (%s); retrying in %.1fs", stage.name, exc, delay)
+                log.warning(
+                    "%s: Redis unreachable (%s); retrying in %.1fs%s",
+                    stage.name,
+                    exc,
+                    delay,
+                    f" (holding a batch of {len(batch)})" if batch else "",
+                )
                 stop.wait(delay)
                 continue
             except Exception:
+                unsettled = []
                 STAGE_BATCH_FAILURES.labels(stage.name).inc()
                 # A bug or an unexpected failure of the whole batch: it stays pending, is claimed again after
                 # the idle timeout, and is dead-lettered once it has failed `max_deliveries` times.
@@ -148,7 +168,9 @@ def run_stage(
             STAGE_MESSAGES.labels(stage.name).inc(len(batch))
             STAGE_DEAD_LETTERS.labels(stage.name).inc(len(outcome.dead))
     finally:
+        _release(bus, unsettled)  # stopped while Redis was away: hand the batch back if Redis is here again
         _close(stage)
+        heartbeat.stop()
         log.info("%s: stopped after %d messages (%d dead-lettered)", stage.name, stats.messages, stats.dead)
     return stats
 

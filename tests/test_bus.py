@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from fervid.bus import Bus, StopRequested, connect, redact_url
+from fervid.bus import Bus, Heartbeat, StopRequested, connect, redact_url
 from fervid.contracts import FrameMsg, FrameRef, Keys
 from fervid.errors import ServiceUnavailable
 
@@ -124,10 +124,58 @@ def test_dead_consumers_entries_are_reclaimed_then_dead_lettered(redis_client: r
     (third,) = survivor.read([STREAM], 10, 10)
     assert third.deliveries == 3
     survivor.dead_letter(third, "delivered 3 times")
-    ((entry_id, fields),) = redis_client.xrange(KEYS.dead)
+    ((_, fields),) = redis_client.xrange(KEYS.dead)
     assert fields[b"dl_reason"] == b"delivered 3 times" and fields[b"dl_stream"] == STREAM.encode()
     assert FrameMsg.decode(fields).frame.seq == 0  # the original payload is kept for replay
     assert redis_client.xpending(STREAM, "detector")["pending"] == 0
+
+
+def pending_of(client: redis.Redis, stream: str, group: str = "detector") -> dict[str, int]:
+    return {c["name"].decode(): int(c["pending"]) for c in client.xpending(stream, group)["consumers"] or []}
+
+
+def test_a_dead_consumers_entries_are_claimed_at_once_a_live_ones_never(redis_client: redis.Redis) -> None:
+    """Heartbeats: entries of a consumer whose heartbeat expired (killed) are claimed by the next read, long before
+    claim_idle_ms; a consumer that keeps beating keeps its batch however long it takes; one that never beat (a
+    tool) is left to the idle timeout; one that stopped gracefully (retired) is dead at once."""
+    producer = Bus(redis_client, "ingest")
+    for i in range(6):
+        producer.publish(STREAM, frame(i), downstream_group="detector", backlog=100)
+
+    def bus(name: str) -> Bus:
+        return Bus(redis_client, "detector", name, claim_idle_ms=60_000, heartbeat_ms=300)
+
+    killed, slow, silent, survivor = bus("killed"), bus("slow"), bus("silent"), bus("survivor")
+    killed.beat()
+    assert seqs(killed.read([STREAM], 2, 10)) == [0, 1]  # then it is killed: it beats no more
+    beating = Heartbeat(slow).start()  # alive, holding a batch that takes long
+    try:
+        assert seqs(slow.read([STREAM], 2, 10)) == [2, 3]
+        assert seqs(silent.read([STREAM], 2, 10)) == [4, 5]
+        time.sleep(0.5)  # killed's heartbeat has expired; slow's is fresh
+        got = survivor.read([STREAM], 10, 10)
+        assert seqs(got) == [0, 1] and [d.deliveries for d in got] == [2, 2]
+        time.sleep(1.1)  # past the next dead check
+        assert survivor.read([STREAM], 10, 10) == []
+        assert pending_of(redis_client, STREAM) == {"slow": 2, "silent": 2, "survivor": 2}
+    finally:
+        beating.stop()  # a graceful stop retires the heartbeat: what slow still holds goes at once
+    survivor._last_dead_check = 0.0
+    assert seqs(survivor.read([STREAM], 10, 10)) == [2, 3]
+    assert pending_of(redis_client, STREAM) == {"silent": 2, "survivor": 4}
+
+
+def test_a_dead_consumers_deleted_entries_are_acked_not_delivered(redis_client: redis.Redis) -> None:
+    producer = Bus(redis_client, "ingest")
+    ids = [producer.publish(STREAM, frame(i), downstream_group="detector", backlog=100).id for i in range(2)]
+    killed = Bus(redis_client, "detector", "killed", heartbeat_ms=300)
+    killed.beat()
+    assert len(killed.read([STREAM], 2, 10)) == 2
+    redis_client.xdel(STREAM, ids[0])  # dropped while pending (a live camera's backlog)
+    time.sleep(0.5)
+    survivor = Bus(redis_client, "detector", "survivor", heartbeat_ms=300)
+    assert seqs(survivor.read([STREAM], 10, 10)) == [1]
+    assert redis_client.xpending(STREAM, "detector")["pending"] == 1  # only the live one, now the survivor's
 
 
 def test_read_batch_fills_up_to_max_items_within_max_wait(redis_client: redis.Redis) -> None:
@@ -141,7 +189,7 @@ def test_read_batch_fills_up_to_max_items_within_max_wait(redis_client: redis.Re
 
 
 def test_unreachable_redis_is_one_clear_error() -> None:
-    with pytest.raises(ServiceUnavailable, match="cannot reach Redis at redis://\\*\\*\\*@127.0.0.1:1"):
+    with pytest.raises(ServiceUnavailable, match=r"cannot reach Redis at redis://\*\*\*@127\.0\.0\.1:1"):
         connect("redis://:secret@127.0.0.1:1/0")
 
 
@@ -170,7 +218,9 @@ def test_read_of_several_streams_never_exceeds_count(redis_client: redis.Redis) 
         assert len(batch) <= 2
         consumer.ack(batch)
         got += batch
-    assert sorted((d.stream, s) for d, s in zip(got, seqs(got))) == [(s, i) for s in streams for i in range(4)]
+    assert sorted((d.stream, s) for d, s in zip(got, seqs(got), strict=True)) == [
+        (s, i) for s in streams for i in range(4)
+    ]
     # Surplus of a stream no longer read is not served (it stays pending, for whoever reads that stream now).
     for s in streams:
         producer.publish(s, frame(9), downstream_group="detector", backlog=10)

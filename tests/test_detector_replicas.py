@@ -227,3 +227,21 @@ def test_a_stale_holder_cannot_keep_a_lease_it_lost(redis_client: redis.Redis) -
     assert not a.hold("cam")  # a checks before publishing: not its camera any more
     change = a.tick(["cam"])
     assert change.held == [] and change.lost == ["cam"]
+
+
+def test_a_dead_replicas_leases_are_freed_once_its_heartbeat_expires(redis_client: redis.Redis) -> None:
+    """A replica killed with 60 s leases: another takes its cameras seconds later (its consumer heartbeat expired),
+    not after the lease TTL; a replica that still beats keeps its leases."""
+    cameras = ["c1", "c2"]
+    beats = {name: Bus(redis_client, DETECTOR_GROUP, name, heartbeat_ms=300) for name in ("killed", "alive", "new")}
+    for bus in beats.values():
+        bus.beat()
+    killed, alive = (CameraLeases(redis_client, name, ttl_ms=60_000) for name in ("killed", "alive"))
+    assert killed.tick(cameras).held == cameras  # alone at first: both cameras
+    assert alive.tick(cameras).held == []  # its share is one, but both are held by a live replica
+    beats["killed"].beat()  # still alive: nothing moves
+    assert alive.tick(cameras).held == []
+    time.sleep(0.5)  # killed stops beating; its leases have 59 s left
+    beats["alive"].beat()
+    assert alive.tick(cameras).held == cameras  # the dead replica is out of the fair share, its leases free
+    assert set(owners(redis_client, cameras).values()) == {"alive"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -71,6 +72,17 @@ def demo(
         if is_live(specs[0].url):
             raise FervidError(f"--annotate needs a video file as the first source, not {specs[0].url}")
 
+    if settings.redis_url and "FERVID_NAMESPACE" not in os.environ:
+        # A Redis others may use: the demo keeps to its own namespace, so it consumes only the cameras it ingests.
+        from fervid.bus import private_namespace, redact_url
+
+        settings = settings.model_copy(update={"namespace": private_namespace(settings.data_dir)})
+        console.print(
+            f"Redis {redact_url(settings.redis_url)}: namespace {settings.namespace} (this data dir's own; "
+            "FERVID_NAMESPACE chooses another)",
+            highlight=False,
+            markup=False,
+        )
     stop = StopFlag()
     stop.install_signal_handlers()
     with (

@@ -124,7 +124,7 @@ def api(
     # handler that ends the process with status 0, as every other fervid worker does, not killed by the signal.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
-        create_app(engine, token=token, redis_url=settings.redis_url),
+        create_app(engine, token=token, redis_url=settings.redis_url, keys=settings.keys),
         host=host,
         port=port,
         log_level="info" if verbose else "warning",

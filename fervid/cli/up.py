@@ -109,9 +109,15 @@ def _supervise(
 
     data: Path = settings.data_dir
     db_url = settings.resolved_db_url
-    env = {"FERVID_REDIS_URL": redis_url, "FERVID_DB_URL": db_url, "FERVID_DATA_DIR": str(data)}
+    env = {
+        "FERVID_REDIS_URL": redis_url,
+        "FERVID_DB_URL": db_url,
+        "FERVID_DATA_DIR": str(data),
+        "FERVID_NAMESPACE": settings.namespace,  # every worker reads and writes the same keys as this process
+    }
     console.print(
-        f"[up] redis {redact_url(redis_url)}  db {redact_url(db_url)}  logs {data / 'logs'}",
+        f"[up] redis {redact_url(redis_url)}  namespace {settings.namespace}  db {redact_url(db_url)}"
+        f"  logs {data / 'logs'}",
         highlight=False,
         markup=False,
     )
@@ -141,10 +147,17 @@ def _supervise(
 
 
 def _drain_check(sup: Any, redis_url: str, settings: Any, deadline: float) -> Callable[[], bool]:
-    from fervid.bus import Bus, connect
+    """True once the one-shot workers (file ingest) are done and the pipeline has drained. Rides out Redis being
+    away (however long: the workers wait for it too): the check just says "not yet" until it answers again."""
+    import redis
 
-    probe = Bus.from_settings(connect(redis_url), "probe", settings)
+    from fervid.bus import Bus, redact_url
+
+    probe = Bus.from_settings(
+        redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30), "probe", settings
+    )
     calm_since: list[float] = []
+    away_since: list[float] = []
 
     def drained() -> bool:
         if sup.failed():
@@ -153,7 +166,23 @@ def _drain_check(sup: Any, redis_url: str, settings: Any, deadline: float) -> Ca
             raise FervidError("the pipeline did not drain in time; see the worker logs")
         if not sup.oneshots_done():
             return False
-        if probe.pipeline_backlog():
+        try:
+            backlog = probe.pipeline_backlog()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            calm_since.clear()
+            if not away_since:
+                away_since.append(time.monotonic())
+                console.print(
+                    f"[up] Redis at {redact_url(redis_url)} unreachable ({exc}); waiting for it to drain",
+                    highlight=False,
+                    markup=False,
+                )
+            return False
+        if away_since:
+            console.print(
+                f"[up] Redis is back after {time.monotonic() - away_since.pop():.0f}s", highlight=False, markup=False
+            )
+        if backlog:
             calm_since.clear()
             return False
         calm_since.append(time.monotonic())
