@@ -14,14 +14,11 @@ everything else waits for room. Consumed entries are trimmed as the producer goe
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,6 +35,7 @@ from redis.exceptions import ResponseError
 from fervid.backoff import Backoff
 from fervid.contracts import Keys, Message, Policy
 from fervid.errors import ServiceUnavailable
+from fervid.supervisor import die_with_parent
 
 if TYPE_CHECKING:
     from fervid.settings import Settings
@@ -213,7 +211,7 @@ def connect_waiting(url: str, service: str) -> redis.Redis:
         client = _client(url)
     except ValueError as exc:
         raise ServiceUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}") from exc
-    backoff = Backoff(initial=0.2, cap=10.0)
+    backoff = Backoff(initial=0.2, cap=2.0)
     while True:
         try:
             client.ping()
@@ -284,7 +282,7 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent(os.getpid()),
+            preexec_fn=die_with_parent(),
         )
         self.pid = self._proc.pid
         self.url = f"unix://{socket_path}"
@@ -341,20 +339,6 @@ class EmbeddedRedis:
 def _quoted(path: Path) -> str:
     """A path as a redis.conf string (double quotes; backslashes and quotes escaped)."""
     return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _die_with_parent(parent: int) -> Callable[[], None] | None:
-    """For Popen's preexec_fn: on Linux, have the kernel SIGTERM the child when the thread that started it dies
-    (PR_SET_PDEATHSIG), however it dies; if the parent is already gone by then, exit at once."""
-    if not sys.platform.startswith("linux"):
-        return None
-
-    def preexec() -> None:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
 
 
 @contextmanager

@@ -8,11 +8,14 @@ worker (file ingest) that exits 0 is done; one that fails is not restarted, beca
 publish its frames again under new sequence numbers.
 
 Stopping: SIGTERM to every worker (each finishes or returns its batch), up to ``stop_timeout`` seconds, then
-SIGKILL for any still alive.
+SIGKILL for any still alive. Workers never outlive the supervisor: on Linux each gets SIGTERM from the kernel when
+the supervisor dies, however it dies (:func:`die_with_parent`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -178,6 +181,7 @@ class Supervisor:
             stdout=child.log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         child.state = "running"
         child.backoff.mark_up()
@@ -187,10 +191,8 @@ class Supervisor:
         )
 
     def _signal(self, child: Child, sig: signal.Signals) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             child.proc.send_signal(sig)  # type: ignore[union-attr]
-        except ProcessLookupError:
-            pass
 
     def _status(self, child: Child, what: str) -> None:
         self.on_status(f"[up] {child.spec.name:<14} pid {child.pid or '-':<7} {what}")
@@ -211,6 +213,22 @@ class Supervisor:
         tmp = self.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(self.status_file)
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A Popen ``preexec_fn`` for a child that must not outlive this process: on Linux the kernel sends it SIGTERM
+    when the thread that started it dies, SIGKILL included (PR_SET_PDEATHSIG); if this process died before the
+    child got that far, the child exits at once. None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 def _describe_rc(rc: int | None) -> str:

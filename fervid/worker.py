@@ -109,7 +109,10 @@ def run_stage(
     """
     stop = stop or StopFlag()
     stats = LoopStats()
-    backoff = Backoff(initial=0.2, cap=10.0)
+    backoff = Backoff(initial=0.2, cap=10.0)  # after a failed batch
+    # After Redis went away: a refused connection costs Redis nothing, and a short cap gets the worker going again
+    # within a couple of seconds of Redis's return, however long the outage was.
+    reconnect = Backoff(initial=0.2, cap=2.0)
     idle_since = time.monotonic()
     log.info("%s: consuming as %s", stage.name, bus.consumer)
     heartbeat = Heartbeat(bus).start()
@@ -122,6 +125,7 @@ def run_stage(
             try:
                 if not batch:
                     batch = bus.read_batch(stage.input_streams, stage.batch_size, stage.max_wait_ms, block_ms)
+                    reconnect.reset()
                 if not batch:
                     if idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
                         break
@@ -141,7 +145,7 @@ def run_stage(
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 unsettled = batch
-                delay = backoff.next_delay()
+                delay = reconnect.next_delay()
                 log.warning(
                     "%s: Redis unreachable (%s); retrying in %.1fs%s",
                     stage.name,
