@@ -16,7 +16,8 @@ each replica holds a lease per camera and reads only the frame streams it holds:
 
 Before publishing a frame the holder checks that the lease is still its own for at least half the TTL
 (renewing it if needed), so a replica that stalled past its TTL never publishes a frame that the new holder
-also publishes. This assumes no pause longer than the TTL between that check and the XADD (milliseconds).
+also publishes. This assumes no pause longer than the TTL between that check and the XADD (milliseconds). A
+lease that expired while no other replica took it (Redis was away longer than the TTL) is simply taken back.
 """
 
 from __future__ import annotations
@@ -75,12 +76,18 @@ for k = 1, #held do held[k] = held[k] - 2 end
 return held
 """
 
-# KEYS: lease keys.  ARGV: me, ttl_ms.  Extends (and returns 1 for) each lease that is still ours.
+# KEYS: lease keys.  ARGV: me, ttl_ms.  Extends (and returns 1 for) each lease that is still ours, and takes back
+# one that expired while nobody else took it (Redis was away longer than the TTL: the frames in hand stay ours,
+# instead of being handed back and re-delivered, which would count towards dead-lettering).
 _EXTEND_LUA = """
 local out = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then
+  local owner = redis.call('GET', key)
+  if owner == ARGV[1] then
     redis.call('PEXPIRE', key, ARGV[2])
+    out[i] = 1
+  elseif not owner then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
     out[i] = 1
   else
     out[i] = 0

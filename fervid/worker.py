@@ -110,9 +110,7 @@ def run_stage(
     stop = stop or StopFlag()
     stats = LoopStats()
     backoff = Backoff(initial=0.2, cap=10.0)  # after a failed batch
-    # After Redis went away: a refused connection costs Redis nothing, and a short cap gets the worker going again
-    # within a couple of seconds of Redis's return, however long the outage was.
-    reconnect = Backoff(initial=0.2, cap=2.0)
+    redis_away = _RedisAway(stage.name)
     idle_since = time.monotonic()
     log.info("%s: consuming as %s", stage.name, bus.consumer)
     heartbeat = Heartbeat(bus).start()
@@ -125,7 +123,7 @@ def run_stage(
             try:
                 if not batch:
                     batch = bus.read_batch(stage.input_streams, stage.batch_size, stage.max_wait_ms, block_ms)
-                    reconnect.reset()
+                    redis_away.back()
                 if not batch:
                     if idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
                         break
@@ -133,6 +131,7 @@ def run_stage(
                 started = time.perf_counter()
                 outcome = _process(stage, bus, batch)
                 bus.ack(outcome.done)
+                redis_away.back()
                 unsettled = []
                 if stop.is_set():  # a stage that stopped mid-batch returned what it finished; hand back the rest
                     settled = {d.id for d in outcome.done} | {d.id for d, _ in outcome.dead}
@@ -145,15 +144,7 @@ def run_stage(
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 unsettled = batch
-                delay = reconnect.next_delay()
-                log.warning(
-                    "%s: Redis unreachable (%s); retrying in %.1fs%s",
-                    stage.name,
-                    exc,
-                    delay,
-                    f" (holding a batch of {len(batch)})" if batch else "",
-                )
-                stop.wait(delay)
+                stop.wait(redis_away.failed(exc, len(batch)))
                 continue
             except Exception:
                 unsettled = []
@@ -177,6 +168,30 @@ def run_stage(
         heartbeat.stop()
         log.info("%s: stopped after %d messages (%d dead-lettered)", stage.name, stats.messages, stats.dead)
     return stats
+
+
+class _RedisAway:
+    """Riding out a Redis outage: one warning when it goes, one when it is back (not one per retry), and the wait
+    before each retry. A refused connection costs Redis nothing, so the cap is short: the worker goes again within
+    a couple of seconds of Redis's return, however long the outage was."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.since: float | None = None
+        self.backoff = Backoff(initial=0.2, cap=2.0)
+
+    def failed(self, exc: Exception, holding: int) -> float:
+        if self.since is None:
+            self.since = time.monotonic()
+            held = f"; holding a batch of {holding}" if holding else ""
+            log.warning("%s: Redis unreachable (%s); retrying every <= 2 s%s", self.stage, exc, held)
+        return self.backoff.next_delay()
+
+    def back(self) -> None:
+        if self.since is not None:
+            log.warning("%s: Redis is back after %.0fs", self.stage, time.monotonic() - self.since)
+            self.since = None
+            self.backoff.reset()
 
 
 def _close(stage: object) -> None:

@@ -51,8 +51,9 @@ class RedisServer:
         args += ["--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"]
         log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 - the child holds it; closed here below
         try:
-            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)  # fmt: skip
+            self.proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         finally:
             log.close()
         client = redis.Redis(port=self.port, socket_connect_timeout=1)

@@ -245,3 +245,14 @@ def test_a_dead_replicas_leases_are_freed_once_its_heartbeat_expires(redis_clien
     beats["alive"].beat()
     assert alive.tick(cameras).held == cameras  # the dead replica is out of the fair share, its leases free
     assert set(owners(redis_client, cameras).values()) == {"alive"}
+
+
+def test_a_lease_that_expired_while_nobody_took_it_is_taken_back(redis_client: redis.Redis) -> None:
+    """Redis away longer than the TTL: the holder's frames in hand stay its own, not handed back for re-delivery."""
+    a = CameraLeases(redis_client, "a", ttl_ms=300)
+    assert a.tick(["cam"]).held == ["cam"]
+    time.sleep(0.4)  # expired; no other replica took it
+    assert not redis_client.exists(Keys().lease("cam"))
+    assert a.hold("cam")
+    assert owners(redis_client, ["cam"]) == {"cam": "a"}
+    assert a.tick(["cam"]).lost == []
