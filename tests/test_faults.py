@@ -424,12 +424,9 @@ def table(pytestconfig: pytest.Config) -> Iterator[list[Result]]:
             f"{r.faults_s:8.1f} {added}  {'; '.join(r.notes)}"
         )
     lines.append("added s: wall time beyond the clean run's, less the time the faults themselves lasted.")
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    for line in lines:
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
-            print(line)
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print("\n".join(lines), flush=True)
 
 
 @pytest.fixture(scope="module")
