@@ -225,9 +225,7 @@ def connect_waiting(url: str, service: str) -> redis.Redis:
 def _client(url: str) -> redis.Redis:
     # Commands block for at most a read's block_ms (about a second): a server that stops answering (a network
     # partition, not a refused connection) is noticed after socket_timeout instead of never.
-    return redis.Redis.from_url(
-        url, socket_connect_timeout=5, socket_timeout=30, socket_keepalive=True, health_check_interval=30
-    )
+    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
 
 
 def redact_url(url: str) -> str:
