@@ -88,3 +88,27 @@ def test_ingest_exits_within_10s_of_sigterm_while_publishing(
             proc.communicate()
     assert proc.returncode == 0, err[-2000:]
     assert (redis_client.hget(KEYS.camera("loopy", "state"), "state") or b"").decode() == "stopped"
+
+
+def test_the_drain_check_rides_out_redis_being_away(tmp_path: Path) -> None:
+    """`fervid up --until-drained`'s check says "not yet" while Redis is down, instead of failing the run."""
+    import signal
+    import time
+    from types import SimpleNamespace
+
+    from redis_server import RedisServer
+
+    from fervid.cli.up import _drain_check
+    from fervid.settings import load_settings
+
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        sup = SimpleNamespace(failed=lambda: [], oneshots_done=lambda: True, log_dir=tmp_path)
+        drained = _drain_check(sup, server.url, load_settings(data_dir=tmp_path), time.monotonic() + 300)
+        server.stop(signal.SIGKILL)
+        assert drained() is False  # no exception: the supervisor goes on
+        assert drained() is False
+        server.start()
+        wait_for("drained once Redis is back", drained, 30)
+    finally:
+        server.close()

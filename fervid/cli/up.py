@@ -150,12 +150,14 @@ def _drain_check(sup: Any, redis_url: str, settings: Any, deadline: float) -> Ca
     """True once the one-shot workers (file ingest) are done and the pipeline has drained. Rides out Redis being
     away (however long: the workers wait for it too): the check just says "not yet" until it answers again."""
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     from fervid.bus import Bus, redact_url
 
-    probe = Bus.from_settings(
-        redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30), "probe", settings
-    )
+    # No retries inside a call: an outage answers "not yet" at once and the supervisor goes on watching its workers.
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30, retry=Retry(NoBackoff(), 0))
+    probe = Bus.from_settings(client, "probe", settings)
     calm_since: list[float] = []
     away_since: list[float] = []
 
