@@ -1,9 +1,10 @@
 """No process left behind: a command that fails, is interrupted or is killed leaves no embedded redis-server and no
 worker running.
 
-Every command runs with a tag in its environment, which its children inherit (the embedded Redis, `fervid up`'s
-workers); afterwards no process may carry the tag. A child that outlived its parent would be reparented and
-invisible in the process tree, but not to this search.
+Every command runs with a tag in its environment, which its children inherit (`fervid up`'s workers), in a
+directory of its own, where the embedded redis-server works (Redis overwrites its environment with its process
+title, so it is found by its working directory); afterwards no such process may be left. A child that outlived
+its parent would be reparented and invisible in the process tree, but not to this search.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +28,22 @@ pytestmark = pytest.mark.slow
 FERVID = [sys.executable, "-m", "fervid"]
 
 
-def tagged(tag: str) -> list[psutil.Process]:
-    """Live processes started by a command run with `tag` (zombies awaiting their reaper are gone already)."""
+@dataclass(frozen=True)
+class Tag:
+    env: str  # FERVID_TEST_TAG in the command's environment
+    root: Path  # its working directory and data dir live here
+
+
+def tagged(tag: Tag) -> list[psutil.Process]:
+    """Live processes the command started (zombies awaiting their reaper are gone already)."""
     found = []
     for proc in psutil.process_iter():
         try:
-            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get("FERVID_TEST_TAG") == tag:
+            if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get("FERVID_TEST_TAG") == tag.env or Path(proc.cwd()).is_relative_to(tag.root):
                 found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except (psutil.NoSuchProcess, psutil.AccessDenied, FileNotFoundError):
             continue
     return found
 
@@ -48,9 +58,9 @@ def describe(procs: list[psutil.Process]) -> str:
     return "; ".join(out)
 
 
-def start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
-    tag = uuid.uuid4().hex
-    env = {**os.environ, "FERVID_TEST_TAG": tag}
+def start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], Tag]:
+    tag = Tag(uuid.uuid4().hex, tmp_path.resolve())
+    env = {**os.environ, "FERVID_TEST_TAG": tag.env}
     env.pop("FERVID_REDIS_URL", None)  # the embedded Redis, always
     proc = subprocess.Popen(
         [*FERVID, *args, "--data-dir", str(tmp_path / "data")],
@@ -63,11 +73,11 @@ def start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
     return proc, tag
 
 
-def embedded_redis(tag: str) -> list[psutil.Process]:
+def embedded_redis(tag: Tag) -> list[psutil.Process]:
     return [p for p in tagged(tag) if "redis-server" in p.name()]
 
 
-def assert_none_left(tag: str, within: float = 10.0) -> None:
+def assert_none_left(tag: Tag, within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     while (left := tagged(tag)) and time.monotonic() < deadline:
         time.sleep(0.1)
