@@ -173,7 +173,7 @@ def progress(client: redis.Redis, data: Path, cameras: int) -> dict[str, int]:
 
 def report(samples: list[dict[str, float]], warmup: float, restarts: dict[str, int], totals: dict[str, int]) -> None:
     after = [s for s in samples if s["t"] >= warmup]
-    names = [k for k in samples[0] if k != "t"] if samples else []
+    names = list(dict.fromkeys(k for s in samples for k in s if k != "t"))  # workers appear after the first sample
     print()
     print(f"{'process':<18} {'MB at warm-up':>13} {'min':>7} {'max':>7} {'last':>7} {'drift':>7}  within +-5%")
     for name in names:
