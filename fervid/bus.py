@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
+from redis.retry import Retry
 
 from fervid.backoff import Backoff
 from fervid.contracts import Keys, Message, Policy
@@ -224,8 +226,12 @@ def connect_waiting(url: str, service: str) -> redis.Redis:
 
 def _client(url: str) -> redis.Redis:
     # Commands block for at most a read's block_ms (about a second): a server that stops answering (a network
-    # partition, not a refused connection) is noticed after socket_timeout instead of never.
-    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
+    # partition, not a refused connection) is noticed after socket_timeout instead of never. One immediate retry
+    # on a fresh connection (a pooled one that died with a restarted server); the callers' loops do the waiting,
+    # so a worker told to stop while Redis is away is not held up by retries inside each call.
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30, retry=Retry(NoBackoff(), 1)
+    )
 
 
 def redact_url(url: str) -> str:

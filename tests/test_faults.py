@@ -129,6 +129,28 @@ def test_a_worker_keeps_its_batch_across_a_redis_crash(tmp_path: Path) -> None:
         server.close()
 
 
+def test_a_worker_told_to_stop_while_redis_is_away_stops_at_once(tmp_path: Path) -> None:
+    """No retries inside each call hold it up: the loop does the waiting, and a stop ends the wait."""
+    from fervid.bus import connect
+
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        bus = Bus(connect(server.url), "holder", claim_idle_ms=CLAIM_IDLE_MS)
+        stage, stop = HoldsThenPublishes(bus), StopFlag()
+        worker = threading.Thread(target=run_stage, args=(stage, bus), kwargs={"stop": stop, "block_ms": 100})
+        worker.start()
+        time.sleep(0.5)
+        server.stop(signal.SIGKILL)
+        time.sleep(3)  # the worker is retrying
+        stopped = time.monotonic()
+        stop.set()
+        worker.join(10)
+        assert not worker.is_alive()
+        assert time.monotonic() - stopped < 5  # generous: it has nothing to finish
+    finally:
+        server.close()
+
+
 # -- whole deployments ------------------------------------------------------------------------------------------
 
 
