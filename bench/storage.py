@@ -75,6 +75,7 @@ def rows_for(messages) -> tuple[list[dict], list[dict]]:
                 camera=f.camera, frame_seq=f.seq, face_index=e.index, ts_ms=ts_ms,
                 x=e.box.x, y=e.box.y, w=e.box.w, h=e.box.h, det_score=e.score, track_id=e.track_id,
                 label=e.label, label_smoothed=e.smoothed_label, model=msg.model, detector=msg.detector,
+                quality=e.quality,
             )  # fmt: skip
             row.update({f"p_{name}": p for name, p in zip(EMOTIONS, e.probs)})
             events.append(row)

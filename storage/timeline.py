@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from fervid.contracts import EMOTIONS
 from fervid.errors import ConfigError, NotFound
-from storage.db import CameraRow, EventRow, MinuteRow
+from storage.db import CameraRow, MinuteRow, events_table
 
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION = re.compile(r"^(\d{1,12})(ms|s|m|h|d)$")
@@ -28,6 +28,7 @@ EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 Labels = Literal["raw", "smoothed"]
+_ev = events_table.c
 
 
 def parse_duration_ms(text: str) -> int:
@@ -133,7 +134,7 @@ def timeline(
         if lo is not None and hi is not None:
             n_buckets = (hi - 1) // bucket_ms - lo // bucket_ms + 1
         else:
-            span = conn.execute(select(func.min(EventRow.ts_ms), func.max(EventRow.ts_ms)).where(*where)).one()
+            span = conn.execute(select(func.min(_ev.ts_ms), func.max(_ev.ts_ms)).where(*where)).one()
             n_buckets = 0 if span[0] is None else span[1] // bucket_ms - span[0] // bucket_ms + 1
         if n_buckets > MAX_BUCKETS:
             raise ConfigError(
@@ -142,11 +143,11 @@ def timeline(
         if bucket_ms % 60_000 == 0 and source == "auto":
             inner = _rollup_query(camera, bucket_ms, lo, hi, labels)
         else:
-            label = EventRow.label if labels == "raw" else func.coalesce(EventRow.label_smoothed, EventRow.label)
-            start = (EventRow.ts_ms - EventRow.ts_ms % bucket_ms).label("start")
+            label = _ev.label if labels == "raw" else func.coalesce(_ev.label_smoothed, _ev.label)
+            start = (_ev.ts_ms - _ev.ts_ms % bucket_ms).label("start")
             columns = [start, func.count().label("faces")]
             columns += [func.sum(case((label == e, 1), else_=0)).label(f"n_{e}") for e in EMOTIONS]
-            columns += [func.avg(getattr(EventRow, f"p_{e}")).label(f"mean_{e}") for e in EMOTIONS]
+            columns += [func.avg(_ev[f"p_{e}"]).label(f"mean_{e}") for e in EMOTIONS]
             inner = select(*columns).where(*where).group_by(start).subquery()
         counts = {e: inner.c[f"n_{e}"] for e in EMOTIONS}
         query = select(inner, dominant_case(counts).label("dominant")).order_by(inner.c.start)
@@ -186,15 +187,16 @@ def _rollup_query(camera: str, bucket_ms: int, lo: int | None, hi: int | None, l
         edges.append((lo, lo_up if hi is None else min(lo_up, hi)))  # type: ignore[type-var]
     if hi is not None:
         edges.append((hi_down if lo_up is None else max(hi_down, lo_up), hi))  # type: ignore[type-var]
-    label = EventRow.label if labels == "raw" else func.coalesce(EventRow.label_smoothed, EventRow.label)
+    label = _ev.label if labels == "raw" else func.coalesce(_ev.label_smoothed, _ev.label)
     for a, b in edges:
         if a >= b:
             continue
         parts.append(
             select(
-                (EventRow.ts_ms - EventRow.ts_ms % bucket_ms).label("start"), literal_column("1").label("faces"),
-                *[case((label == e, 1), else_=0).label(f"c_{e}") for e in EMOTIONS], *[getattr(EventRow, f"p_{e}").label(f"p_{e}") for e in EMOTIONS],
-            ).where(EventRow.camera == camera, EventRow.ts_ms >= a, EventRow.ts_ms < b)
+                (_ev.ts_ms - _ev.ts_ms % bucket_ms).label("start"), literal_column("1").label("faces"),
+                *[case((label == e, 1), else_=0).label(f"c_{e}") for e in EMOTIONS],
+                *[_ev[f"p_{e}"].label(f"p_{e}") for e in EMOTIONS],
+            ).where(_ev.camera == camera, _ev.ts_ms >= a, _ev.ts_ms < b)
         )  # fmt: skip
     u = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
     faces = func.sum(u.c.faces)
@@ -212,45 +214,59 @@ def events(
     label: str | None = None,
     limit: int = 100,
     after_id: int | None = None,
+    min_quality: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Event rows, oldest first, keyset-paged by id (pass the last id seen as `after_id`)."""
+    """Event rows, oldest first, keyset-paged by id (pass the last id seen as `after_id`). `min_quality` keeps
+    faces whose crop quality is known and at least that (rows stored before quality was kept have none)."""
     if label is not None and label not in EMOTIONS:
         raise ConfigError(f"unknown label {label!r}: use one of {', '.join(EMOTIONS)}")
+    if min_quality is not None and not 0.0 <= min_quality <= 1.0:
+        raise ConfigError(f"min_quality must be within 0..1, got {min_quality}")
     if not 1 <= limit <= 1000:
         raise ConfigError(f"limit must be within 1..1000, got {limit}")
     lo, hi = validate_range(since, until)
     where: list[Any] = []
     if camera is not None:
         require_camera(engine, camera)
-        where.append(EventRow.camera == camera)
+        where.append(_ev.camera == camera)
     if lo is not None:
-        where.append(EventRow.ts_ms >= lo)
+        where.append(_ev.ts_ms >= lo)
     if hi is not None:
-        where.append(EventRow.ts_ms < hi)
+        where.append(_ev.ts_ms < hi)
     if label is not None:
-        where.append(EventRow.label == label)
+        where.append(_ev.label == label)
     if after_id is not None:
-        where.append(EventRow.id > after_id)
-    cols = EventRow.__table__.c
+        where.append(_ev.id > after_id)
+    if min_quality is not None:
+        where.append(_ev.quality >= min_quality)
     with engine.connect() as conn:
-        rows = conn.execute(select(EventRow.__table__).where(*where).order_by(cols.id).limit(limit)).mappings().all()
-    out = []
-    for r in rows:
-        out.append(
-            {
-                "id": r["id"], "camera": r["camera"], "frame_seq": r["frame_seq"], "face_index": r["face_index"],
-                "ts": iso(r["ts_ms"]), "ts_ms": r["ts_ms"], "box": {k: r[k] for k in ("x", "y", "w", "h")},
-                "score": r["det_score"], "track_id": r["track_id"], "label": r["label"], "label_smoothed": r["label_smoothed"],
-                "probs": {e: r[f"p_{e}"] for e in EMOTIONS}, "model": r["model"], "detector": r["detector"],
-            }
-        )  # fmt: skip
-    return out
+        rows = conn.execute(select(events_table).where(*where).order_by(_ev.id).limit(limit)).mappings().all()
+    return [
+        {
+            "id": r["id"],
+            "camera": r["camera"],
+            "frame_seq": r["frame_seq"],
+            "face_index": r["face_index"],
+            "ts": iso(r["ts_ms"]),
+            "ts_ms": r["ts_ms"],
+            "box": {k: r[k] for k in ("x", "y", "w", "h")},
+            "score": r["det_score"],
+            "track_id": r["track_id"],
+            "label": r["label"],
+            "label_smoothed": r["label_smoothed"],
+            "quality": r["quality"],
+            "probs": {e: r[f"p_{e}"] for e in EMOTIONS},
+            "model": r["model"],
+            "detector": r["detector"],
+        }
+        for r in rows
+    ]
 
 
 def _filters(camera: str, lo: int | None, hi: int | None) -> list[Any]:
-    out: list[Any] = [EventRow.camera == camera]
+    out: list[Any] = [_ev.camera == camera]
     if lo is not None:
-        out.append(EventRow.ts_ms >= lo)
+        out.append(_ev.ts_ms >= lo)
     if hi is not None:
-        out.append(EventRow.ts_ms < hi)
+        out.append(_ev.ts_ms < hi)
     return out

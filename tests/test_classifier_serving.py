@@ -64,10 +64,12 @@ def test_stage_serves_best_pt_like_a_direct_forward(best_pt: Path, redis_client:
     crops = [jpeg(c) for c in real_crops()]
     producer = Bus(redis_client, "detector")
     for seq in range(3):  # 3 frames, 5 faces each, the same crops: batched across frames
-        faces = tuple(Face(i, Box(10, 10, 50, 50), 0.9, c, track_id=i) for i, c in enumerate(crops))
+        faces = tuple(
+            Face(index=i, box=Box(10, 10, 50, 50), score=0.9, crop=c, track_id=i) for i, c in enumerate(crops)
+        )
         producer.publish(
             FACES_STREAM,
-            FacesMsg(FrameRef("cam", seq, 100.0 + seq, 640, 480), "retinaface", faces),
+            FacesMsg(frame=FrameRef("cam", seq, 100.0 + seq, 640, 480), detector="retinaface", faces=faces),
             downstream_group="classifier",
             backlog=100,
         )
@@ -98,8 +100,12 @@ def test_decoding_luma_only_serves_what_the_color_decode_would() -> None:
     decode must give the same pixels but for JPEG's rounding (a few saturated pixels clamp in the color
     conversion), and the same labels."""
     crops = [jpeg(c) for c in real_crops()]
+    ref = FrameRef("cam", 0, 1.0, 640, 480)
     gray = [
-        decode_crop(FacesMsg(FrameRef("cam", 0, 1.0, 640, 480), "retinaface", (Face(0, Box(1, 1, 9, 9), 0.9, c),)), 0)
+        decode_crop(
+            FacesMsg(frame=ref, detector="retinaface", faces=(Face(index=0, box=Box(1, 1, 9, 9), score=0.9, crop=c),)),
+            0,
+        )
         for c in crops
     ]
     color = [cv2.imdecode(np.frombuffer(c, np.uint8), cv2.IMREAD_COLOR) for c in crops]
@@ -189,10 +195,19 @@ def test_a_corrupt_face_does_not_shift_the_next_frames_probabilities(redis_clien
     producer = Bus(redis_client, "detector")
     ref = lambda seq: FrameRef("cam", seq, 1.0 + seq, 640, 480)  # noqa: E731
     bad = FacesMsg(
-        ref(0), "retinaface", (Face(0, Box(1, 1, 9, 9), 0.9, jpeg(crops[0])), Face(1, Box(20, 1, 9, 9), 0.9, b"junk"))
+        frame=ref(0),
+        detector="retinaface",
+        faces=(
+            Face(index=0, box=Box(1, 1, 9, 9), score=0.9, crop=jpeg(crops[0])),
+            Face(index=1, box=Box(20, 1, 9, 9), score=0.9, crop=b"junk"),
+        ),
     )
     good = FacesMsg(
-        ref(1), "retinaface", tuple(Face(i, Box(1 + 20 * i, 1, 9, 9), 0.9, jpeg(c)) for i, c in enumerate(crops[1:4]))
+        frame=ref(1),
+        detector="retinaface",
+        faces=tuple(
+            Face(index=i, box=Box(1 + 20 * i, 1, 9, 9), score=0.9, crop=jpeg(c)) for i, c in enumerate(crops[1:4])
+        ),
     )
     for m in (bad, good):  # one batch: the dead frame's good face must not stay among the crops
         producer.publish(FACES_STREAM, m, downstream_group="classifier", backlog=100)
