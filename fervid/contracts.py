@@ -209,7 +209,8 @@ class EventColumn:
 
 
 # The event row, defined once: one row per face per frame. storage/db.py builds the table from it and
-# storage/write.py its insert; a new column also needs a migration (storage/migrations/versions/).
+# storage/write.py its insert. A new column is a line here (and a field on Emotion, carried by the encode/decode
+# of EventsMsg below, when the value is new) plus a migration (storage/migrations/versions/).
 EVENT_COLUMNS: tuple[EventColumn, ...] = (
     EventColumn("camera", "text", "frame.camera", length=64),
     EventColumn("frame_seq", "bigint", "frame.seq"),
@@ -225,23 +226,6 @@ EVENT_COLUMNS: tuple[EventColumn, ...] = (
     EventColumn("detector", "text", "message.detector", length=64),
     EventColumn("quality", "float8", "emotion.quality", nullable=True),
 )
-
-
-def event_row(msg: EventsMsg, emotion: Emotion) -> dict[str, Any]:
-    """The ``events`` row of one face, by column name: :data:`EVENT_COLUMNS` read plainly (storage's writer
-    builds the same values in bulk; the tests hold the two equal)."""
-    roots = {"frame": msg.frame, "emotion": emotion, "message": msg}
-    row = {}
-    for col in EVENT_COLUMNS:
-        root, _, path = col.source.partition(".")
-        value: Any = roots[root]
-        for part in path.split("."):
-            name, _, index = part.partition("[")
-            value = getattr(value, name)
-            if index:
-                value = value[int(index.rstrip("]"))]
-        row[col.name] = value
-    return row
 
 
 M = TypeVar("M", bound="Message")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
-from fervid.contracts import EMOTIONS, Box, Emotion, EventsMsg, FrameRef
+from fervid.contracts import EMOTIONS, EVENT_COLUMNS, Box, Emotion, EventsMsg, FrameRef
 
 T0 = 1_764_028_800.0  # 2025-11-25T00:00:00Z
 
@@ -36,3 +37,20 @@ def make_messages(
         frame = FrameRef(camera=camera, seq=seq, capture_ts=t0 + seq / fps, width=640, height=480)
         out.append(EventsMsg(frame=frame, detector="mtcnn", model="mini_xception", emotions=tuple(emotions)))
     return out
+
+
+def event_row(msg: EventsMsg, emotion: Emotion) -> dict[str, Any]:
+    """The ``events`` row of one face by column name: EVENT_COLUMNS read plainly, one attribute path at a time
+    (storage's writer builds the same values in bulk; the tests hold the two equal)."""
+    roots = {"frame": msg.frame, "emotion": emotion, "message": msg}
+    row = {}
+    for col in EVENT_COLUMNS:
+        root, _, path = col.source.partition(".")
+        value: Any = roots[root]
+        for part in path.split("."):
+            name, _, index = part.partition("[")
+            value = getattr(value, name)
+            if index:
+                value = value[int(index.rstrip("]"))]
+        row[col.name] = value
+    return row

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import pytest
+from storage_data import event_row
 
 from fervid.contracts import (
     EMOTIONS,
@@ -18,7 +19,6 @@ from fervid.contracts import (
     FacesMsg,
     FrameMsg,
     FrameRef,
-    event_row,
     frames_stream,
 )
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, inspect, select, text
-from storage_data import T0, make_messages
+from storage_data import T0, event_row, make_messages
 
-from fervid.contracts import EMOTIONS, event_row
+from fervid.contracts import EMOTIONS
 from fervid.errors import ConfigError, NotFound, ServiceUnavailable
 from storage.db import (
     CameraRow,
@@ -34,6 +34,9 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path):
     create_schema(eng)
     yield eng
     eng.dispose()
+
+
+ev = events_table.c
 
 
 def count(engine, table) -> int:
@@ -61,10 +64,8 @@ def test_redelivery_never_duplicates_rows_or_track_counts(engine) -> None:
     with engine.connect() as conn:
         tracks = {r.track_id: r for r in conn.execute(select(TrackRow.__table__))}
         cam = conn.execute(select(CameraRow.__table__)).one()
-        per_track = dict(conn.execute(select(EventRow.track_id, func.count()).group_by(EventRow.track_id)).all())
-        mean_happy = dict(
-            conn.execute(select(EventRow.track_id, func.avg(EventRow.p_happy)).group_by(EventRow.track_id)).all()
-        )
+        per_track = dict(conn.execute(select(ev.track_id, func.count()).group_by(ev.track_id)).all())
+        mean_happy = dict(conn.execute(select(ev.track_id, func.avg(ev.p_happy)).group_by(ev.track_id)).all())
     assert {t: r.n_faces for t, r in tracks.items()} == per_track
     for t, r in tracks.items():
         assert r.mean_happy == pytest.approx(mean_happy[t], abs=1e-9)
@@ -98,7 +99,7 @@ def test_prune_deletes_only_old_rows(engine) -> None:
     deleted = prune(engine, 30 * 86_400_000, now_ms=now_ms)
     assert deleted["frames"] == 50 and deleted["events"] > 0
     with engine.connect() as conn:
-        assert set(conn.execute(select(EventRow.camera).distinct()).scalars()) == {"cam2"}
+        assert set(conn.execute(select(ev.camera).distinct()).scalars()) == {"cam2"}
 
 
 @pytest.mark.parametrize(
