@@ -53,7 +53,7 @@ _GROUPS = {g: tuple(c for c in EVENT_COLUMNS if _group(c) == g) for g in ("frame
 if sum(map(len, _GROUPS.values())) != len(EVENT_COLUMNS) or [c.source for c in _GROUPS["probs"]] != [
     f"emotion.probs[{i}]" for i in range(len(EMOTIONS))
 ]:
-    raise ImportError(
+    raise ValueError(
         "every events column must read frame.<attr>, emotion.<attr> or message.<attr>, and the probabilities "
         f"emotion.probs[0..{len(EMOTIONS) - 1}] in order (fervid.contracts.EVENT_COLUMNS)"
     )

@@ -144,14 +144,15 @@ def test_event_columns_store_every_emotion_field_with_its_type() -> None:
     assert stored == {f.name for f in dataclasses.fields(Emotion)}
     bare = Emotion(index=0, box=Box(1, 2, 3, 4), score=0.5, probs=PROBS)
     nulls = {k for k, v in event_row(msg, bare).items() if v is None}
-    assert nulls == {c.name for c in EVENT_COLUMNS if c.nullable} == {"track_id", "label_smoothed", "quality"}
+    assert nulls == {c.name for c in EVENT_COLUMNS if c.nullable} and "quality" in nulls
     assert row["ts_ms"] == 1_700_000_000_250 and row["label"] == "happy" and row["p_happy"] == 0.7
 
 
 def test_from_face_carries_every_field_the_two_share() -> None:
+    assert all(getattr(FACE, f.name) != f.default for f in dataclasses.fields(Face))  # FACE sets every field
     emotion = Emotion.from_face(FACE, probs=PROBS)
     shared = {f.name for f in dataclasses.fields(Face)} & {f.name for f in dataclasses.fields(Emotion)}
-    assert shared == {"index", "box", "score", "track_id", "quality"}
+    assert {"index", "box", "score", "track_id", "quality"} <= shared
     assert all(getattr(emotion, name) == getattr(FACE, name) for name in shared)
     assert emotion.probs == PROBS and emotion.smoothed_label is None
 
