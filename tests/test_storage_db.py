@@ -24,7 +24,7 @@ from storage.db import (
     prune,
 )
 from storage.migrate import current_revision, head_revision
-from storage.timeline import parse_bucket_ms, parse_time, timeline
+from storage.timeline import events, parse_bucket_ms, parse_time, timeline
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -125,6 +125,14 @@ def test_unknown_camera_and_injection_are_not_found(engine) -> None:
         with pytest.raises(NotFound, match="unknown camera"):
             timeline(engine, name, 1000)
     assert count(engine, EventRow) > 0
+
+
+@pytest.mark.parametrize("min_quality", [-0.1, 1.5, float("nan")])
+def test_events_min_quality_is_within_zero_and_one(tmp_path: Path, min_quality: float) -> None:
+    eng = make_engine(f"sqlite:///{tmp_path / 'q.db'}")
+    create_schema(eng)
+    with pytest.raises(ConfigError, match=r"min_quality must be within 0\.\.1"):
+        events(eng, min_quality=min_quality)
 
 
 @pytest.mark.parametrize("text", ["0s", "1x", "-5m", "", "1 m", "10ms"])
