@@ -39,12 +39,14 @@ from sqlalchemy import text  # noqa: E402
 from storage_data import make_messages  # noqa: E402
 
 from fervid.bus import Bus, EmbeddedRedis  # noqa: E402
-from fervid.contracts import EMOTIONS, EVENTS_STREAM, STORAGE_GROUP  # noqa: E402
+from fervid.contracts import EMOTIONS, STORAGE_GROUP, Keys  # noqa: E402
 from fervid.settings import load_settings  # noqa: E402
 from fervid.worker import run_stage  # noqa: E402
 from storage.db import create_schema, insert_idempotent, make_engine  # noqa: E402
 from storage.timeline import timeline  # noqa: E402
 from storage.worker import StorageStage  # noqa: E402
+
+KEYS = Keys()  # the default namespace
 
 BATCH = 256
 
@@ -169,14 +171,14 @@ def worker_loop(engine, client, msgs, profile: bool = False):
     """The real storage worker (``run_stage`` + ``StorageStage``) draining ``fervid:events`` from Redis: read,
     decode, insert, ack. The messages are published before the clock starts."""
     reset(engine)
-    client.delete(EVENTS_STREAM)
+    client.delete(KEYS.events)
     pipe = client.pipeline(transaction=False)
     for m in msgs:
-        pipe.xadd(EVENTS_STREAM, m.encode())
+        pipe.xadd(KEYS.events, m.encode())
     pipe.execute()
     settings = load_settings(data_dir=Path(tempfile.gettempdir()) / "fervid-bench")
     bus = Bus(client, STORAGE_GROUP)
-    bus.ensure_group(EVENTS_STREAM)
+    bus.ensure_group(KEYS.events)
     stage = StorageStage(engine, settings)
     prof = cProfile.Profile() if profile else None
     t = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Message contracts between stages: stream names, group names and the typed, versioned messages.
+"""Message contracts between stages: Redis key names (under a namespace), group names and the typed, versioned
+messages.
 
 Every message crosses Redis as a flat stream entry: ``v`` (schema version), ``t`` (type), ``m`` (JSON
 metadata) and ``b0``, ``b1``, ... (binary blobs such as JPEG bytes, kept out of the JSON so they are not
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from typing import Any, ClassVar, Literal, TypeVar
@@ -25,27 +26,69 @@ SCHEMA_VERSION = 1
 # FER-2013 order. Changing it changes the meaning of every stored probability.
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
-# Stream and group names: the only place they are spelled.
-PREFIX = "fervid"
-CAMERAS_KEY = f"{PREFIX}:cameras"  # set of camera names that ingest has published
-FACES_STREAM = f"{PREFIX}:faces"
-EVENTS_STREAM = f"{PREFIX}:events"
-DEAD_LETTER_STREAM = f"{PREFIX}:dead"
+# Consumer groups, one per consuming stage.
 DETECTOR_GROUP = "detector"
 CLASSIFIER_GROUP = "classifier"
 STORAGE_GROUP = "storage"
 
+DEFAULT_NAMESPACE = "fervid"
+_NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 _CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def frames_stream(camera: str) -> str:
-    """One frame stream per camera, so a busy camera's backlog never evicts another camera's frames."""
-    return f"{PREFIX}:frames:{validate_camera_name(camera)}"
+@dataclass(frozen=True)
+class Keys:
+    """Every Redis key fervid uses, under one namespace (the key prefix): the only place key names are spelled.
 
+    Two deployments that share a Redis with different namespaces never see each other's frames, faces, events,
+    cameras, leases or dead letters (settings: ``namespace``, env ``FERVID_NAMESPACE``).
+    """
 
-def camera_key(camera: str, what: str) -> str:
-    """Per-camera keys beside the stream: ``state`` (hash), ``stats`` (hash of counters)."""
-    return f"{PREFIX}:camera:{validate_camera_name(camera)}:{what}"
+    namespace: str = DEFAULT_NAMESPACE
+    cameras: str = field(init=False)  # set of camera names that ingest has published
+    faces: str = field(init=False)
+    events: str = field(init=False)
+    dead: str = field(init=False)
+    dead_counts: str = field(init=False)  # hash: dead letters per consuming group
+    detector_replicas: str = field(init=False)  # zset of live detector replicas (detector/leases.py)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.namespace, str) or not _NAMESPACE.match(self.namespace):
+            raise ValueError(
+                f"namespace {self.namespace[:100]!r} is invalid: use 1-32 letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit"
+            )
+        ns = self.namespace
+        for name, key in (
+            ("cameras", f"{ns}:cameras"),
+            ("faces", f"{ns}:faces"),
+            ("events", f"{ns}:events"),
+            ("dead", f"{ns}:dead"),
+            ("dead_counts", f"{ns}:dead:counts"),
+            ("detector_replicas", f"{ns}:detector:replicas"),
+        ):
+            object.__setattr__(self, name, key)
+
+    def frames(self, camera: str) -> str:
+        """One frame stream per camera, so a busy camera's backlog never evicts another camera's frames."""
+        return f"{self.namespace}:frames:{validate_camera_name(camera)}"
+
+    def camera(self, camera: str, what: str) -> str:
+        """Per-camera keys beside the stream: ``state`` (hash), ``stats`` (hash of counters), ``track_epoch``."""
+        return f"{self.namespace}:camera:{validate_camera_name(camera)}:{what}"
+
+    def lease(self, camera: str) -> str:
+        """The detector replica holding `camera` (detector/leases.py)."""
+        return f"{self.namespace}:detector:lease:{camera}"
+
+    def track(self, camera: str, track_id: int) -> str:
+        """Per-track smoothing state (classifier/smoothing.py)."""
+        return f"{self.namespace}:track:{camera}:{track_id}"
+
+    def stage_streams(self, cameras: Iterable[str]) -> list[tuple[str, str]]:
+        """(stream, consuming group) of every hop of the pipeline, for these cameras' frame streams."""
+        pairs = [(self.frames(c), DETECTOR_GROUP) for c in cameras]
+        return [*pairs, (self.faces, CLASSIFIER_GROUP), (self.events, STORAGE_GROUP)]
 
 
 def validate_camera_name(name: str) -> str:

@@ -27,6 +27,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from fervid.contracts import Keys
+
 log = logging.getLogger(__name__)
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -117,21 +119,12 @@ class FpsMeter:
 class BusCollector:
     """Reads the bus's state from Redis at scrape time. Errors become ``fervid_bus_up 0``, never a 500."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, keys: Keys) -> None:
         self.client = client
+        self.keys = keys
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        from fervid.contracts import (
-            CAMERAS_KEY,
-            CLASSIFIER_GROUP,
-            DEAD_LETTER_STREAM,
-            DETECTOR_GROUP,
-            EVENTS_STREAM,
-            FACES_STREAM,
-            STORAGE_GROUP,
-            camera_key,
-            frames_stream,
-        )
+        keys = self.keys
 
         up = GaugeMetricFamily("fervid_bus_up", "1 when Redis answered this scrape.")
         length = GaugeMetricFamily("fervid_stream_length", "Entries in the stream (XLEN).", labels=["stream"])
@@ -154,10 +147,8 @@ class BusCollector:
             "fervid_camera_frames_dropped", "Frames dropped because the detector fell behind.", labels=["camera"]
         )
         try:
-            cameras = sorted(c.decode() for c in self.client.smembers(CAMERAS_KEY))
-            streams = [(frames_stream(c), DETECTOR_GROUP) for c in cameras]
-            streams += [(FACES_STREAM, CLASSIFIER_GROUP), (EVENTS_STREAM, STORAGE_GROUP)]
-            for stream, group in streams:
+            cameras = sorted(c.decode() for c in self.client.smembers(keys.cameras))
+            for stream, group in keys.stage_streams(cameras):
                 length.add_metric([stream], int(self.client.xlen(stream)))
                 for g in self._groups(stream):
                     if _s(g["name"]) != group:
@@ -168,10 +159,10 @@ class BusCollector:
                     backlog.add_metric([stream, group], int(lag))
                     pending.add_metric([stream, group], int(g["pending"]))
                     consumers.add_metric([stream, group], int(g["consumers"]))
-            for group, n in self.client.hgetall(f"{DEAD_LETTER_STREAM}:counts").items():
+            for group, n in self.client.hgetall(keys.dead_counts).items():
                 dead.add_metric([_s(group)], int(n))
             for camera in cameras:
-                stats = self.client.hgetall(camera_key(camera, "stats"))
+                stats = self.client.hgetall(keys.camera(camera, "stats"))
                 published.add_metric([camera], int(stats.get(b"published", 0)))
                 dropped.add_metric([camera], int(stats.get(b"dropped", 0)))
             up.add_metric([], 1)
@@ -268,15 +259,18 @@ class HealthServer:
             self._server = None
 
 
-def register_bus_collector(client: Any, registry: CollectorRegistry = REGISTRY) -> BusCollector:
-    collector = BusCollector(client)
+def register_bus_collector(client: Any, keys: Keys, registry: CollectorRegistry = REGISTRY) -> BusCollector:
+    collector = BusCollector(client, keys)
     registry.register(collector)  # type: ignore[arg-type]
     return collector
 
 
-def serve_health(service: str, port: int, client: Any) -> HealthServer:
-    """The usual setup for a bus process: a Redis readiness check, the bus collector, the server started."""
+def serve_health(service: str, port: int, client: Any, keys: Keys, checks: dict[str, Check] | None = None) -> HealthServer:
+    """The one setup of every bus process: a Redis readiness check (plus `checks`, e.g. "model loaded"), the bus
+    collector, the server started. ``/health`` answers from here on; ``/ready`` once every check passes."""
     health = HealthServer(service, port)
     health.add_check("redis", lambda: None if client.ping() else "no PONG")
-    register_bus_collector(client)
+    for name, check in (checks or {}).items():
+        health.add_check(name, check)
+    register_bus_collector(client, keys)
     return health.start()

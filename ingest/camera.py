@@ -22,7 +22,6 @@ import redis
 
 from fervid.backoff import Backoff
 from fervid.bus import Bus, StopRequested, redact_url
-from fervid.contracts import CAMERAS_KEY, camera_key
 from fervid.errors import SourceError
 from fervid.settings import Settings
 from ingest.cameras import CameraConfig
@@ -117,12 +116,13 @@ class CameraRunner(threading.Thread):
         fields: dict[str, Any] = {k: v for k, v in asdict(s).items()}
         fields["updated"] = time.time()
         fields = {k: f"{v:.3f}" if isinstance(v, float) else str(v) for k, v in fields.items()}
-        key = camera_key(s.name, "state")
+        keys = self.settings.keys
+        key = keys.camera(s.name, "state")
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.hset(key, mapping=fields)
             pipe.expire(key, STATE_TTL_S)
-            pipe.sadd(CAMERAS_KEY, s.name)
+            pipe.sadd(keys.cameras, s.name)
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("%s: cannot write camera state to Redis: %s", s.name, redact_text(str(exc)))
@@ -156,7 +156,9 @@ class CameraRunner(threading.Thread):
             error: str | None = None
             try:
                 if self._publisher is None:
-                    self._publisher = FramePublisher(Bus(self.client, "ingest"), name, self.settings, live=self.live)
+                    self._publisher = FramePublisher(
+                        Bus.from_settings(self.client, "ingest", self.settings), name, self.settings, live=self.live
+                    )
                 self._session()
                 if self._halt.is_set():
                     break

@@ -16,7 +16,7 @@ import av
 import numpy as np
 
 from fervid.bus import Bus
-from fervid.contracts import CAMERAS_KEY, DETECTOR_GROUP, FrameMsg, FrameRef, camera_key, frames_stream
+from fervid.contracts import DETECTOR_GROUP, FrameMsg, FrameRef
 from fervid.settings import Settings
 from ingest.jpeg import encode_bgr, encode_frame
 
@@ -48,8 +48,8 @@ class FramePublisher:
         self.bus = bus
         self.camera = camera
         self.live = live
-        self.stream = frames_stream(camera)
-        self.stats_key = camera_key(camera, "stats")
+        self.stream = bus.keys.frames(camera)
+        self.stats_key = bus.keys.camera(camera, "stats")
         self.max_size = settings.ingest.max_size
         self.quality = settings.ingest.jpeg_quality
         self.backlog = settings.bus.frame_backlog
@@ -57,7 +57,7 @@ class FramePublisher:
         last = bus.redis.hget(self.stats_key, "last_seq")
         self._next_seq = int(last) + 1 if last is not None else 0
         bus.ensure_group(self.stream, DETECTOR_GROUP)
-        bus.redis.sadd(CAMERAS_KEY, camera)
+        bus.redis.sadd(bus.keys.cameras, camera)
         self._pool = _OrderedPool(threads, f"jpeg-{camera}") if threads > 0 else None
         self._in_flight: deque[Future[None]] = deque()
 

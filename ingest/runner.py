@@ -4,17 +4,21 @@ with reconnects (:func:`run_live`), until the source ends, a time limit or a sto
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from fervid.bus import Bus, StopRequested, redact_url
-from fervid.errors import SourceError
+from fervid.contracts import validate_camera_name
+from fervid.errors import ConfigError, SourceError
 from fervid.settings import Settings
 from ingest.camera import CameraRunner
 from ingest.cameras import CameraConfig
 from ingest.publisher import CameraCounters, FramePublisher
-from ingest.source import Sampler, decode, is_live, open_container
+from ingest.source import Sampler, decode, is_live, open_container, source_kind
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,33 @@ class SourceSpec:
     url: str
     fps: float | None = None  # analysis rate; None = every frame
     seconds: float | None = None  # stop after this much video
+
+
+def source_specs(
+    urls: Sequence[str], names: Sequence[str] | None = None, *, fps: float | None = None, seconds: float | None = None
+) -> list[SourceSpec]:
+    """One SourceSpec per URL, named by `names` (one per URL) or by default (a file's stem, else cameraN).
+    Raises ConfigError for a bad or missing name, before anything connects."""
+    names = list(names or [])
+    if names and len(names) != len(urls):
+        raise ConfigError(f"{len(names)} --camera names for {len(urls)} sources: give one per source or none")
+    specs = []
+    for i, url in enumerate(urls):
+        name = names[i] if names else default_camera_name(url, i)
+        try:
+            validate_camera_name(name)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        specs.append(SourceSpec(name, url, fps=fps, seconds=seconds))
+    return specs
+
+
+def default_camera_name(url: str, index: int) -> str:
+    """A file's stem made a valid camera name; `cameraN` for anything else."""
+    if source_kind(url) == "file":
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(url).stem).lstrip("._-")
+        return stem[:64] or f"camera{index}"
+    return f"camera{index}"
 
 
 def run_source(

@@ -20,7 +20,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from fervid.contracts import FrameMsg, frames_stream, validate_camera_name
+from fervid.contracts import FrameMsg, Keys, validate_camera_name
 from fervid.errors import ConfigError, NotFound, ServiceUnavailable
 from storage import timeline as tl
 from storage.db import events_table
@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 OPEN_PATHS = {"/health"}
 
 
-def create_app(engine: Engine, *, token: str | None = None, redis_url: str | None = None) -> FastAPI:
+def create_app(
+    engine: Engine, *, token: str | None = None, redis_url: str | None = None, keys: Keys | None = None
+) -> FastAPI:
     app = FastAPI(
         title="fervid",
         version="1",
@@ -162,17 +164,17 @@ def create_app(engine: Engine, *, token: str | None = None, redis_url: str | Non
         responses={200: {"content": {"image/jpeg": {}}}},
     )
     def snapshot(name: str) -> Response:
-        return Response(render_snapshot(engine, redis(), camera_name(name)), media_type="image/jpeg")
+        return Response(render_snapshot(engine, redis(), camera_name(name), keys or Keys()), media_type="image/jpeg")
 
     return app
 
 
-def render_snapshot(engine: Engine, client: Any, camera: str, scan: int = 64) -> bytes:
+def render_snapshot(engine: Engine, client: Any, camera: str, keys: Keys, scan: int = 64) -> bytes:
     """JPEG of the newest of the last `scan` frames in Redis that has events in SQL (else the newest frame)."""
     import cv2
     import numpy as np
 
-    entries = client.xrevrange(frames_stream(camera), count=scan)
+    entries = client.xrevrange(keys.frames(camera), count=scan)
     if not entries:
         raise NotFound(f"no frames of camera {camera!r} in Redis (the frame stream is empty or the camera is unknown)")
     frames = []

@@ -18,10 +18,12 @@ from classifier.serving import load_classifier
 from classifier.train import TrainConfig, train
 from classifier.worker import ClassifierStage, decode_crop
 from fervid.bus import Bus
-from fervid.contracts import EMOTIONS, EVENTS_STREAM, FACES_STREAM, Box, EventsMsg, Face, FacesMsg, FrameRef
+from fervid.contracts import EMOTIONS, Box, EventsMsg, Face, FacesMsg, FrameRef, Keys
 from fervid.errors import ConfigError, NotFound
 from fervid.settings import load_settings
 from fervid.worker import run_stage
+
+KEYS = Keys()  # the default namespace
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def test_stage_serves_best_pt_like_a_direct_forward(best_pt: Path, redis_client:
             Face(index=i, box=Box(10, 10, 50, 50), score=0.9, crop=c, track_id=i) for i, c in enumerate(crops)
         )
         producer.publish(
-            FACES_STREAM,
+            KEYS.faces,
             FacesMsg(frame=FrameRef("cam", seq, 100.0 + seq, 640, 480), detector="retinaface", faces=faces),
             downstream_group="classifier",
             backlog=100,
@@ -79,7 +81,7 @@ def test_stage_serves_best_pt_like_a_direct_forward(best_pt: Path, redis_client:
     stage = ClassifierStage(Bus(redis_client, "classifier"), served, settings)
     stats = run_stage(stage, stage.bus, max_messages=3, idle_timeout=2, block_ms=50)
     assert stats.messages == 3 and stats.dead == 0
-    events = [EventsMsg.decode(f) for _, f in redis_client.xrange(EVENTS_STREAM)]
+    events = [EventsMsg.decode(f) for _, f in redis_client.xrange(KEYS.events)]
     assert [e.frame.seq for e in events] == [0, 1, 2]
     got = np.array([[em.probs for em in e.emotions] for e in events])  # (3, 5, 7)
 
@@ -210,12 +212,12 @@ def test_a_corrupt_face_does_not_shift_the_next_frames_probabilities(redis_clien
         ),
     )
     for m in (bad, good):  # one batch: the dead frame's good face must not stay among the crops
-        producer.publish(FACES_STREAM, m, downstream_group="classifier", backlog=100)
+        producer.publish(KEYS.faces, m, downstream_group="classifier", backlog=100)
     clf = load_classifier("mini_xception", device="cpu")
     stage = ClassifierStage(Bus(redis_client, "classifier"), clf, settings)
     stats = run_stage(stage, stage.bus, max_messages=2, idle_timeout=2, block_ms=50)
     assert stats.dead == 1
-    ((_, fields),) = redis_client.xrange(EVENTS_STREAM)
+    ((_, fields),) = redis_client.xrange(KEYS.events)
     got = np.array([e.probs for e in EventsMsg.decode(fields).emotions])
     decoded = [cv2.imdecode(np.frombuffer(jpeg(c), np.uint8), cv2.IMREAD_GRAYSCALE) for c in crops[1:4]]
     np.testing.assert_allclose(got, clf.predict(decoded), atol=1e-6)

@@ -19,8 +19,10 @@ from fervid.contracts import (
     FacesMsg,
     FrameMsg,
     FrameRef,
-    frames_stream,
+    Keys,
 )
+
+KEYS = Keys()  # the default namespace
 
 REF = FrameRef("cam-1", 7, 1_700_000_000.25, 640, 480)
 PROBS = (0.05, 0.0, 0.05, 0.7, 0.1, 0.05, 0.05)
@@ -120,9 +122,9 @@ def test_face_indices_must_be_dense() -> None:
 
 
 def test_stream_names_reject_injection() -> None:
-    assert frames_stream("lobby.cam_2") == "fervid:frames:lobby.cam_2"
+    assert KEYS.frames("lobby.cam_2") == "fervid:frames:lobby.cam_2"
     with pytest.raises(ValueError):
-        frames_stream("a:b")
+        KEYS.frames("a:b")
     assert len(EMOTIONS) == 7
 
 

@@ -17,18 +17,20 @@ from waiting import wait_for
 
 from fervid.backoff import Backoff
 from fervid.bus import iter_entries
-from fervid.contracts import DETECTOR_GROUP, FrameMsg, camera_key, frames_stream
+from fervid.contracts import DETECTOR_GROUP, FrameMsg, Keys
 from fervid.settings import Settings
 from ingest.camera import CameraRunner
 from ingest.cameras import CameraConfig
 from ingest.service import IngestService
+
+KEYS = Keys()  # the default namespace
 
 PASSWORD = "s3cret-pw"
 
 
 def seqs(client: redis.Redis, camera: str) -> list[tuple[int, float]]:
     out = []
-    for _, fields in iter_entries(client, frames_stream(camera)):
+    for _, fields in iter_entries(client, KEYS.frames(camera)):
         f = FrameMsg.decode(fields).frame
         out.append((f.seq, f.capture_ts))
     return out
@@ -86,7 +88,7 @@ def test_kill_and_restart_server_reconnects_while_other_camera_flows(
     )
     steady_frames = b.snapshot().frames
     service.tick()
-    state = {k.decode(): v.decode() for k, v in redis_client.hgetall(camera_key("flaky", "state")).items()}
+    state = {k.decode(): v.decode() for k, v in redis_client.hgetall(KEYS.camera("flaky", "state")).items()}
     assert state["state"] in ("backing_off", "connecting")
     assert state["url"] == f"rtsp://***@127.0.0.1:{flaky.port}/cam"
     time.sleep(1.0)  # the camera stays down a while; the other one keeps flowing
@@ -193,7 +195,7 @@ def test_broken_sources_each_get_a_clear_state(
     service.tick()
     from fervid.cli.ingest import camera_rows
 
-    rows = {r["camera"]: r for r in camera_rows(redis_client)}
+    rows = {r["camera"]: r for r in camera_rows(redis_client, Keys())}
     assert rows["notfound"]["state"] == "failed" and "404" in rows["notfound"]["last_error"]
     assert rows["good"]["state"] == "live" and int(rows["good"]["frames"]) > 0
     assert_no_secret(redis_client, PASSWORD)
@@ -208,7 +210,7 @@ def test_slow_consumer_memory_flat_and_drops_exact(
     backlog = 6
     settings = settings.model_copy(update={"bus": settings.bus.model_copy(update={"frame_backlog": backlog})})
     runner = CameraRunner(CameraConfig(name="busy", url=rtsp_server.url("cam"), fps=None), redis_client, settings)
-    stream = frames_stream("busy")
+    stream = KEYS.frames("busy")
     delivered = 0
     lengths: list[int] = []
     runner.start()

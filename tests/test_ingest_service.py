@@ -14,10 +14,12 @@ import redis
 from waiting import wait_for
 
 from fervid.bus import iter_entries
-from fervid.contracts import FrameMsg, camera_key, frames_stream
+from fervid.contracts import FrameMsg, Keys
 from fervid.settings import Settings
 from ingest.cameras import CameraConfig
 from ingest.service import IngestService
+
+KEYS = Keys()  # the default namespace
 
 
 def test_reload_keeps_unchanged_restarts_changed_stops_removed(
@@ -43,7 +45,7 @@ def test_reload_keeps_unchanged_restarts_changed_stops_removed(
     finally:
         svc.stop()
     # b's sequence continued across its restart: one writer at a time, seq strictly increasing.
-    numbers = [FrameMsg.decode(f).frame.seq for _, f in iter_entries(redis_client, frames_stream("b"))]
+    numbers = [FrameMsg.decode(f).frame.seq for _, f in iter_entries(redis_client, KEYS.frames("b"))]
     assert numbers == sorted(set(numbers))
 
 
@@ -63,7 +65,7 @@ def test_looping_file_waits_for_room_and_keeps_time_moving(
         # Drain as a detector would, and let it loop.
         for _ in range(40):
             for stream, entries in (
-                redis_client.xreadgroup("detector", "t", {frames_stream("loop"): ">"}, count=10, block=200) or []
+                redis_client.xreadgroup("detector", "t", {KEYS.frames("loop"): ">"}, count=10, block=200) or []
             ):
                 redis_client.xack(stream, "detector", *[i for i, _ in entries])
             if r.snapshot().frames >= 45:
@@ -71,9 +73,9 @@ def test_looping_file_waits_for_room_and_keeps_time_moving(
         assert r.snapshot().frames >= 45
     finally:
         svc.stop()
-    stamps = [FrameMsg.decode(f).frame.capture_ts for _, f in iter_entries(redis_client, frames_stream("loop"))]
+    stamps = [FrameMsg.decode(f).frame.capture_ts for _, f in iter_entries(redis_client, KEYS.frames("loop"))]
     assert stamps == sorted(stamps)
-    assert int(redis_client.hget(camera_key("loop", "stats"), "dropped") or 0) == 0
+    assert int(redis_client.hget(KEYS.camera("loop", "stats"), "dropped") or 0) == 0
 
 
 def _fervid(*args: str) -> list[str]:
@@ -100,12 +102,12 @@ def test_fervid_ingest_cli_sighup_reload_and_cameras_table(
     try:
 
         def state(name: str) -> str:
-            return (redis_client.hget(camera_key(name, "state"), "state") or b"").decode()
+            return (redis_client.hget(KEYS.camera(name, "state"), "state") or b"").decode()
 
         wait_for(
             "front live, gone backing off", lambda: state("front") == "live" and state("gone") == "backing_off", 15
         )
-        since = redis_client.hget(camera_key("front", "state"), "since")
+        since = redis_client.hget(KEYS.camera("front", "state"), "since")
         config.write_text(
             config.read_text()
             .replace(
@@ -115,7 +117,7 @@ def test_fervid_ingest_cli_sighup_reload_and_cameras_table(
         )
         proc.send_signal(signal.SIGHUP)
         wait_for("reload applied", lambda: state("added") == "live" and state("gone") == "stopped", 15)
-        assert redis_client.hget(camera_key("front", "state"), "since") == since, "an unchanged camera was restarted"
+        assert redis_client.hget(KEYS.camera("front", "state"), "since") == since, "an unchanged camera was restarted"
 
         table = subprocess.run(
             _fervid("cameras", "--redis", redis_url),

@@ -14,9 +14,11 @@ from storage_data import make_messages
 from typer.testing import CliRunner
 
 from fervid.cli import app as cli_app
-from fervid.contracts import FrameMsg, FrameRef, frames_stream
+from fervid.contracts import FrameMsg, FrameRef, Keys
 from storage.api import create_app
 from storage.db import create_schema, insert_idempotent, make_engine
+
+KEYS = Keys()  # the default namespace
 
 TOKEN = "s3cret-token"
 
@@ -204,7 +206,7 @@ def test_snapshot_draws_the_newest_frame_with_faces(client: TestClient, redis_cl
         image = np.full((480, 640, 3), 40, np.uint8)
         ok, jpeg = cv2.imencode(".jpg", image)
         msg = FrameMsg(FrameRef("cam1", seq, 1.0 + seq, 640, 480), jpeg.tobytes())
-        redis_client.xadd(frames_stream("cam1"), msg.encode())
+        redis_client.xadd(KEYS.frames("cam1"), msg.encode())
     r = client.get("/cameras/cam1/snapshot.jpg")
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     img = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)

@@ -44,12 +44,12 @@ def demo(
     _setup_logging(verbose)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fervid.bus import EmbeddedRedis
-    from fervid.contracts import EMOTIONS, validate_camera_name
+    from fervid.bus import redis_url_for
+    from fervid.contracts import EMOTIONS
     from fervid.pipeline import run_pipeline
     from fervid.settings import load_settings
     from fervid.worker import StopFlag
-    from ingest.runner import SourceSpec
+    from ingest.runner import source_specs
 
     settings = load_settings(
         data_dir=data_dir, db_url=db, redis_url=redis, detector__backend=detector, classifier__model=model
@@ -61,17 +61,7 @@ def demo(
         console.print(f"No source given: making a sample clip with two real faces at {clip}")
         make_sample_clip(clip, seconds=4.0)
         sources = [str(clip)]
-    names = list(camera or [])
-    if names and len(names) != len(sources):
-        raise FervidError(f"{len(names)} --camera names for {len(sources)} sources: give one per source or none")
-    specs = []
-    for i, url in enumerate(sources):
-        name = names[i] if names else _default_camera_name(url, i)
-        try:
-            validate_camera_name(name)
-        except ValueError as exc:
-            raise FervidError(str(exc)) from None
-        specs.append(SourceSpec(name, url, fps=fps, seconds=seconds))
+    specs = source_specs(sources, camera, fps=fps, seconds=seconds)
 
     if annotate is not None:
         from fervid.cli.annotate import check_output
@@ -83,24 +73,21 @@ def demo(
 
     stop = StopFlag()
     stop.install_signal_handlers()
-    embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir)
-    redis_url = settings.redis_url or embedded.url  # type: ignore[union-attr]
-    try:
-        with Progress(
+    with (
+        redis_url_for(settings) as redis_url,
+        Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             TextColumn("{task.completed} frames stored"),
             TimeElapsedColumn(),
             console=console,
             transient=True,
-        ) as bar:
-            task = bar.add_task("analysing", total=None)
-            summary = run_pipeline(
-                specs, settings, redis_url, stop=stop, on_progress=lambda p: bar.update(task, completed=p.stored)
-            )
-    finally:
-        if embedded:
-            embedded.close()
+        ) as bar,
+    ):
+        task = bar.add_task("analysing", total=None)
+        summary = run_pipeline(
+            specs, settings, redis_url, stop=stop, on_progress=lambda p: bar.update(task, completed=p.stored)
+        )
 
     table = Table(title=f"fervid demo: {', '.join(summary.cameras)}", show_header=False)
     table.add_column("what")
@@ -124,17 +111,6 @@ def demo(
     out.print(
         f"Timeline: fervid timeline {summary.cameras[0]} --db {settings.resolved_db_url}" if summary.cameras else ""
     )
-
-
-def _default_camera_name(url: str, index: int) -> str:
-    import re
-
-    from ingest.source import source_kind
-
-    if source_kind(url) == "file":
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(url).stem).lstrip("._-")
-        return stem[:64] or f"camera{index}"
-    return f"camera{index}"
 
 
 @app.command()

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from fervid.cli import DataDir, RedisUrl, Verbose, _setup_logging, app, console, out
+
+if TYPE_CHECKING:
+    import redis
+
+    from fervid.contracts import Keys
 
 # A state not refreshed for this long belongs to a dead (or hung) ingest process.
 STALE_AFTER_S = 10.0
@@ -28,7 +33,8 @@ def ingest(
 ) -> None:
     """Run every enabled camera of a cameras.yaml, one thread each, reconnecting with backoff. SIGHUP reloads it."""
     _setup_logging(verbose)
-    from fervid.bus import EmbeddedRedis, connect, redact_url
+    from fervid.bus import connect, redact_url, redis_url_for
+    from fervid.metrics import serve_health
     from fervid.settings import load_settings
     from fervid.worker import StopFlag
     from ingest.cameras import load_cameras
@@ -36,41 +42,31 @@ def ingest(
 
     settings = load_settings(data_dir=data_dir, redis_url=redis, metrics_port=metrics_port)
     cameras = load_cameras(config)  # fail fast, before connecting to anything
-    embedded = None
-    if not settings.redis_url:
-        embedded = EmbeddedRedis(settings.data_dir)
-        console.print(f"No --redis given: embedded Redis at {embedded.url}")
-    url = settings.redis_url or embedded.url  # type: ignore[union-attr]
-    client = connect(url)
-    enabled = [c.name for c in cameras if c.enabled]
-    console.print(f"ingest: {len(enabled)} camera(s) from {config} → {redact_url(url)}; SIGHUP reloads, Ctrl-C stops")
-    stop = StopFlag()
-    stop.install_signal_handlers()
-    from fervid.metrics import serve_health
+    def announce(url: str) -> None:
+        console.print(f"No --redis given: embedded Redis at {url}")
 
-    health = serve_health("ingest", settings.metrics_port, client)
-    try:
-        serve(client, settings, config, should_stop=stop.is_set)
-    finally:
-        health.close()
-        if embedded:
-            embedded.close()
+    with redis_url_for(settings, announce) as url:
+        client = connect(url)
+        enabled = [c.name for c in cameras if c.enabled]
+        console.print(f"ingest: {len(enabled)} camera(s) from {config} → {redact_url(url)}; SIGHUP reloads, Ctrl-C stops")
+        stop = StopFlag()
+        stop.install_signal_handlers()
+        health = serve_health("ingest", settings.metrics_port, client, settings.keys)
+        try:
+            serve(client, settings, config, should_stop=stop.is_set)
+        finally:
+            health.close()
 
 
 @app.command()
 def cameras(redis: RedisUrl = None, data_dir: DataDir = None) -> None:
     """State of every camera an ingest process has published: state, fps, frames, drops, reconnects, last error, age."""
-    from fervid.bus import EmbeddedRedis, connect
+    from fervid.bus import connect, redis_url_for
     from fervid.settings import load_settings
 
     settings = load_settings(data_dir=data_dir, redis_url=redis)
-    embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir)
-    try:
-        client = connect(settings.redis_url or embedded.url)  # type: ignore[union-attr]
-        rows = camera_rows(client)
-    finally:
-        if embedded:
-            embedded.close()
+    with redis_url_for(settings) as url:
+        rows = camera_rows(connect(url), settings.keys)
     if not rows:
         console.print("No cameras have been published yet.")
         return
@@ -84,16 +80,14 @@ def cameras(redis: RedisUrl = None, data_dir: DataDir = None) -> None:
     out.print(table)
 
 
-def camera_rows(client, now: float | None = None) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
+def camera_rows(client: redis.Redis, keys: Keys, now: float | None = None) -> list[dict[str, str]]:
     """One row per known camera; a camera whose state expired or was not refreshed shows as stale."""
-    from fervid.contracts import CAMERAS_KEY, camera_key
-
     now = time.time() if now is None else now
     rows = []
-    for raw in sorted(client.smembers(CAMERAS_KEY)):
+    for raw in sorted(client.smembers(keys.cameras)):
         name = raw.decode()
-        h = {k.decode(): v.decode() for k, v in client.hgetall(camera_key(name, "state")).items()}
-        stats = {k.decode(): v.decode() for k, v in client.hgetall(camera_key(name, "stats")).items()}
+        h = {k.decode(): v.decode() for k, v in client.hgetall(keys.camera(name, "state")).items()}
+        stats = {k.decode(): v.decode() for k, v in client.hgetall(keys.camera(name, "stats")).items()}
         updated = float(h.get("updated", 0) or 0)
         age = now - updated if updated else None
         state = h.get("state", "unknown")

@@ -10,9 +10,8 @@ left pending for another replica. A second SIGTERM exits at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -31,58 +30,6 @@ Device = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.
 BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Messages per batch.")]
 
 
-def serve_stage(
-    service: str,
-    group: str,
-    settings: Any,
-    build_stage: Callable[[Any, Any], Any],
-    *,
-    max_messages: int | None = None,
-    idle_timeout: float | None = None,
-) -> tuple[Any, Any]:
-    """Connect, start the health server, build the stage (loads the model), run the loop until SIGTERM."""
-    from fervid.bus import Bus, connect
-    from fervid.metrics import HealthServer, register_bus_collector
-    from fervid.worker import StopFlag, run_stage
-
-    if not settings.redis_url:
-        raise ConfigError(f"{service} needs a shared Redis: set FERVID_REDIS_URL or pass --redis")
-    # Until the model is loaded nothing is in flight: SIGTERM/Ctrl-C exits at once (exit 0) instead of
-    # waiting for a slow model load. From the first read on, the worker loop's graceful handlers apply.
-    _exit_now_on_signal()
-    stop = StopFlag()
-    client = connect(settings.redis_url)
-    health = HealthServer(service, settings.metrics_port)
-    loaded: dict[str, Any] = {}
-    health.add_check("redis", lambda: None if client.ping() else "no PONG")
-    health.add_check("model", lambda: None if loaded else "loading")
-    register_bus_collector(client)
-    health.start()  # /health answers while the model loads; /ready only once it is loaded
-    try:
-        bus = Bus(client, group, claim_idle_ms=settings.bus.claim_idle_ms, max_deliveries=settings.bus.max_deliveries)
-        stage = build_stage(bus, stop)
-        loaded["stage"] = stage
-        stop.install_signal_handlers()
-        log.info("%s: ready", service)
-        stats = run_stage(
-            stage, bus, stop=stop, block_ms=settings.bus.block_ms, max_messages=max_messages, idle_timeout=idle_timeout
-        )
-        return stats, stage
-    finally:
-        health.close()
-
-
-def _exit_now_on_signal() -> None:
-    import signal
-
-    def handler(signum: int, _frame: object) -> None:
-        log.info("signal %d while starting: exiting", signum)
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 @app.command()
 def detect(
     redis: RedisUrl = None,
@@ -95,23 +42,15 @@ def detect(
 ) -> None:
     """Detector worker: frames → faces. Run N replicas; each camera is leased to one of them (detector/README.md)."""
     _setup_logging(verbose)
-    from fervid.contracts import DETECTOR_GROUP
     from fervid.settings import load_settings
+    from fervid.stages import serve, stage_entry
 
     settings = load_settings(
         redis_url=redis, data_dir=data_dir, metrics_port=metrics_port,
         detector__backend=detector, detector__device=device, detector__batch_size=batch_size,
     )  # fmt: skip
 
-    def build(bus: Any, stop: Any) -> Any:
-        from detector.registry import create_configured
-        from detector.worker import DetectorStage
-
-        cfg = settings.detector
-        model = create_configured(cfg.backend, device=cfg.device, min_face=cfg.min_face)
-        return DetectorStage(bus, model, settings, stop.is_set)
-
-    serve_stage("detector", DETECTOR_GROUP, settings, build)
+    serve(stage_entry("detector"), settings)
 
 
 @app.command()
@@ -134,8 +73,8 @@ def classify(
 ) -> None:
     """Classifier worker: faces → emotion events, crops batched across frames and cameras. Scales by replicas."""
     _setup_logging(verbose)
-    from fervid.contracts import CLASSIFIER_GROUP
     from fervid.settings import load_settings
+    from fervid.stages import serve, stage_entry
 
     settings = load_settings(
         redis_url=redis, data_dir=data_dir, metrics_port=metrics_port, classifier__model=model,
@@ -143,19 +82,7 @@ def classify(
         classifier__compile=compile,
     )  # fmt: skip
 
-    def build(bus: Any, stop: Any) -> Any:
-        from classifier.serving import load_classifier
-        from classifier.worker import ClassifierStage
-
-        cfg = settings.classifier
-        return ClassifierStage(
-            bus,
-            load_classifier(cfg.model, cfg.checkpoint, cfg.device, compile=cfg.compile, max_crops=cfg.max_crops),
-            settings,
-            stop.is_set,
-        )
-
-    serve_stage("classifier", CLASSIFIER_GROUP, settings, build)
+    serve(stage_entry("classifier"), settings)
 
 
 @app.command("ingest-files")
@@ -173,40 +100,25 @@ def ingest_files(
     """Publish the frames of video files onto the bus once, then exit (cameras: `fervid ingest --config`)."""
     _setup_logging(verbose)
     from fervid.bus import Bus, connect
-    from fervid.cli.demo import _default_camera_name
-    from fervid.contracts import validate_camera_name
-    from fervid.metrics import HealthServer, register_bus_collector
+    from fervid.metrics import serve_health
     from fervid.settings import load_settings
+    from fervid.stages import exit_now_on_signal
     from fervid.worker import StopFlag
-    from ingest.runner import SourceSpec, run_source
+    from ingest.runner import run_source, source_specs
 
     settings = load_settings(redis_url=redis, metrics_port=metrics_port)
     if not settings.redis_url:
         raise ConfigError("ingest-files needs a shared Redis: set FERVID_REDIS_URL or pass --redis")
-    names = list(camera or [])
-    if names and len(names) != len(sources):
-        raise ConfigError(f"{len(names)} --camera names for {len(sources)} sources: give one per source or none")
-    # Until the model is loaded nothing is in flight: SIGTERM/Ctrl-C exits at once (exit 0) instead of
-    # waiting for a slow model load. From the first read on, the worker loop's graceful handlers apply.
-    _exit_now_on_signal()
+    specs = source_specs(sources, camera, fps=fps, seconds=seconds)
+    exit_now_on_signal()
     stop = StopFlag()
     client = connect(settings.redis_url)
-    health = HealthServer("ingest", settings.metrics_port)
-    health.add_check("redis", lambda: None if client.ping() else "no PONG")
-    register_bus_collector(client)
-    health.start()
-    bus = Bus(client, "ingest")
+    health = serve_health("ingest", settings.metrics_port, client, settings.keys)
+    bus = Bus.from_settings(client, "ingest", settings)
     try:
-        for i, url in enumerate(sources):
-            name = names[i] if names else _default_camera_name(url, i)
-            try:
-                validate_camera_name(name)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-            counters = run_source(
-                bus, SourceSpec(name, url, fps=fps, seconds=seconds), settings, should_stop=stop.is_set
-            )
-            log.info("%s: published %d frames (%d dropped)", name, counters.published, counters.dropped)
+        for spec in specs:
+            counters = run_source(bus, spec, settings, should_stop=stop.is_set)
+            log.info("%s: published %d frames (%d dropped)", spec.camera, counters.published, counters.dropped)
             if stop.is_set():
                 break
     finally:

@@ -7,12 +7,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
 from fervid.cli import DataDir, DbUrl, RedisUrl, Verbose, _setup_logging, app, console, out
 from fervid.errors import ConfigError
+
+if TYPE_CHECKING:
+    from storage.worker import StorageStage
 
 
 @app.command()
@@ -35,28 +38,17 @@ def store(
 ) -> None:
     """The storage service: EventsMsg from `fervid:events` → rows in SQL → ack. SIGTERM finishes the batch in hand."""
     _setup_logging(verbose)
-    from fervid.cli.services import serve_stage
-    from fervid.contracts import STORAGE_GROUP
     from fervid.settings import load_settings
+    from fervid.stages import serve, stage_entry
 
     settings = load_settings(
         data_dir=data_dir, db_url=db, redis_url=redis, metrics_port=metrics_port,
         bus__claim_idle_ms=claim_idle_ms, storage__batch_size=batch_size,
     )  # fmt: skip
-
-    def build(bus: Any, stop: Any) -> Any:
-        from storage.db import create_schema, make_engine
-        from storage.worker import StorageStage
-
-        engine = make_engine(settings.resolved_db_url)
-        create_schema(engine)
-        return StorageStage(engine, settings, stop.is_set)
-
-    stats, stage = serve_stage(
-        "storage", STORAGE_GROUP, settings, build, max_messages=max_messages, idle_timeout=idle_timeout
-    )
+    stats, stage = serve(stage_entry("storage"), settings, max_messages=max_messages, idle_timeout=idle_timeout)
+    written = cast("StorageStage", stage)
     console.print(
-        f"stored {stage.frames_written} frames, {stage.rows_written} new event rows; {stats.dead} dead-lettered"
+        f"stored {written.frames_written} frames, {written.rows_written} new event rows; {stats.dead} dead-lettered"
     )
 
 
