@@ -21,6 +21,7 @@ from classifier.models import count_parameters, get_spec
 from classifier.plots import plot_overlay
 from classifier.train import Echo, TrainConfig, TrainResult, duration, train
 from fervid.errors import ConfigError
+from fervid.settings import ClassifierModel
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class Comparison:
 
 
 def compare(
-    models: Sequence[str],
+    models: Sequence[ClassifierModel],
     data: str | Path,
     epochs: int,
     out: str | Path,
@@ -100,7 +101,7 @@ def compare(
     for k, name in enumerate(models, start=1):
         say(f"model {k} of {len(models)}: {name}")
         cfg = dataclasses.replace(base, model=name, data=str(data), epochs=epochs, out=str(out / name), resume=None)
-        result = train(cfg, echo=lambda line, k=k, name=name: say(f"[{k}/{len(models)} {name}] {line}"))
+        result = train(cfg, echo=_prefixed(say, f"[{k}/{len(models)} {name}] "))
         histories[name] = result.history
         rows.append(_measure(result, splits, split, base.eval_tta, throughput_seconds))
         say(f"model {k} of {len(models)}: {result.summary()}")
@@ -134,6 +135,10 @@ def compare(
     io.write_text(path, "\n".join(md))
     best = max(rows, key=lambda r: r["accuracy"])
     return Comparison(path, split, best["model"], best["accuracy"], len(rows), time.perf_counter() - started)
+
+
+def _prefixed(echo: Echo, prefix: str) -> Echo:
+    return lambda line: echo(prefix + line)
 
 
 def _measure(result: TrainResult, splits: Splits, split: str, tta: TTA, throughput_seconds: float) -> dict[str, Any]:

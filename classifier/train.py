@@ -346,6 +346,8 @@ def finish(run: RunState, data: Data) -> TrainResult:
     run.model.load_state_dict(best_state)
     run.model.to(run.device).eval()
     reports = _final_reports(run, data.splits)
+    train_seconds = run.train_seconds
+    test_accuracy = reports["test"].accuracy if "test" in reports else None
     metrics = {
         "model": run.config.model,
         **run.history,
@@ -353,13 +355,13 @@ def finish(run: RunState, data: Data) -> TrainResult:
         "best_epoch": run.best_epoch,
         "epochs_run": run.epoch,
         "stopped_early": run.stopped_early,
-        "train_seconds": run.train_seconds,
+        "train_seconds": train_seconds,
         "freeze_epochs": run.config.freeze_epochs,
         # Final evaluation of the best weights (history keys above are per-epoch lists).
         "final": {
             s: {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "split_size": r.num_samples} for s, r in reports.items()
         },
-        "test_accuracy": reports["test"].accuracy if "test" in reports else None,
+        "test_accuracy": test_accuracy,
     }
     _write_reports(run, data.splits, reports, metrics)
     io.save_torch(
@@ -383,8 +385,8 @@ def finish(run: RunState, data: Data) -> TrainResult:
         best_epoch=run.best_epoch,
         epochs_run=run.epoch,
         stopped_early=run.stopped_early,
-        train_seconds=metrics["train_seconds"],
-        test_accuracy=metrics["test_accuracy"],
+        train_seconds=train_seconds,
+        test_accuracy=test_accuracy,
         history=run.history,
     )
 
@@ -508,7 +510,8 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # legacy=True: the (name, keys, pos, has_gauss, cached) tuple
     return {
         "python": random.getstate(),
         # numpy's state tuple holds an ndarray; store it as plain lists for weights_only loading.

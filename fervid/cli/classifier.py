@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +20,7 @@ import typer
 
 from fervid.cli import Verbose, _setup_logging, app, console, out
 from fervid.errors import ConfigError, NotFound
-from fervid.settings import CLASSIFIER_MODELS
+from fervid.settings import CLASSIFIER_MODELS, ClassifierModel
 
 Split = Literal["train", "val", "test"]
 TTA = Literal["none", "flip", "tencrop"]  # classifier.config.TTA, spelled here for --help (a test keeps them equal)
@@ -83,12 +84,12 @@ def _check(name: str) -> Callable[[Any], Any]:
     return check
 
 
-def _check_models(value: str) -> list[str]:
+def _check_models(value: str) -> list[ClassifierModel]:
     names = [m.strip() for m in value.split(",") if m.strip()]
     unknown = [n for n in names if n not in CLASSIFIER_MODELS]
     if unknown or not names:
         raise typer.BadParameter(f"{', '.join(unknown) or 'none given'}: choose from {', '.join(CLASSIFIER_MODELS)}")
-    return names
+    return typing.cast("list[ClassifierModel]", names)
 
 
 def _echo(line: str) -> None:
@@ -119,7 +120,7 @@ def _train(verbose: bool, **options: Any) -> None:
     out.print(result.summary(), highlight=False, soft_wrap=True)
 
 
-def _compare(verbose: bool, models: list[str], **options: Any) -> None:
+def _compare(verbose: bool, models: list[ClassifierModel], **options: Any) -> None:
     from classifier.compare import compare as run_compare
     from classifier.config import TrainConfig
 
