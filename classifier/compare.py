@@ -107,6 +107,13 @@ def compare(
         say(f"model {k} of {len(models)}: {result.summary()}")
     io.write_json(out / "comparison.json", {"data": str(data), "epochs": epochs, "split": split, "models": rows})
     plot_overlay(histories, out / "curves_overlay.png", title=f"{len(models)} models, {epochs} epochs")
+    path = out / "comparison.md"
+    io.write_text(path, _markdown(rows, data, split, epochs))
+    best = max(rows, key=lambda r: r["accuracy"])
+    return Comparison(path, split, best["model"], best["accuracy"], len(rows), time.perf_counter() - started)
+
+
+def _markdown(rows: list[dict[str, Any]], data: str | Path, split: str, epochs: int) -> str:
     classes = list(rows[0]["recall"]) if rows else []
     md = [
         f"# Model comparison on `{data}` ({split} split, {epochs} epochs max)",
@@ -131,10 +138,7 @@ def compare(
         "![validation curves](curves_overlay.png)",
         "",
     ]
-    path = out / "comparison.md"
-    io.write_text(path, "\n".join(md))
-    best = max(rows, key=lambda r: r["accuracy"])
-    return Comparison(path, split, best["model"], best["accuracy"], len(rows), time.perf_counter() - started)
+    return "\n".join(md)
 
 
 def _prefixed(echo: Echo, prefix: str) -> Echo:
