@@ -7,7 +7,7 @@ Built by :func:`load_settings`, never at import time, so importing fervid needs 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,8 +77,16 @@ class SmoothingSettings(_Section):
     ttl_s: int = Field(300, ge=1)
 
 
+# The classifier registry's names (classifier/models.py registers them; tests/test_classifier_models.py keeps the two
+# equal). Spelled here so that settings and `--help` reject a typo without importing torch or any stage.
+ClassifierModel = Literal["densenet161", "resnet152", "vgg16", "mobilenet_v2", "vgg1", "vgg2", "vgg3", "mini_xception"]
+CLASSIFIER_MODELS: tuple[str, ...] = get_args(ClassifierModel)
+
+
 class ClassifierSettings(_Section):
-    model: str = "mini_xception"
+    # Served by name with the weights its registry entry ships (mini_xception: FER-2013); any other model is served
+    # from a `fervid train` checkpoint.
+    model: ClassifierModel = "mini_xception"
     checkpoint: Path | None = None  # a `fervid train` best.pt; overrides `model`
     device: Device = "auto"
     batch_size: int = Field(64, ge=1, le=1024)
