@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fervid.cli import app, out
+from fervid.cli import LogLevelOption, Verbose, app, out, setup_logging
 from fervid.errors import ConfigError, NotFound
 
 
@@ -16,12 +16,13 @@ from fervid.errors import ConfigError, NotFound
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
     add_help_option=False,
 )
-def train(ctx: typer.Context) -> None:
+def train(ctx: typer.Context, log_level: LogLevelOption = None, verbose: Verbose = False) -> None:
     """Transfer-learn a model on FER-2013 (CSV or ImageFolder): --model NAME --data PATH --epochs N --out DIR.
 
     Every option of classifier/train.py (see `fervid train --help`): --weights imagenet|PATH|none,
     --freeze-epochs, --resume, --seed, ...
     """
+    setup_logging(log_level, verbose)
     from classifier.train import main as train_main
 
     try:
@@ -39,8 +40,11 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     tta: Annotated[str, typer.Option(help="Test-time augmentation: none, flip or tencrop.")] = "none",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    log_level: LogLevelOption = None,
+    verbose: Verbose = False,
 ) -> None:
     """Accuracy, macro-F1, per-class precision/recall and the confusion matrix of a checkpoint (JSON)."""
+    setup_logging(log_level, verbose)
     from classifier.evaluate import evaluate_checkpoint
 
     if not checkpoint.is_file():
@@ -64,8 +68,11 @@ def compare(
     batch_size: Annotated[int | None, typer.Option(help="Batch size for every model (default 64).")] = None,
     freeze_epochs: Annotated[int | None, typer.Option(help="Head-only epochs before the backbone is unfrozen.")] = None,
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (default on).")] = None,
+    log_level: LogLevelOption = None,
+    verbose: Verbose = False,
 ) -> None:
     """Train and evaluate several models on the same data; writes comparison.md and overlay curves."""
+    setup_logging(log_level, verbose)
     from classifier.compare import compare as run_compare
     from classifier.train import TrainConfig
 
@@ -91,8 +98,11 @@ def export(
     onnx_path: Annotated[
         Path | None, typer.Option("--out", help="Where to write the .onnx (default: beside the checkpoint).")
     ] = None,
+    log_level: LogLevelOption = None,
+    verbose: Verbose = False,
 ) -> None:
     """Export a checkpoint to ONNX (dynamic batch), checked against the PyTorch outputs."""
+    setup_logging(log_level, verbose)
     from classifier.export import export_onnx
 
     if not checkpoint.is_file():
