@@ -99,11 +99,21 @@ def format_duration(ms: int) -> str:
 
 @dataclass(frozen=True)
 class Window:
-    """A timeline's range [since, until) and bucket size, as chosen by :func:`choose_window`."""
+    """A timeline's range [since, until) and bucket size, as chosen by :func:`choose_window`, and the part of
+    the range that holds events ([first, last], None when none does): querying just that gives the same buckets
+    without counting the empty ones against :data:`MAX_BUCKETS`."""
 
     since: datetime
     until: datetime
     bucket_ms: int
+    first: datetime | None = None
+    last: datetime | None = None
+
+    @property
+    def data_range(self) -> tuple[datetime, datetime]:
+        if self.first is None or self.last is None:
+            return self.since, self.until
+        return self.first, self.last + timedelta(milliseconds=1)
 
 
 def choose_window(
@@ -127,16 +137,15 @@ def choose_window(
     if since is None:
         since = until - DEFAULT_SPAN
     validate_range(since, until)
+    where = _filters(camera, to_ms(since), to_ms(until))
+    with engine.connect() as conn:
+        first, last = conn.execute(select(func.min(EventRow.ts_ms), func.max(EventRow.ts_ms)).where(*where)).one()
     if bucket_ms is None:
-        lo, hi = to_ms(since), to_ms(until)
-        where = _filters(camera, lo, hi)
-        with engine.connect() as conn:
-            first, last = conn.execute(select(func.min(EventRow.ts_ms), func.max(EventRow.ts_ms)).where(*where)).one()
-        first, last = (lo, hi - 1) if first is None else (first, last)
-        bucket_ms = next(
-            (b for b in NICE_BUCKETS_MS if last // b - first // b + 1 <= AUTO_BUCKETS), NICE_BUCKETS_MS[-1]
-        )
-    return Window(since, until, bucket_ms)
+        lo, hi = (to_ms(since), to_ms(until) - 1) if first is None else (first, last)
+        bucket_ms = next((b for b in NICE_BUCKETS_MS if hi // b - lo // b + 1 <= AUTO_BUCKETS), NICE_BUCKETS_MS[-1])
+    if first is None:
+        return Window(since, until, bucket_ms)
+    return Window(since, until, bucket_ms, _from_ms(first), _from_ms(last))
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

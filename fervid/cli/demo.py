@@ -246,7 +246,8 @@ def timeline(
 
     engine = existing_database(load_settings(data_dir=data_dir, db_url=db).resolved_db_url)
     window = choose_window(engine, camera, since, until, bucket)
-    buckets = query(engine, camera, window.bucket_ms, since=window.since, until=window.until, labels=labels)
+    first, end = window.data_range
+    buckets = query(engine, camera, window.bucket_ms, since=first, until=end, labels=labels)
     per = format_duration(window.bucket_ms)
     if plot is not None:
         from storage.plot import plot_timeline
@@ -267,7 +268,7 @@ def timeline(
         console.print(f"No faces for camera {camera!r} from {span}.")
         return
     table = timeline_table(buckets, f"{camera}: {labels} labels per {per}", window.bucket_ms)
-    table.caption = span
+    table.caption = f"from {span}"
     out.print(table)
 
 
@@ -284,7 +285,9 @@ def timeline_table(buckets: list[dict[str, Any]], title: str, bucket_ms: int) ->
     start = slice(11 if one_day else 5, 16 if bucket_ms % 60_000 == 0 else 19)
     if one_day:
         title += f" on {buckets[0]['start'][:10]}"
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left", caption_justify="left")
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title_justify="left", caption_justify="left"
+    )
     table.add_column("time" if one_day else "date time", no_wrap=True)
     table.add_column("faces", justify="right", no_wrap=True)
     for e in EMOTIONS:
