@@ -181,3 +181,16 @@ def test_log_level_and_verbose(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'm.db'}"
     assert "Running upgrade" not in run(["migrate", "--db", db], tmp_path).stderr
     assert "Running upgrade" in run(["migrate", "--db", db.replace("m.db", "n.db"), "-v"], tmp_path).stderr
+
+
+def test_the_demo_bar_expects_the_frames_the_files_will_give(sample_clip: tuple[Path, object]) -> None:
+    """The bar's total: duration x analysis rate (at most the file's own), per file; unknown for a live source."""
+    from fervid.cli.demo import expected_frames
+    from ingest.runner import source_specs
+
+    clip = str(sample_clip[0])  # 2 s at 30 fps
+    assert expected_frames(source_specs([clip])) == 60
+    assert expected_frames(source_specs([clip], fps=10)) == 20
+    assert expected_frames(source_specs([clip], fps=100, seconds=1)) == 30
+    assert expected_frames(source_specs([clip, clip], ["a", "b"], fps=5)) == 20
+    assert expected_frames(source_specs([clip, "rtsp://127.0.0.1:1/x"], ["a", "b"])) is None

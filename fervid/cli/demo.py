@@ -84,7 +84,7 @@ def demo(
         from fervid.sample import make_sample_clip
 
         clip = settings.data_dir / "sample.mp4"
-        console.print(f"No source given: making a sample clip with two real faces at {clip}")
+        console.print(f"No source given: making a sample clip with two real faces at {clip}", soft_wrap=True)
         make_sample_clip(clip, seconds=4.0)
         sources = [str(clip)]
     specs = source_specs(sources, camera, fps=fps, seconds=seconds)
@@ -114,9 +114,13 @@ def demo(
             transient=True,
         ) as bar,
     ):
-        task = bar.add_task("analysing", total=expected)
+        task = bar.add_task("loading models", total=expected)
         summary = run_pipeline(
-            specs, settings, redis_url, stop=stop, on_progress=lambda p: bar.update(task, completed=p.stored)
+            specs,
+            settings,
+            redis_url,
+            stop=stop,
+            on_progress=lambda p: bar.update(task, completed=p.stored, description="analysing"),
         )
 
     table = Table(title=f"fervid demo: {', '.join(summary.cameras)}", show_header=False)
@@ -131,13 +135,6 @@ def demo(
     table.add_row("wall time", f"{summary.seconds:.1f} s")
     table.add_row("end-to-end", f"{summary.fps:.1f} frames/s")
     out.print(table)
-    console.print(
-        f"demo: {summary.frames_stored} frames, {summary.faces} faces from {len(specs)} source(s) in "
-        f"{summary.seconds:.1f} s ({summary.fps:.1f} frames/s); {summary.dropped} dropped, "
-        f"{summary.dead_letters} dead letters",
-        highlight=False,
-        soft_wrap=True,
-    )
     if annotate is not None:
         from fervid.cli.annotate import write_annotated
 
