@@ -21,8 +21,9 @@ LogFormat = Literal["text", "json"]
 LEVEL_ENV = "FERVID_LOG_LEVEL"
 FORMAT_ENV = "FERVID_LOG_FORMAT"
 
-# LogRecord's own attributes; anything else on a record came from `extra=` and goes into the JSON object.
-_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# LogRecord's own attributes; anything else on a record came from `extra=` and goes into the JSON object
+# (except uvicorn's ANSI-coloured copy of its message).
+_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -82,11 +82,9 @@ def validate_range(since: datetime | None, until: datetime | None) -> tuple[int 
     for name, t in (("since", since), ("until", until)):
         if t is not None and not EARLIEST <= t <= LATEST:
             raise ConfigError(f"{name} {t.isoformat()} is outside {EARLIEST.year}..{LATEST.year}: check the date")
-    lo = None if since is None else to_ms(since)
-    hi = None if until is None else to_ms(until)
-    if lo is not None and hi is not None and lo >= hi:
-        raise ConfigError(f"empty time range: since ({since.isoformat()}) is not before until ({until.isoformat()})")  # type: ignore[union-attr]
-    return lo, hi
+    if since is not None and until is not None and to_ms(since) >= to_ms(until):
+        raise ConfigError(f"empty time range: since ({since.isoformat()}) is not before until ({until.isoformat()})")
+    return (None if since is None else to_ms(since)), (None if until is None else to_ms(until))
 
 
 def format_duration(ms: int) -> str:
@@ -265,11 +263,11 @@ def _rollup_query(camera: str, bucket_ms: int, lo: int | None, hi: int | None, l
             *[m[f"{prefix}_{e}"].label(f"c_{e}") for e in EMOTIONS], *[m[f"sum_{e}"].label(f"p_{e}") for e in EMOTIONS],
         ).where(*rolled)
     ]  # fmt: skip
-    edges = []
-    if lo is not None:
-        edges.append((lo, lo_up if hi is None else min(lo_up, hi)))  # type: ignore[type-var]
-    if hi is not None:
-        edges.append((hi_down if lo_up is None else max(hi_down, lo_up), hi))  # type: ignore[type-var]
+    edges: list[tuple[int, int]] = []  # [a, b) of raw events: the partial minutes at either end
+    if lo is not None and lo_up is not None:
+        edges.append((lo, lo_up if hi is None else min(lo_up, hi)))
+    if hi is not None and hi_down is not None:
+        edges.append((hi_down if lo_up is None else max(hi_down, lo_up), hi))
     label = EventRow.label if labels == "raw" else func.coalesce(EventRow.label_smoothed, EventRow.label)
     for a, b in edges:
         if a >= b:
