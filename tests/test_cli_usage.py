@@ -194,3 +194,44 @@ def test_the_demo_bar_expects_the_frames_the_files_will_give(sample_clip: tuple[
     assert expected_frames(source_specs([clip], fps=100, seconds=1)) == 30
     assert expected_frames(source_specs([clip, clip], ["a", "b"], fps=5)) == 20
     assert expected_frames(source_specs([clip, "rtsp://127.0.0.1:1/x"], ["a", "b"])) is None
+
+
+@pytest.mark.parametrize("level", ["info", "warning"])
+def test_the_api_access_log_follows_the_level(tmp_path: Path, level: str) -> None:
+    import json
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    db = f"sqlite:///{tmp_path / 'api.db'}"
+    assert run(["migrate", "--db", db], tmp_path).returncode == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERVID_")} | {"FERVID_LOG_FORMAT": "json"}
+    args = [FERVID, "api", "--db", db, "--port", str(port), "--log-level", level]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert r.status == 200
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the api did not start"
+                time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    records = [json.loads(line) for line in err.splitlines() if line.strip()]
+    access = [r for r in records if r["logger"] == "uvicorn.access"]
+    starts = [r for r in records if r["message"].startswith("api: starting with")]
+    if level == "info":
+        assert access and "GET /health" in access[0]["message"] and starts[0]["config"]["port"] == port
+    else:
+        assert access == [] and starts == []
