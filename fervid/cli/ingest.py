@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -9,7 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from fervid.cli import DataDir, RedisUrl, Verbose, _setup_logging, app, console, out
+from fervid.cli import DataDir, LogLevelOption, MetricsPort, RedisUrl, Verbose, app, console, out, setup_logging
+from fervid.logs import format_config
 
 if TYPE_CHECKING:
     import redis
@@ -25,14 +27,12 @@ def ingest(
     config: Annotated[Path, typer.Option("--config", "-c", help="cameras.yaml: the cameras to run.")],
     redis: RedisUrl = None,
     data_dir: DataDir = None,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option("--metrics-port", help="Serve /metrics, /health, /ready here; 0 = off (env FERVID_METRICS_PORT)."),
-    ] = None,
+    metrics_port: MetricsPort = None,
+    log_level: LogLevelOption = None,
     verbose: Verbose = False,
 ) -> None:
     """Run every enabled camera of a cameras.yaml, one thread each, reconnecting with backoff. SIGHUP reloads it."""
-    _setup_logging(verbose)
+    setup_logging(log_level, verbose, service=True)
     from fervid.bus import connect, redact_url, redis_url_for
     from fervid.metrics import serve_health
     from fervid.settings import load_settings
@@ -42,6 +42,9 @@ def ingest(
 
     settings = load_settings(data_dir=data_dir, redis_url=redis, metrics_port=metrics_port)
     cameras = load_cameras(config)  # fail fast, before connecting to anything
+    startup = {**settings.describe("ingest"), "config": str(config), "cameras": len(cameras)}
+    logging.getLogger(__name__).info("ingest: starting with %s", format_config(startup), extra={"config": startup})
+
     def announce(url: str) -> None:
         console.print(f"No --redis given: embedded Redis at {url}")
 
@@ -59,8 +62,11 @@ def ingest(
 
 
 @app.command()
-def cameras(redis: RedisUrl = None, data_dir: DataDir = None) -> None:
+def cameras(
+    redis: RedisUrl = None, data_dir: DataDir = None, log_level: LogLevelOption = None, verbose: Verbose = False
+) -> None:
     """State of every camera an ingest process has published: state, fps, frames, drops, reconnects, last error, age."""
+    setup_logging(log_level, verbose)
     from fervid.bus import connect, redis_url_for
     from fervid.settings import load_settings
 
