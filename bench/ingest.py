@@ -41,7 +41,8 @@ from ingest.cameras import CameraConfig  # noqa: E402
 from ingest.jpeg import encode_bgr, encode_frame  # noqa: E402
 from ingest.publisher import FramePublisher  # noqa: E402
 from ingest.service import IngestService  # noqa: E402
-from ingest.source import Sampler, decode, open_container  # noqa: E402
+from ingest.frames import Sampler  # noqa: E402
+from ingest.source import decode, open_container  # noqa: E402
 
 KEYS = Keys()  # the default namespace
 

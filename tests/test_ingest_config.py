@@ -8,7 +8,7 @@ import pytest
 
 from fervid.errors import ConfigError, SourceError
 from ingest.cameras import load_cameras, parse_cameras
-from ingest.source import open_container, redact_text, source_kind, v4l2_device
+from ingest.source import open_container, redact_text, source_type, v4l2_device
 
 GOOD = """
 cameras:
@@ -85,9 +85,11 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_source_kinds_and_v4l2_paths() -> None:
-    assert source_kind("rtsp://h/x") == source_kind("rtsps://h/x") == "rtsp"
-    assert source_kind("0") == source_kind("/dev/video2") == source_kind("v4l2:///dev/video1") == "v4l2"
-    assert source_kind("clip.mp4") == "file"
+    kind = lambda url: source_type(url).kind  # noqa: E731
+    assert kind("rtsp://h/x") == kind("rtsps://h/x") == kind("RTSP://h/x") == "rtsp"
+    assert kind("0") == kind("/dev/video2") == kind("v4l2:///dev/video1") == "v4l2"
+    assert kind("clip.mp4") == kind("file:///data/clip.mp4") == kind("c:/videos/clip.mp4") == "file"
+    assert [source_type(u).live for u in ("rtsp://h/x", "0", "clip.mp4")] == [True, True, False]
     assert v4l2_device("0") == "/dev/video0"
     assert v4l2_device("12") == "/dev/video12"
     assert v4l2_device("v4l2:///dev/video3") == "/dev/video3"

@@ -70,6 +70,16 @@ RedisUrl = Annotated[
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Where embedded Redis and SQLite live (default ./fervid-data).")
 ]
+StartTime = Annotated[
+    str | None,
+    typer.Option(
+        "--start-time",
+        metavar="ISO-8601",
+        help="When the video files were recorded, e.g. 2024-05-01T09:30:00Z (no zone: UTC): capture time = this + "
+        "the frame's PTS. Default: each file's creation_time tag when it has one, else the time of this run; "
+        "the log (-v) says which, per file.",
+    ),
+]
 
 
 def _register_commands() -> None:

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fervid.cli import DataDir, DbUrl, RedisUrl, Verbose, _setup_logging, app, console, out
+from fervid.cli import DataDir, DbUrl, RedisUrl, StartTime, Verbose, _setup_logging, app, console, out
 from fervid.errors import FervidError
 
 
@@ -27,6 +27,7 @@ def demo(
         float | None, typer.Option(help="Analysis rate in frames/s (default: every frame of a file).")
     ] = None,
     seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds of video.")] = None,
+    start_time: StartTime = None,
     db: DbUrl = None,
     redis: RedisUrl = None,
     data_dir: DataDir = None,
@@ -61,7 +62,7 @@ def demo(
         console.print(f"No source given: making a sample clip with two real faces at {clip}")
         make_sample_clip(clip, seconds=4.0)
         sources = [str(clip)]
-    specs = source_specs(sources, camera, fps=fps, seconds=seconds)
+    specs = source_specs(sources, camera, fps=fps, seconds=seconds, start_time=start_time)
 
     if annotate is not None:
         from fervid.cli.annotate import check_output

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from fervid.cli import DataDir, RedisUrl, Verbose, _setup_logging, app
+from fervid.cli import DataDir, RedisUrl, StartTime, Verbose, _setup_logging, app
 from fervid.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,15 @@ def ingest_files(
     ] = None,
     fps: Annotated[float | None, typer.Option(help="Analysis rate in frames/s (default: every frame).")] = None,
     seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds of video.")] = None,
+    start_time: StartTime = None,
     redis: RedisUrl = None,
     metrics_port: MetricsPort = None,
     verbose: Verbose = False,
 ) -> None:
-    """Publish the frames of video files onto the bus once, then exit (cameras: `fervid ingest --config`)."""
+    """Publish the frames of video files onto the bus once, then exit (cameras: `fervid ingest --config`).
+
+    Riding out a Redis outage of any length: publishing waits and goes on where it was.
+    """
     _setup_logging(verbose)
     from fervid.bus import Bus, connect
     from fervid.metrics import serve_health
@@ -109,7 +113,7 @@ def ingest_files(
     settings = load_settings(redis_url=redis, metrics_port=metrics_port)
     if not settings.redis_url:
         raise ConfigError("ingest-files needs a shared Redis: set FERVID_REDIS_URL or pass --redis")
-    specs = source_specs(sources, camera, fps=fps, seconds=seconds)
+    specs = source_specs(sources, camera, fps=fps, seconds=seconds, start_time=start_time)
     exit_now_on_signal()
     stop = StopFlag()
     client = connect(settings.redis_url)
