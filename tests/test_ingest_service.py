@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis
 from waiting import wait_for
 
@@ -88,8 +89,8 @@ def test_fervid_ingest_cli_sighup_reload_and_cameras_table(
     config = tmp_path / "cameras.yaml"
     config.write_text(
         "cameras:\n"
-        "  - {name: front, url: 'rtsp://${CAM_USER}:${CAM_PASS}@127.0.0.1:%d/cam', fps: 5}\n"
-        "  - {name: gone, url: 'rtsp://127.0.0.1:1/nothing', fps: 5}\n" % rtsp_server.port
+        f"  - {{name: front, url: 'rtsp://${{CAM_USER}}:${{CAM_PASS}}@127.0.0.1:{rtsp_server.port}/cam', fps: 5}}\n"
+        "  - {name: gone, url: 'rtsp://127.0.0.1:1/nothing', fps: 5}\n"
     )
     env = {**os.environ, "CAM_USER": "viewer", "CAM_PASS": "s3cret-pw"}
     proc = subprocess.Popen(
@@ -111,7 +112,7 @@ def test_fervid_ingest_cli_sighup_reload_and_cameras_table(
         config.write_text(
             config.read_text()
             .replace(
-                "rtsp://127.0.0.1:1/nothing", "rtsp://${CAM_USER}:${CAM_PASS}@127.0.0.1:%d/cam2" % rtsp_server.port
+                "rtsp://127.0.0.1:1/nothing", f"rtsp://${{CAM_USER}}:${{CAM_PASS}}@127.0.0.1:{rtsp_server.port}/cam2"
             )
             .replace("name: gone", "name: added")
         )
@@ -138,16 +139,29 @@ def test_fervid_ingest_cli_sighup_reload_and_cameras_table(
     assert state("front") == "stopped"
 
 
-def test_fervid_ingest_bad_config_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"cameras:\n  - {name: a, url: 'rtsp://u:${NOPE_PW}@h/x'}\n",
+            "cameras.0.url: environment variable NOPE_PW is not set",
+        ),
+        (b"cameras:\n  - {name: caf\xe9, url: x.mp4}\n", "cameras.yaml:2:15: not UTF-8 text (byte 0xe9)"),
+        (b"cameras:\n  - {name: a, url: 'rtsp://'}\n", "rtsp:// has no host"),
+        (b"cameras:\n  - {name: '" + b"x" * 5000 + b"', url: x.mp4}\n", "(5002 characters) is invalid"),
+    ],
+    ids=["missing-env", "not-utf8", "no-host", "long-name"],
+)
+def test_fervid_ingest_bad_config_is_one_line(tmp_path: Path, content: bytes, message: str) -> None:
     config = tmp_path / "cameras.yaml"
-    config.write_text("cameras:\n  - {name: a, url: 'rtsp://u:${NOPE_PW}@h/x'}\n")
+    config.write_bytes(content)
     r = subprocess.run(
         _fervid("ingest", "--config", str(config)),
         capture_output=True,
         text=True,
         timeout=60,
-        env={k: v for k, v in os.environ.items() if k != "NOPE_PW"},
+        env={**{k: v for k, v in os.environ.items() if k != "NOPE_PW"}, "COLUMNS": "1000"},
     )
     assert r.returncode == 2
-    assert "cameras.0.url: environment variable NOPE_PW is not set" in r.stderr
-    assert "Traceback" not in r.stderr
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1 and len(r.stderr) < 1000
