@@ -165,3 +165,43 @@ def test_fervid_ingest_bad_config_is_one_line(tmp_path: Path, content: bytes, me
     assert r.returncode == 2
     assert message in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1 and len(r.stderr) < 1000
+
+
+def test_camera_state_belongs_to_its_process_and_expires_with_it(
+    redis_client: redis.Redis, settings: Settings, rtsp_clip: Path
+) -> None:
+    """A process that stops a camera another process has taken over (a rolling restart) does not overwrite the
+    new owner's state with `stopped`; a camera whose process is gone shows as unknown."""
+    from fervid.cli.ingest import camera_rows
+    from ingest.camera import STATE_TTL_S, CameraRunner
+
+    cfg = CameraConfig(name="door", url=str(rtsp_clip), loop=True, fps=5)
+    old = CameraRunner(cfg, redis_client, settings, owner="old-host-1")
+    new = CameraRunner(cfg, redis_client, settings, owner="new-host-2")
+    key = KEYS.camera("door", "state")
+
+    def state() -> tuple[str, str]:
+        h = redis_client.hgetall(key)
+        return h.get(b"state", b"").decode(), h.get(b"owner", b"").decode()
+
+    old.publish_state()
+    assert state() == ("connecting", "old-host-1")
+    new.start()
+    try:
+        wait_for("the new owner live", lambda: state() == ("live", "new-host-2"), 10)
+        old.stop()
+        old._set("stopped")  # what the old runner's thread writes as it ends
+        assert state() == ("live", "new-host-2")
+        assert 0 < redis_client.pttl(key) <= STATE_TTL_S * 1000
+        (row,) = camera_rows(redis_client, KEYS)
+        assert row["state"] == "live"
+    finally:
+        new.stop()
+        new.join(5)
+    assert state() == ("stopped", "new-host-2")  # its owner may say so
+    # Its process gone, the state is not refreshed: once the TTL has passed the camera is unknown.
+    (row,) = camera_rows(redis_client, KEYS, now=time.time() + STATE_TTL_S + 1)
+    assert row["state"] == "unknown" and int(row["frames"]) > 0
+    redis_client.delete(key)  # what the TTL does
+    (row,) = camera_rows(redis_client, KEYS)
+    assert row["state"] == "unknown" and row["age"] == "-" and int(row["frames"]) > 0
