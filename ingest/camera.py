@@ -272,6 +272,7 @@ class CameraRunner(threading.Thread):
             tls_ca_file=cfg.tls_ca_file,
         )
         reading = Reading()
+        finished = False
         try:
             with container:
                 if not self.live and not self._start_known:
@@ -286,15 +287,21 @@ class CameraRunner(threading.Thread):
                     if not connected:
                         connected = True
                         self._went_live()
-                    publisher.publish(frame.raw, self.clock.stamp(frame.pts), should_stop=self._halt.is_set)
+                    ts = self.clock.stamp(frame.pts)
+                    last = publisher.counters.last_ts
+                    if not self.live and last is not None and ts <= last:
+                        continue  # a file read again after a failure goes on after the last frame it published
+                    publisher.publish(frame.raw, ts, should_stop=self._halt.is_set)
                     self._sync_counters(publisher, reading)  # while the frame is encoded on a helper thread
+            finished = True
         finally:
             try:
                 publisher.flush()  # the frame in flight; its error (a stop) ends the session too
             finally:
                 self._sync_counters(publisher, reading)
                 self._decoded_before += reading.decoded
-                self.clock.end_pass(reading.last_pts, 1.0 / float(cfg.fps or 30))
+                if self.live or finished:  # a file that failed is read again with the same times
+                    self.clock.end_pass(reading.last_pts, 1.0 / float(cfg.fps or 30))
 
     def _settle_recording_start(self, container: Any) -> None:
         """A file's capture time is its recording start + PTS: start_time when configured, else the file's

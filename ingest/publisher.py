@@ -32,6 +32,7 @@ class CameraCounters:
     offline_drops: int = 0  # frames dropped because Redis was unreachable (live only: files wait for it)
     first_seq: int | None = None
     last_seq: int | None = None
+    last_ts: float | None = None  # capture time of the last frame published
 
 
 class FramePublisher:
@@ -111,6 +112,7 @@ class FramePublisher:
         c.dropped += result.dropped
         c.first_seq = seq if c.first_seq is None else c.first_seq
         c.last_seq = seq
+        c.last_ts = capture_ts
 
     def _append(self, msg: FrameMsg, seq: int, should_stop: Callable[[], bool]) -> Published | None:
         """Publish `msg` through a Redis outage: a file's frame waits and goes again, with the same sequence number

@@ -3,6 +3,8 @@ real subprocesses (SIGHUP reload, SIGTERM stop)."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -205,3 +207,49 @@ def test_camera_state_belongs_to_its_process_and_expires_with_it(
     redis_client.delete(key)  # what the TTL does
     (row,) = camera_rows(redis_client, KEYS)
     assert row["state"] == "unknown" and row["age"] == "-" and int(row["frames"]) > 0
+
+
+def test_a_file_read_again_after_a_failure_goes_on_where_it_was(
+    redis_client: redis.Redis, settings: Settings, rtsp_clip: Path
+) -> None:
+    """Redis refusing writes (out of memory) mid-file fails the pass; the file is read again and publishes only
+    what it had not published yet: each frame once, sequence numbers and capture times increasing."""
+    settings = settings.model_copy(update={"bus": settings.bus.model_copy(update={"frame_backlog": 4})})
+    svc = IngestService(redis_client, settings)
+    stream = KEYS.frames("door")
+    seen: list[tuple[int, float]] = []
+
+    def consume() -> None:  # a detector at ~20 frames/s: ingest waits for room, mid-file for a while
+        with contextlib.suppress(redis.ResponseError):  # before ingest has made the group
+            for _, entries in redis_client.xreadgroup("detector", "t", {stream: ">"}, count=1, block=50) or []:
+                for entry_id, fields in entries:
+                    f = FrameMsg.decode(fields).frame
+                    seen.append((f.seq, f.capture_ts))
+                    redis_client.xack(stream, "detector", entry_id)
+        time.sleep(0.05)
+
+    try:
+        svc.apply([CameraConfig(name="door", url=str(rtsp_clip), fps=10)])  # 2 s clip: 20 frames
+        runner = svc.runners["door"]
+        while len(seen) < 5:
+            consume()
+        redis_client.config_set("maxmemory", 1)  # with the default noeviction: every write is refused
+        try:
+            deadline = time.monotonic() + 10
+            while runner.snapshot().reconnects < 1:  # consuming makes room: the next frame's write fails
+                consume()
+                assert time.monotonic() < deadline, "the pass did not fail"
+        finally:
+            redis_client.config_set("maxmemory", 0)
+        deadline = time.monotonic() + 30
+        while runner.is_alive() or len(seen) < 20:
+            consume()
+            assert time.monotonic() < deadline, "the file did not finish"
+        for _ in range(10):
+            consume()  # anything published twice would be here
+    finally:
+        svc.stop()
+    assert runner.snapshot().reconnects >= 1 and runner.snapshot().state == "stopped"
+    seqs, stamps = [s for s, _ in seen], [t for _, t in seen]
+    assert seqs == list(range(20)), seqs
+    assert [round(b - a, 3) for a, b in itertools.pairwise(stamps)] == [0.1] * 19  # no frame twice, none skipped
