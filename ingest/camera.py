@@ -181,7 +181,7 @@ class CameraRunner(threading.Thread):
         fields: dict[str, Any] = {**asdict(s), "updated": time.time()}
         flat = [str(x) for k, v in fields.items() for x in (k, f"{v:.3f}" if isinstance(v, float) else v)]
         keys = self.settings.keys
-        args = [int(STATE_TTL_S * 1000), self.owner, int(s.state == "stopped"), s.name, *flat]
+        args: list[str | int] = [int(STATE_TTL_S * 1000), self.owner, int(s.state == "stopped"), s.name, *flat]
         try:
             self._write_state(keys=[keys.camera(s.name, "state"), keys.cameras], args=args)
         except redis.RedisError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -227,6 +228,9 @@ class _OrderedPool:
             if t is not threading.current_thread():
                 t.join(max(0.0, deadline - time.monotonic()))
 
+    def _is_turn(self, ticket: int) -> bool:
+        return self._now_serving == ticket
+
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
             ticket, work, then, future = job
@@ -236,7 +240,7 @@ class _OrderedPool:
             except BaseException as exc:
                 error = exc
             with self._turn:
-                self._turn.wait_for(lambda ticket=ticket: self._now_serving == ticket)
+                self._turn.wait_for(functools.partial(self._is_turn, ticket))
                 try:
                     if error is None:
                         then(result)

@@ -90,10 +90,9 @@ def camera_rows(client: redis.Redis, keys: Keys, now: float | None = None) -> li
 
     now = time.time() if now is None else now
     rows = []
-    for raw in sorted(client.smembers(keys.cameras)):
-        name = raw.decode()
-        h = {k.decode(): v.decode() for k, v in client.hgetall(keys.camera(name, "state")).items()}
-        stats = {k.decode(): v.decode() for k, v in client.hgetall(keys.camera(name, "stats")).items()}
+    for name in sorted(_text(c) for c in client.smembers(keys.cameras)):
+        h = {_text(k): _text(v) for k, v in client.hgetall(keys.camera(name, "state")).items()}
+        stats = {_text(k): _text(v) for k, v in client.hgetall(keys.camera(name, "stats")).items()}
         updated = float(h.get("updated", 0) or 0)
         age = now - updated if updated else None
         owned = age is not None and age <= STATE_TTL_S
@@ -111,3 +110,7 @@ def camera_rows(client: redis.Redis, keys: Keys, now: float | None = None) -> li
             }
         )
     return rows
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
