@@ -38,10 +38,10 @@ from fervid.contracts import DETECTOR_GROUP, FrameMsg, FrameRef, Keys
 from fervid.sample import render_frames, write_video  # noqa: E402
 from fervid.settings import Settings, load_settings  # noqa: E402
 from ingest.cameras import CameraConfig  # noqa: E402
+from ingest.frames import Sampler  # noqa: E402
 from ingest.jpeg import encode_bgr, encode_frame  # noqa: E402
 from ingest.publisher import FramePublisher  # noqa: E402
 from ingest.service import IngestService  # noqa: E402
-from ingest.frames import Sampler  # noqa: E402
 from ingest.source import decode, open_container  # noqa: E402
 
 KEYS = Keys()  # the default namespace
