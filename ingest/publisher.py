@@ -118,7 +118,7 @@ class FramePublisher:
     def _append(self, msg: FrameMsg, seq: int, should_stop: Callable[[], bool]) -> Published | None:
         """Publish `msg` through a Redis outage: a file's frame waits and goes again, with the same sequence number
         (had it reached Redis before the connection broke, storage's idempotent insert absorbs the copy); a live
-        frame is dropped (None) and a later one tries again."""
+        frame is dropped (None), its number skipped, and a later frame tries again."""
         outage = self._outage
         while True:
             if self.live and not outage.due():
@@ -144,6 +144,9 @@ class FramePublisher:
                         "dropping frames until it is back" if self.live else f"frame {seq} waits for it",
                     )
                 if self.live:
+                    # It may have reached Redis before the connection broke: its number is never used again, so
+                    # (camera, seq) never names two different frames.
+                    self._next_seq = seq + 1
                     return None
                 while not outage.due():
                     if should_stop():

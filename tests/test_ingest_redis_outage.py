@@ -73,15 +73,20 @@ def redis7(tmp_path: Path) -> Iterator[RedisServer]:
 
 class Consumer(threading.Thread):
     """Reads one camera's frame stream as the detector's group would, at most `rate` frames/s, acking each one, and
-    carrying on through a Redis outage (entries it read but could not ack are read again from its pending list)."""
+    carrying on through a Redis outage (entries it read but could not ack are read again from its pending list).
+    :attr:`frames`: (seq, capture_ts) of each stream entry, in order."""
 
     def __init__(self, url: str, camera: str, rate: float) -> None:
         super().__init__(daemon=True)
         self.client = redis.Redis.from_url(url, socket_timeout=2)
         self.stream, self.rate = KEYS.frames(camera), rate
-        self.frames: list[tuple[int, float]] = []  # (seq, capture_ts) in delivery order
+        self.entries: dict[bytes, tuple[int, float]] = {}  # entry id → (seq, capture_ts), in first delivery order
         self.outage_errors = 0
         self.done = threading.Event()
+
+    @property
+    def frames(self) -> list[tuple[int, float]]:
+        return list(self.entries.values())
 
     def run(self) -> None:
         start = "0"  # its own pending entries first: after an outage, what it read but could not ack
@@ -93,11 +98,11 @@ class Consumer(threading.Thread):
                     start = ">"
                 for entry_id, fields in entries:
                     f = FrameMsg.decode(fields).frame
-                    self.frames.append((f.seq, f.capture_ts))
+                    self.entries.setdefault(entry_id, (f.seq, f.capture_ts))  # read again if its ack was lost
                     self.client.xack(self.stream, DETECTOR_GROUP, entry_id)
                     time.sleep(1 / self.rate)
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-                # Refused or loading while Redis is away; NOGROUP until ingest has created the group.
+                # Refused or loading while Redis is away; NOGROUP until ingest has made the group.
                 self.outage_errors += 1
                 start = "0"
                 time.sleep(0.1)
