@@ -190,7 +190,7 @@ def test_camera_state_belongs_to_its_process_and_expires_with_it(
     assert state() == ("connecting", "old-host-1")
     new.start()
     try:
-        wait_for("the new owner live", lambda: state() == ("live", "new-host-2"), 10)
+        wait_for("the new owner live", lambda: state() == ("live", "new-host-2"), 30, [new])
         old.stop()
         old._set("stopped")  # what the old runner's thread writes as it ends
         assert state() == ("live", "new-host-2")
@@ -199,7 +199,8 @@ def test_camera_state_belongs_to_its_process_and_expires_with_it(
         assert row["state"] == "live"
     finally:
         new.stop()
-        new.join(5)
+        new.join(10)
+    assert not new.is_alive()
     assert state() == ("stopped", "new-host-2")  # its owner may say so
     # Its process gone, the state is not refreshed: once the TTL has passed the camera is unknown.
     (row,) = camera_rows(redis_client, KEYS, now=time.time() + STATE_TTL_S + 1)
