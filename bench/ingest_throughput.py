@@ -35,10 +35,11 @@ from fervid.contracts import DETECTOR_GROUP, FrameMsg, FrameRef, Keys
 from fervid.sample import render_frames, write_video
 from fervid.settings import Settings, load_settings
 from ingest.cameras import CameraConfig
+from ingest.frames import Sampler
 from ingest.jpeg import encode_bgr, encode_frame
 from ingest.publisher import FramePublisher
 from ingest.service import IngestService
-from ingest.source import Sampler, decode, open_container
+from ingest.source import decode, open_container
 
 KEYS = Keys()  # the default namespace
 

@@ -125,6 +125,16 @@ Fps = Annotated[
     typer.Option(callback=positive, help="Analysis rate in frames/s (default: every frame of a file)."),
 ]
 Seconds = Annotated[float | None, typer.Option(callback=positive, help="Stop after this many seconds of video.")]
+StartTime = Annotated[
+    str | None,
+    typer.Option(
+        "--start-time",
+        metavar="ISO-8601",
+        help="When the video files were recorded, e.g. 2024-05-01T09:30:00Z (no zone: UTC): capture time = this + "
+        "the frame's PTS. Default: each file's creation_time tag when it has one, else the time of this run; "
+        "the log (-v) says which, per file.",
+    ),
+]
 
 
 def _register_commands() -> None:

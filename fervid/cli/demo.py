@@ -23,6 +23,7 @@ from fervid.cli import (
     LogLevelOption,
     RedisUrl,
     Seconds,
+    StartTime,
     Verbose,
     app,
     console,
@@ -45,6 +46,7 @@ def demo(
     ] = None,
     fps: Fps = None,
     seconds: Seconds = None,
+    start_time: StartTime = None,
     db: DbUrl = None,
     redis: RedisUrl = None,
     data_dir: DataDir = None,
@@ -87,7 +89,7 @@ def demo(
         console.print(f"No source given: making a sample clip with two real faces at {clip}", soft_wrap=True)
         make_sample_clip(clip, seconds=4.0)
         sources = [str(clip)]
-    specs = source_specs(sources, camera, fps=fps, seconds=seconds)
+    specs = source_specs(sources, camera, fps=fps, seconds=seconds, start_time=start_time)
     expected = expected_frames(specs)  # also fails on a missing or unreadable file, before anything starts
 
     if annotate is not None:

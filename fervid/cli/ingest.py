@@ -18,9 +18,6 @@ if TYPE_CHECKING:
 
     from fervid.contracts import Keys
 
-# A state not refreshed for this long belongs to a dead (or hung) ingest process.
-STALE_AFTER_S = 10.0
-
 
 @app.command()
 def ingest(
@@ -51,7 +48,9 @@ def ingest(
     with redis_url_for(settings, announce) as url:
         client = connect(url)
         enabled = [c.name for c in cameras if c.enabled]
-        console.print(f"ingest: {len(enabled)} camera(s) from {config} → {redact_url(url)}; SIGHUP reloads, Ctrl-C stops")
+        console.print(
+            f"ingest: {len(enabled)} camera(s) from {config} → {redact_url(url)}; SIGHUP reloads, Ctrl-C stops"
+        )
         stop = StopFlag()
         stop.install_signal_handlers()
         health = serve_health("ingest", settings.metrics_port, client, settings.keys)
@@ -65,7 +64,10 @@ def ingest(
 def cameras(
     redis: RedisUrl = None, data_dir: DataDir = None, log_level: LogLevelOption = None, verbose: Verbose = False
 ) -> None:
-    """State of every camera an ingest process has published: state, fps, frames, drops, reconnects, last error, age."""
+    """State of every camera an ingest process has published: state, fps, frames, drops, reconnects, last error, age.
+
+    A camera whose ingest process is gone (its state was not refreshed for 10 s) shows as unknown.
+    """
     setup_logging(log_level, verbose)
     from fervid.bus import connect, redis_url_for
     from fervid.settings import load_settings
@@ -77,38 +79,43 @@ def cameras(
         console.print("No cameras have been published yet.")
         return
     table = Table(title="cameras")
-    for col in ("camera", "state", "fps", "frames", "drops", "reconnects", "last error", "age"):
-        table.add_column(col, justify="right" if col in ("fps", "frames", "drops", "reconnects", "age") else "left")
+    numbers = ("fps", "frames", "drops", "offline", "reconnects", "age")
+    for col in ("camera", "state", *numbers[:-1], "last error", "age"):
+        table.add_column(col, justify="right" if col in numbers else "left")
     for r in rows:
-        table.add_row(
-            r["camera"], r["state"], r["fps"], r["frames"], r["drops"], r["reconnects"], r["last_error"], r["age"]
-        )
+        table.add_row(*[r[k] for k in ("camera", "state", *numbers[:-1], "last_error", "age")])
     out.print(table)
 
 
 def camera_rows(client: redis.Redis, keys: Keys, now: float | None = None) -> list[dict[str, str]]:
-    """One row per known camera; a camera whose state expired or was not refreshed shows as stale."""
+    """One row per known camera. A camera whose state has expired, or was not refreshed within the state's TTL,
+    is ``unknown``: the ingest process that ran it is gone (or hung). Its counters are then the last ones the
+    bus recorded. ``offline``: frames dropped while Redis was unreachable."""
+    from ingest.camera import STATE_TTL_S
+
     now = time.time() if now is None else now
     rows = []
-    for raw in sorted(client.smembers(keys.cameras)):
-        name = raw.decode()
-        h = {k.decode(): v.decode() for k, v in client.hgetall(keys.camera(name, "state")).items()}
-        stats = {k.decode(): v.decode() for k, v in client.hgetall(keys.camera(name, "stats")).items()}
+    for name in sorted(_text(c) for c in client.smembers(keys.cameras)):
+        h = {_text(k): _text(v) for k, v in client.hgetall(keys.camera(name, "state")).items()}
+        stats = {_text(k): _text(v) for k, v in client.hgetall(keys.camera(name, "stats")).items()}
         updated = float(h.get("updated", 0) or 0)
         age = now - updated if updated else None
-        state = h.get("state", "unknown")
-        if age is None or age > STALE_AFTER_S:
-            state = f"stale ({state})" if h else "stale"
+        owned = age is not None and age <= STATE_TTL_S
         rows.append(
             {
                 "camera": name,
-                "state": state,
-                "fps": f"{float(h.get('fps', 0) or 0):.1f}",
+                "state": h.get("state", "unknown") if owned else "unknown",
+                "fps": f"{float(h.get('fps', 0) or 0):.1f}" if owned else "-",
                 "frames": h.get("frames", stats.get("published", "0")),
                 "drops": h.get("drops", stats.get("dropped", "0")),
+                "offline": h.get("offline_drops", stats.get("offline_drops", "0")),
                 "reconnects": h.get("reconnects", "0"),
                 "last_error": h.get("last_error", ""),
                 "age": "-" if age is None else f"{age:.0f}s",
             }
         )
     return rows
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -25,6 +25,7 @@ from fervid.cli import (
     MetricsPort,
     RedisUrl,
     Seconds,
+    StartTime,
     Verbose,
     app,
     setup_logging,
@@ -112,12 +113,16 @@ def ingest_files(
     ] = None,
     fps: Fps = None,
     seconds: Seconds = None,
+    start_time: StartTime = None,
     redis: RedisUrl = None,
     metrics_port: MetricsPort = None,
     log_level: LogLevelOption = None,
     verbose: Verbose = False,
 ) -> None:
-    """Publish the frames of video files onto the bus once, then exit (cameras: `fervid ingest --config`)."""
+    """Publish the frames of video files onto the bus once, then exit (cameras: `fervid ingest --config`).
+
+    Riding out a Redis outage of any length: publishing waits and goes on where it was.
+    """
     setup_logging(log_level, verbose, service=True)
     from fervid.bus import Bus, connect
     from fervid.metrics import serve_health
@@ -129,7 +134,7 @@ def ingest_files(
     settings = load_settings(redis_url=redis, metrics_port=metrics_port)
     if not settings.redis_url:
         raise ConfigError("ingest-files needs a shared Redis: set FERVID_REDIS_URL or pass --redis")
-    specs = source_specs(sources, camera, fps=fps, seconds=seconds)
+    specs = source_specs(sources, camera, fps=fps, seconds=seconds, start_time=start_time)
     config = {**settings.describe("ingest"), "sources": len(specs), "fps": fps, "seconds": seconds}
     log.info("ingest-files: starting with %s", format_config(config), extra={"config": config})
     exit_now_on_signal()
