@@ -125,10 +125,13 @@ def worker_rate(
     frames = len(jpegs) // faces
     producer = Bus(client, "detector")
     for seq in range(frames):
-        fs = tuple(Face(k, Box(10 + 70 * k, 10, 64, 64), 0.9, jpegs[seq * faces + k], track_id=k) for k in range(faces))
+        fs = tuple(
+            Face(index=k, box=Box(10 + 70 * k, 10, 64, 64), score=0.9, crop=jpegs[seq * faces + k], track_id=k)
+            for k in range(faces)
+        )
         producer.publish(
             KEYS.faces,
-            FacesMsg(FrameRef("cam", seq, 1000.0 + seq * 0.2, 640, 480), "bench", fs),
+            FacesMsg(frame=FrameRef("cam", seq, 1000.0 + seq * 0.2, 640, 480), detector="bench", faces=fs),
             downstream_group="classifier",
             backlog=frames + 1,
         )

@@ -89,10 +89,11 @@ class ClassifierStage:
         for _, msg in frames:
             emotions = []
             for face in msg.faces:
-                p, s = tuple(probs[k].tolist()), smoothed[k]
+                p = tuple(probs[k].tolist())
+                emotions.append(Emotion.from_face(face, probs=p, smoothed_label=smoothed[k].label))
                 k += 1
-                emotions.append(Emotion(face.index, face.box, face.score, p, face.track_id, s.probs, s.label))
-            events.append(EventsMsg(msg.frame, msg.detector, self.classifier.model_id, tuple(emotions)))
+            model = self.classifier.model_id
+            events.append(EventsMsg(frame=msg.frame, detector=msg.detector, model=model, emotions=tuple(emotions)))
         try:  # one round trip for the whole batch, in order
             published = self.bus.publish_many(
                 self.bus.keys.events,

@@ -144,7 +144,14 @@ class DetectorStage:
                 continue
             box = Box(det.x1, det.y1, det.width, det.height)
             faces.append(
-                Face(len(faces), box, det.score, jpeg.tobytes(), track_id=track_id, quality=quality(crop, det))
+                Face(
+                    index=len(faces),
+                    box=box,
+                    score=det.score,
+                    crop=jpeg.tobytes(),
+                    track_id=track_id,
+                    quality=quality(crop, det),
+                )
             )
         return faces
 

@@ -77,7 +77,7 @@ def run_pipeline(
 ) -> RunSummary:
     """Run ingest for `sources` (ingest.runner.SourceSpec) and all downstream stages until every published
     frame is stored (or dead-lettered), or until `stop` is set (live sources run until then)."""
-    from ingest.runner import run_live, run_source
+    from ingest.runner import run_source
     from ingest.source import is_live, probe_file
 
     stop = stop or StopFlag()
@@ -99,8 +99,7 @@ def run_pipeline(
 
     def ingest(spec: Any) -> None:
         # Live sources reconnect (backoff, stall watchdog) until stopped; files are read once.
-        run = run_live if is_live(spec.url) else run_source
-        counters[spec.camera] = run(
+        counters[spec.camera] = run_source(
             Bus.from_settings(client, "ingest", settings), spec, settings, should_stop=stop.is_set
         )
 

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from fervid.contracts import FrameMsg, Keys, validate_camera_name
 from fervid.errors import ConfigError, NotFound, ServiceUnavailable
 from storage import timeline as tl
-from storage.db import EventRow
+from storage.db import events_table
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ def create_app(
         label: str | None = Query(None, max_length=16),
         limit: int = Query(100, ge=1, le=1000),
         after_id: int | None = Query(None, ge=0, le=2**63 - 1),  # a BIGINT: larger would overflow the driver, a 500
+        min_quality: float | None = Query(None, ge=0.0, le=1.0),
     ) -> dict[str, Any]:
         rows = tl.events(
             engine,
@@ -152,6 +153,7 @@ def create_app(
             label=label,
             limit=limit,
             after_id=after_id,
+            min_quality=min_quality,
         )
         return {"events": rows, "next_after_id": rows[-1]["id"] if len(rows) == limit else None}
 
@@ -184,17 +186,12 @@ def render_snapshot(engine: Engine, client: Any, camera: str, keys: Keys, scan: 
     if not frames:
         raise NotFound(f"no decodable frame of camera {camera!r} in Redis")
     seqs = [f.frame.seq for f in frames]
+    ev = events_table.c
     with engine.connect() as conn:
         rows = conn.execute(
-            select(
-                EventRow.frame_seq,
-                EventRow.x,
-                EventRow.y,
-                EventRow.w,
-                EventRow.h,
-                EventRow.label,
-                EventRow.label_smoothed,
-            ).where(EventRow.camera == camera, EventRow.frame_seq.in_(seqs))
+            select(ev.frame_seq, ev.x, ev.y, ev.w, ev.h, ev.label, ev.label_smoothed).where(
+                ev.camera == camera, ev.frame_seq.in_(seqs)
+            )
         ).all()
     by_seq: dict[int, list[Any]] = {}
     for r in rows:

@@ -148,17 +148,20 @@ def track_frames(n: int) -> list[FacesMsg]:
     for seq in range(n):
         ok, buf = cv2.imencode(".jpg", crops[(seq // 2) % len(crops)])
         faces = (
-            Face(0, Box(10, 10, 60, 60), 0.9, buf.tobytes(), track_id=7),
-            Face(1, Box(100, 10, 60, 60), 0.9, buf.tobytes()),
+            Face(index=0, box=Box(10, 10, 60, 60), score=0.9, crop=buf.tobytes(), track_id=7),
+            Face(index=1, box=Box(100, 10, 60, 60), score=0.9, crop=buf.tobytes()),
         )
-        out.append(FacesMsg(FrameRef("cam", seq, 100.0 + seq * 0.2, 640, 480), "retinaface", faces))
+        out.append(
+            FacesMsg(frame=FrameRef("cam", seq, 100.0 + seq * 0.2, 640, 480), detector="retinaface", faces=faces)
+        )
     return out
 
 
 def classify(
     redis_client: redis.Redis, settings: Settings, replicas: int, frames: list[FacesMsg], model
-) -> list[EventsMsg]:
-    """Publish `frames`, then let `replicas` stages take turns, one batch each, until all are handled."""
+) -> tuple[list[EventsMsg], dict[bytes, bytes]]:
+    """Publish `frames`, then let `replicas` stages take turns, one batch each, until all are handled; returns the
+    events and the tracked face's smoothing state."""
     redis_client.flushdb()
     producer = Bus(redis_client, "detector")
     for m in frames:
@@ -173,27 +176,28 @@ def classify(
         handled += run_stage(stage, stage.bus, max_messages=1, idle_timeout=1, block_ms=50).messages
         turn += 1
     assert turn >= 2 * replicas  # each replica really took several turns
-    return [EventsMsg.decode(f) for _, f in redis_client.xrange(KEYS.events)]
+    events = [EventsMsg.decode(f) for _, f in redis_client.xrange(KEYS.events)]
+    return events, redis_client.hgetall(KEYS.track("cam", 7))
 
 
 def test_two_replicas_taking_turns_smooth_exactly_like_one(redis_client: redis.Redis, tmp_path: Path) -> None:
     settings = load_settings(data_dir=tmp_path, classifier__batch_size=3, classifier__max_wait_ms=0)
     model = load_classifier("mini_xception", device="cpu")
     frames = track_frames(12)
-    one = classify(redis_client, settings, 1, frames, model)
-    two = classify(redis_client, settings, 2, frames, model)
+    one, state = classify(redis_client, settings, 1, frames, model)
+    two, state_two = classify(redis_client, settings, 2, frames, model)
     assert [e.frame.seq for e in two] == list(range(12))
-    tracked = [(e.emotions[0].smoothed, e.emotions[0].smoothed_label) for e in one]
-    assert tracked == [(e.emotions[0].smoothed, e.emotions[0].smoothed_label) for e in two]
-    assert tracked[0] == tracked[1] == (None, None) and tracked[2][0] is not None
-    assert any(label is not None for _, label in tracked)
-    # The smoothed values really are an EMA of the raw ones (alpha from the settings).
+    tracked = [e.emotions[0].smoothed_label for e in one]
+    assert tracked == [e.emotions[0].smoothed_label for e in two] and state == state_two
+    assert tracked[0] is None and tracked[1] is None  # too few observations for a consensus
+    assert any(label is not None for label in tracked)
+    # The track's state holds an EMA of the raw probabilities (alpha from the settings), the same for both.
     alpha = settings.classifier.smoothing.alpha
     ema = np.array(one[0].emotions[0].probs)
     for e in one[1:]:
         ema = alpha * np.array(e.emotions[0].probs) + (1 - alpha) * ema
-    np.testing.assert_allclose(one[-1].emotions[0].smoothed, ema, atol=1e-9)
-    assert all(e.emotions[1].smoothed is None and e.emotions[1].smoothed_label is None for e in one)  # untracked
+    np.testing.assert_allclose([float(v) for v in state[b"ema"].split(b",")], ema, atol=1e-9)
+    assert all(e.emotions[1].smoothed_label is None for e in one)  # untracked
 
 
 def test_smoothed_label_reaches_sql(redis_client: redis.Redis, settings: Settings) -> None:

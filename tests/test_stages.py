@@ -62,8 +62,10 @@ def test_classifier_dead_letters_a_corrupt_crop(redis_client: redis.Redis, setti
     ok, crop = cv2.imencode(".jpg", frames[0][y1:y2, x1:x2])
     producer = Bus(redis_client, "detector")
     ref = FrameRef("cam", 0, 1.0, 640, 480)
-    good = FacesMsg(ref, "mtcnn", (Face(0, Box(x1, y1, x2 - x1, y2 - y1), 0.99, crop.tobytes()),))
-    bad = FacesMsg(FrameRef("cam", 1, 1.0, 640, 480), "mtcnn", (Face(0, Box(1, 1, 5, 5), 0.99, b"junk"),))
+    face = Face(index=0, box=Box(x1, y1, x2 - x1, y2 - y1), score=0.99, crop=crop.tobytes())
+    good = FacesMsg(frame=ref, detector="mtcnn", faces=(face,))
+    junk = Face(index=0, box=Box(1, 1, 5, 5), score=0.99, crop=b"junk")
+    bad = FacesMsg(frame=FrameRef("cam", 1, 1.0, 640, 480), detector="mtcnn", faces=(junk,))
     for msg in (bad, good):
         producer.publish(KEYS.faces, msg, downstream_group="classifier", backlog=100)
     stage = ClassifierStage(Bus(redis_client, "classifier"), load_classifier("mini_xception"), settings)
@@ -82,10 +84,10 @@ def test_storage_redelivery_never_duplicates(redis_client: redis.Redis, settings
 
     msgs = [
         EventsMsg(
-            FrameRef("cam", i, 100.0 + i, 64, 64),
-            "mtcnn",
-            "m",
-            tuple(Emotion(k, Box(1, 1, 5, 5), 0.9, probs) for k in range(i % 3)),
+            frame=FrameRef("cam", i, 100.0 + i, 64, 64),
+            detector="mtcnn",
+            model="m",
+            emotions=tuple(Emotion(index=k, box=Box(1, 1, 5, 5), score=0.9, probs=probs) for k in range(i % 3)),
         )
         for i in range(10)
     ]

@@ -74,6 +74,14 @@ def test_cameras_events_paging_and_filters(client: TestClient) -> None:
     assert ranged and all("2025-11-25T00:00:10" <= e["ts"] < "2025-11-25T00:00:20" for e in ranged)
 
 
+def test_events_carry_quality_and_filter_on_it(client: TestClient) -> None:
+    every = client.get("/events", params={"camera": "cam1", "limit": 1000}).json()["events"]
+    known = [e["quality"] for e in every if e["quality"] is not None]
+    assert known and len(known) < len(every)  # make_messages leaves some faces' quality unknown
+    good = client.get("/events", params={"camera": "cam1", "limit": 1000, "min_quality": 0.5}).json()["events"]
+    assert good and [e["id"] for e in good] == [e["id"] for e in every if (e["quality"] or -1) >= 0.5]
+
+
 @pytest.mark.parametrize(
     "path, params, status, message",
     [
@@ -100,6 +108,8 @@ def test_cameras_events_paging_and_filters(client: TestClient) -> None:
         ("/cameras/cam1/snapshot.jpg", {}, 404, "no frames"),
         ("/events", {"after_id": str(2**70)}, 422, "less than or equal"),  # beyond BIGINT
         ("/events", {"limit": str(10**12)}, 422, "less than or equal"),
+        ("/events", {"min_quality": "1.5"}, 422, "less than or equal"),
+        ("/events", {"min_quality": "nan"}, 422, ""),
         ("/cameras/cam1/timeline", {"bucket": "9" * 40 + "d"}, 422, "at most"),
         ("/cameras/cam1/timeline", {"bucket": "1e308s"}, 400, "invalid duration"),
         ("/cameras/cam1/timeline", {"since": "2025-11-25T00:00:00+99:00"}, 400, "invalid time"),
