@@ -495,18 +495,14 @@ def assert_like(result: Result, baseline: Result) -> None:
 
 # A small frame backlog paces file ingest by the detector, so ingest is still publishing when the fault comes.
 DURING_INGEST = {"FERVID_BUS__FRAME_BACKLOG": "4"}
-# File ingest rides out a Redis outage in another engineer's change (ingest's part of issue 14, item 1); until it
-# lands, ingest-files exits on the outage and these scenarios fail. Strict: once ingest rides it out, they pass and
-# this marker must go.
-NEEDS_INGEST = pytest.mark.xfail(strict=True, reason="file ingest does not yet ride out a Redis outage")
 
 
 @pytest.mark.parametrize(
     ("seconds", "during"),
     [
-        pytest.param(5, "ingest", marks=NEEDS_INGEST, id="5s-during-ingest"),
+        pytest.param(5, "ingest", id="5s-during-ingest"),
         pytest.param(5, "drain", id="5s-during-drain"),
-        pytest.param(60, "ingest", marks=[NEEDS_INGEST, pytest.mark.timeout(1200)], id="60s-during-ingest"),
+        pytest.param(60, "ingest", marks=pytest.mark.timeout(1200), id="60s-during-ingest"),
         pytest.param(60, "drain", marks=pytest.mark.timeout(1200), id="60s-during-drain"),
     ],
 )
