@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-REDIS_SERVER = os.environ.get("FERVID_REDIS_SERVER", "/usr/bin/redis-server")
+REDIS_SERVER = os.environ.get("TEST_REDIS_SERVER", "/usr/bin/redis-server")
 APT_HINT = "apt-get install -y --no-install-recommends redis-server"
 
 

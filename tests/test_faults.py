@@ -86,7 +86,9 @@ class HoldsThenPublishes:
             self.holding.set()
             self.go.wait(30)
         for _, msg in batch:
-            self.bus.publish(KEYS.faces, FacesMsg(msg.frame, "test", ()), downstream_group="next", backlog=100)
+            self.bus.publish(
+                KEYS.faces, FacesMsg(frame=msg.frame, detector="test", faces=()), downstream_group="next", backlog=100
+            )
         return Outcome(done=[d for d, _ in batch])
 
 

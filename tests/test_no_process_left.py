@@ -30,7 +30,7 @@ FERVID = [sys.executable, "-m", "fervid"]
 
 @dataclass(frozen=True)
 class Tag:
-    env: str  # FERVID_TEST_TAG in the command's environment
+    env: str  # TEST_FERVID_TAG in the command's environment
     root: Path  # its working directory and data dir live here
 
 
@@ -41,7 +41,7 @@ def tagged(tag: Tag) -> list[psutil.Process]:
         try:
             if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if proc.environ().get("FERVID_TEST_TAG") == tag.env or Path(proc.cwd()).is_relative_to(tag.root):
+            if proc.environ().get("TEST_FERVID_TAG") == tag.env or Path(proc.cwd()).is_relative_to(tag.root):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, FileNotFoundError):
             continue
@@ -60,7 +60,7 @@ def describe(procs: list[psutil.Process]) -> str:
 
 def start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], Tag]:
     tag = Tag(uuid.uuid4().hex, tmp_path.resolve())
-    env = {**os.environ, "FERVID_TEST_TAG": tag.env}
+    env = {**os.environ, "TEST_FERVID_TAG": tag.env}
     env.pop("FERVID_REDIS_URL", None)  # the embedded Redis, always
     proc = subprocess.Popen(
         [*FERVID, *args, "--data-dir", str(tmp_path / "data")],
