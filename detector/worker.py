@@ -26,6 +26,7 @@ from fervid.metrics import (
     FpsMeter,
 )
 from fervid.settings import Settings
+from fervid.threads import configure_torch, cpu_inference
 from fervid.worker import Outcome
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class DetectorStage:
         from detector.registry import create_configured
 
         cfg = settings.detector
+        configure_torch(settings.threads)
         return cls(bus, create_configured(cfg.backend, device=cfg.device, min_face=cfg.min_face), settings, should_stop)
 
     def input_streams(self) -> Sequence[str]:
@@ -95,7 +97,10 @@ class DetectorStage:
                 outcome.dead.append((delivery, str(exc)))
                 CAMERA_SKIPPED.labels(msg.frame.camera, self.name).inc()
         started = time.perf_counter()
-        detections = self.detector.detect(images) if images else []
+        detections = []
+        if images:
+            with cpu_inference(getattr(self.detector, "device", "cpu")):  # one pool, shared with the classifier
+                detections = self.detector.detect(images)
         if images:
             self._observe_batch(time.perf_counter() - started, [m.frame.camera for _, m in good])
         lost: list[Delivery] = []  # frames of cameras whose lease we lost: left for the new holder

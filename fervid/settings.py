@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     db_url: str | None = None
     # Each worker process serves /metrics, /health and /ready here; 0 = no HTTP server.
     metrics_port: int = Field(0, ge=0, le=65535)
+    # torch intra-op threads of a process that loads a model, shared by every model in it; 0 = the cores the
+    # process may run on (fervid/threads.py).
+    threads: int = Field(0, ge=0, le=1024)
     bus: BusSettings = BusSettings()
     ingest: IngestSettings = IngestSettings()
     detector: DetectorSettings = DetectorSettings()
