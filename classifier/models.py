@@ -33,6 +33,7 @@ def _tvm() -> Any:
 
     return models
 
+
 log = logging.getLogger(__name__)
 
 NUM_CLASSES = 7

@@ -58,6 +58,10 @@ class DetectorSettings(_Section):
     # replica renews its leases every loop, so this must exceed the slowest batch (wait + inference + publish);
     # it is also how long a crashed replica's cameras wait before another replica takes them over.
     lease_ms: int = Field(10_000, ge=200)
+    # Detect faces on every `interval`-th frame of a camera; the frames in between get the tracked faces of the
+    # last detected frame moved on at their velocity, and are classified like any other (DeepStream's `interval`).
+    # 1 = detect every frame. bench/detector_interval.py measures what 2 and 3 cost in recall.
+    interval: int = Field(1, ge=1, le=30)
 
 
 class SmoothingSettings(_Section):
