@@ -88,13 +88,6 @@ def run_pipeline(
     dead_before = _dead_count(client, settings)
     workers_stop = StopFlag()
     buses = {e.name: Bus.from_settings(client, e.group, settings) for e in STAGES}
-    # Downstream first: an unreachable database fails before any model loads.
-    stages = {e.name: e.build(settings, buses[e.name], workers_stop.is_set) for e in reversed(STAGES)}
-    storage: Any = stages["storage"]
-    workers = [
-        _Thread(f"{name}-worker", lambda s=stage, b=buses[name]: run_stage(s, b, stop=workers_stop, block_ms=100))
-        for name, stage in stages.items()
-    ]
     counters: dict[str, Any] = {}
 
     def ingest(spec: Any) -> None:
@@ -105,11 +98,28 @@ def run_pipeline(
         )
 
     ingests = [_Thread(f"ingest-{spec.camera}", lambda spec=spec: ingest(spec)) for spec in sources]
+    workers: list[_Thread] = []
+    stages: dict[str, Any] = {}
     progress = Progress(expected=None)
-    started = time.monotonic()
-    for t in workers + ingests:
-        t.start()
     try:
+        # Downstream first: an unreachable database fails before any source is opened or model loads.
+        first, *rest = reversed(STAGES)
+        stages[first.name] = first.build(settings, buses[first.name], workers_stop.is_set)
+        # Sources start while the models load: a file's first frames are waiting when the detector is ready, and
+        # a camera is connected by then (what it sends meanwhile ages out of its backlog, bus.frame_max_age_ms).
+        for t in ingests:
+            t.start()
+        for entry in rest:
+            _raise_failed(ingests)
+            stages[entry.name] = entry.build(settings, buses[entry.name], workers_stop.is_set)
+        storage: Any = stages["storage"]
+        workers = [
+            _Thread(f"{name}-worker", lambda s=stage, b=buses[name]: run_stage(s, b, stop=workers_stop, block_ms=100))
+            for name, stage in stages.items()
+        ]
+        started = time.monotonic()
+        for t in workers:
+            t.start()
         while any(t.is_alive() for t in ingests):
             _raise_failed(workers + ingests)
             progress.stored = storage.frames_written
@@ -132,7 +142,8 @@ def run_pipeline(
         stop.set()
         workers_stop.set()
         for t in workers + ingests:
-            t.join(timeout=10)
+            if t.ident is not None:  # started
+                t.join(timeout=10)
     progress.stored = storage.frames_written
     if on_progress:
         on_progress(progress)

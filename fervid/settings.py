@@ -26,6 +26,10 @@ class BusSettings(_Section):
     # Per-camera frame backlog. At 5 fps analysis, 64 frames is ~13 s of video: enough to ride out a detector
     # hiccup, small enough that a live timeline never lags by minutes. Older frames are dropped (and counted).
     frame_backlog: int = Field(64, ge=1)
+    # ... and in time: a live frame still waiting for the detector after this long is dropped (counted), so an
+    # overloaded detector drops frames instead of queueing them, and results stay about this fresh; the frames a
+    # camera sends while the models load are dropped the same way. 0 = bounded by count only.
+    frame_max_age_ms: int = Field(1000, ge=0)
     # Faces and events are never dropped; producers wait. These bound Redis memory while a stage is down.
     faces_backlog: int = Field(512, ge=1)
     events_backlog: int = Field(4096, ge=1)

@@ -53,6 +53,7 @@ class FramePublisher:
         self.max_size = settings.ingest.max_size
         self.quality = settings.ingest.jpeg_quality
         self.backlog = settings.bus.frame_backlog
+        self.max_age_ms = settings.bus.frame_max_age_ms if live else 0
         self.counters = CameraCounters()
         last = bus.redis.hget(self.stats_key, "last_seq")
         self._next_seq = int(last) + 1 if last is not None else 0
@@ -105,6 +106,7 @@ class FramePublisher:
             stats_key=self.stats_key,
             stats={"last_seq": seq},
             should_stop=should_stop,
+            max_age_ms=self.max_age_ms,  # live: frames older than this are dropped too (a bound in time)
         )
         self._next_seq = seq + 1
         c = self.counters

@@ -241,3 +241,31 @@ def test_interval_detects_fewer_frames_at_a_small_cost_in_recall(redis_client: r
     assert detected_second <= 16  # every other frame (and the first)
     assert every >= 0.95
     assert second >= 0.9  # the sample's faces move ~3 px per frame at 10 fps: carried boxes still overlap
+
+
+# -- live backlog bounded in time -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_a_live_backlog_is_bounded_in_time_a_file_never_drops(
+    redis_client: redis.Redis, tmp_path: Path, live: bool
+) -> None:
+    import time
+
+    from ingest.publisher import FramePublisher
+
+    settings = load_settings(data_dir=tmp_path, bus__frame_max_age_ms=300)
+    camera = f"aged-{live}"
+    publisher = FramePublisher(Bus(redis_client, "ingest"), camera, settings, live=live, threads=0)
+    image = np.full((48, 64, 3), 90, np.uint8)
+    for k in range(3):
+        publisher.publish(image, 1000.0 + k)
+    time.sleep(0.4)  # older than the 300 ms bound: nobody consumed them (a detector still loading its model)
+    publisher.publish(image, 1003.0)
+    publisher.close()
+    stream = KEYS.frames(camera)
+    dropped = 3 if live else 0
+    assert publisher.counters.dropped == dropped
+    assert int(redis_client.hget(KEYS.camera(camera, "stats"), "dropped") or 0) == dropped
+    assert redis_client.xlen(stream) == 4 - dropped
+    assert [FrameMsg.decode(f).frame.seq for _, f in redis_client.xrange(stream)] == list(range(dropped, 4))
