@@ -269,3 +269,20 @@ def test_a_live_backlog_is_bounded_in_time_a_file_never_drops(
     assert int(redis_client.hget(KEYS.camera(camera, "stats"), "dropped") or 0) == dropped
     assert redis_client.xlen(stream) == 4 - dropped
     assert [FrameMsg.decode(f).frame.seq for _, f in redis_client.xrange(stream)] == list(range(dropped, 4))
+
+
+def test_frames_a_live_camera_sent_before_the_stages_were_ready_are_dropped_and_counted(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    from fervid.pipeline import _discard_waiting
+    from ingest.publisher import FramePublisher
+
+    settings = load_settings(data_dir=tmp_path)
+    publisher = FramePublisher(Bus(redis_client, "ingest"), "early", settings, live=True, threads=0)
+    for k in range(3):
+        publisher.publish(np.full((48, 64, 3), 90, np.uint8), 1000.0 + k)
+    redis_client.xreadgroup(DETECTOR_GROUP, "reader", {KEYS.frames("early"): ">"}, count=1)  # read: not dropped
+    assert _discard_waiting(redis_client, settings, "early") == 2
+    assert int(redis_client.hget(KEYS.camera("early", "stats"), "dropped")) == 2
+    assert [FrameMsg.decode(f).frame.seq for _, f in redis_client.xrange(KEYS.frames("early"))] == [0]
+    assert _discard_waiting(redis_client, settings, "never-seen") == 0

@@ -6,7 +6,9 @@
 * whole processes timed from launch, with their peak RSS (``wait4``'s rusage);
 * where the machine stands (cores, torch threads) in one line.
 
-A helper package, not a script: ``bench/*.py`` put ``bench/`` on ``sys.path`` and ``import support``.
+A helper package, not a script: ``bench/*.py`` put ``bench/`` on ``sys.path`` and ``import support``. Importing it
+applies fervid's OpenMP settings (fervid/threads.py) before any benchmark imports torch, as the `fervid` command
+does: a script that imported torch first would measure pool threads spinning against each other.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from fervid.threads import prepare_environment
+
+prepare_environment()
 
 LOAD_PER_CORE_LIMIT = 1.0
 REFUSED_EXIT = 3
