@@ -11,9 +11,10 @@ included, as a user would see them):
 * `fervid demo CLIP`: ingest, detector, classifier, storage on an embedded Redis and SQLite, with the time from
   launch to the first stored emotion row (polled in its SQLite file) and its peak RSS (wait4);
 * with --fer-python, fer's `Video.analyze` (Haar face detection, its mini-Xception on each face) on the same clip,
-  in a venv of its own. fer needs TensorFlow, `setuptools<81` (pkg_resources) and the non-headless OpenCV:
+  in a venv of its own, outside the repository (fer pulls in TensorFlow and needs `setuptools<81` for
+  pkg_resources and the non-headless OpenCV; it runs its mini-Xception with TensorFlow Lite, first face only):
       uv venv /tmp/fer-venv --python 3.11
-      uv pip install --python /tmp/fer-venv/bin/python fer "setuptools<81" opencv-python tensorflow-cpu pandas
+      uv pip install --python /tmp/fer-venv/bin/python fer "setuptools<81" opencv-python
 
 Rounds are interleaved (detector, demo, fer, detector, demo, fer, ...) and the table gives each figure's median
 with its min-max, and the per-round ratios: demo/detector (goal >= 0.85), demo/fer (goal >= 3), and the time to
@@ -39,7 +40,8 @@ from support import LoadGuard, ProcessRun, Spread, add_load_arguments, machine_l
 
 FER_SCRIPT = """
 import sys
-from fer import FER, Video
+from fer.classes import Video
+from fer.fer import FER
 video = Video(sys.argv[1], outdir=sys.argv[2])
 frames = video.analyze(FER(mtcnn=False), display=False, save_frames=False, save_video=False, annotate_frames=False,
                        zip_images=False, output="pandas")
