@@ -11,7 +11,7 @@
    tests/rtsp_server.py under /usr/bin/python3) at 5 fps analysis for ~20 s in one IngestService, with a
    consumer acking frames as a detector would; CPU of the ingest process (psutil), published and dropped.
 
-    uv run python bench/ingest.py [--seconds 20] [--cameras 8] [--repeat 3]
+    uv run python bench/ingest_throughput.py [--seconds 20] [--cameras 8] [--repeat 3] [--files-only]
 """
 
 from __future__ import annotations
@@ -28,20 +28,18 @@ import numpy as np
 import psutil
 import redis
 
-# This file is named like the `ingest` package: keep its own folder off the path, and add tests/ for the server.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the RTSP server and its fixtures
 
-from fervid.bus import Bus, EmbeddedRedis  # noqa: E402
+from fervid.bus import Bus, EmbeddedRedis
 from fervid.contracts import DETECTOR_GROUP, FrameMsg, FrameRef, Keys
-from fervid.sample import render_frames, write_video  # noqa: E402
-from fervid.settings import Settings, load_settings  # noqa: E402
-from ingest.cameras import CameraConfig  # noqa: E402
-from ingest.jpeg import encode_bgr, encode_frame  # noqa: E402
-from ingest.publisher import FramePublisher  # noqa: E402
-from ingest.service import IngestService  # noqa: E402
-from ingest.source import Sampler, decode, open_container  # noqa: E402
+from fervid.sample import render_frames, write_video
+from fervid.settings import Settings, load_settings
+from ingest.cameras import CameraConfig
+from ingest.frames import Sampler
+from ingest.jpeg import encode_bgr, encode_frame
+from ingest.publisher import FramePublisher
+from ingest.service import IngestService
+from ingest.source import decode, open_container
 
 KEYS = Keys()  # the default namespace
 
@@ -142,7 +140,7 @@ def drain(client: redis.Redis, streams: list[str], stop: threading.Event) -> Non
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--cameras", type=int, default=8)
     ap.add_argument("--clip-seconds", type=float, default=8.0)

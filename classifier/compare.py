@@ -21,7 +21,7 @@ from classifier.models import count_parameters, get_spec
 from classifier.plots import plot_overlay
 from classifier.train import Echo, TrainConfig, TrainResult, duration, train
 from fervid.errors import ConfigError
-from fervid.settings import ClassifierModel
+from fervid.choices import ClassifierModel
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fervid.errors import ConfigError
-from fervid.settings import ClassifierModel
+from fervid.choices import ClassifierModel
 
 # Names `weights` accepts besides a file: random init, torchvision's ImageNet weights, the registry's FER-2013 ones.
 WEIGHTS_NAMES = ("none", "imagenet", "fer")

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from typing import Any, ClassVar, Literal, TypeVar
 
+from fervid.errors import cut
+
 SCHEMA_VERSION = 1
 
 # FER-2013 order. Changing it changes the meaning of every stored probability.
@@ -94,7 +96,8 @@ class Keys:
 def validate_camera_name(name: str) -> str:
     if not isinstance(name, str) or not _CAMERA_NAME.match(name):
         raise ValueError(
-            f"camera name {name!r} is invalid: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            f"camera name {cut(repr(name))} is invalid: use 1-64 letters, digits, '_', '.' or '-', starting with a "
+            "letter or digit"
         )
     return name
 

@@ -77,7 +77,7 @@ def run_pipeline(
 ) -> RunSummary:
     """Run ingest for `sources` (ingest.runner.SourceSpec) and all downstream stages until every published
     frame is stored (or dead-lettered), or until `stop` is set (live sources run until then)."""
-    from ingest.runner import run_live, run_source
+    from ingest.runner import run_source
     from ingest.source import is_live, probe_file
 
     now = time.monotonic
@@ -106,7 +106,7 @@ def run_pipeline(
             began = windows.get(spec.camera)
             return stop.is_set() or (spec.seconds is not None and began is not None and now() - began >= spec.seconds)
 
-        counters[spec.camera] = run_live(bus, replace(spec, seconds=None), settings, should_stop=done)
+        counters[spec.camera] = run_source(bus, replace(spec, seconds=None), settings, should_stop=done)
 
     def open_windows() -> None:
         """Start the analysis window of every live camera that has sent a frame since this run began."""

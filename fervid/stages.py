@@ -18,6 +18,7 @@ from typing import Any
 
 from fervid.contracts import CLASSIFIER_GROUP, DETECTOR_GROUP, STORAGE_GROUP
 from fervid.errors import ConfigError
+from fervid.logs import format_config
 from fervid.settings import Settings
 from fervid.worker import LoopStats, Stage, StopFlag
 
@@ -67,6 +68,8 @@ def serve(
 
     if not settings.redis_url:
         raise ConfigError(f"{entry.name} needs a shared Redis: set FERVID_REDIS_URL or pass --redis")
+    config = startup_config(entry, settings)
+    log.info("%s: starting with %s", entry.name, format_config(config), extra={"config": config})
     exit_now_on_signal()  # nothing is in flight until the model is loaded: SIGTERM/Ctrl-C exits at once
     stop = StopFlag()
     client = connect(settings.redis_url)
@@ -90,6 +93,18 @@ def serve(
         return stats, built[0]
     finally:
         health.close()
+
+
+def startup_config(entry: StageEntry, settings: Settings) -> dict[str, Any]:
+    """What a stage service runs with: its settings section (with the device `auto` resolved to), Redis, and
+    the database for storage; credentials redacted."""
+    config = settings.describe(entry.name, db=entry.name == "storage")
+    section = config[entry.name]
+    if section.get("device") == "auto":
+        from fervid.device import resolve_device
+
+        section["device"] = f"{resolve_device('auto')} (auto)"
+    return config
 
 
 def exit_now_on_signal() -> None:

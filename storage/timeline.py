@@ -8,12 +8,14 @@ identically, so the same events give the same JSON on both.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import and_, case, func, literal, literal_column, select, union_all
 from sqlalchemy.engine import Engine
 
+from fervid.choices import TimelineLabels
 from fervid.contracts import EMOTIONS
 from fervid.errors import ConfigError, NotFound
 from storage.db import CameraRow, MinuteRow, events_table
@@ -26,8 +28,19 @@ MAX_BUCKET_MS = 86_400_000
 # Anything outside this is a typo (year 20260) or a unit mix-up, not a time a camera recorded.
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+# Without a bucket size, the finest of these that gives at most AUTO_BUCKETS buckets (as Grafana picks its
+# interval): 1s buckets for a clip, 5m for a day, 1d for a year.
+AUTO_BUCKETS = 500
+NICE_BUCKETS_MS = (
+    *(n * 1000 for n in (1, 2, 5, 10, 15, 30)),
+    *(n * 60_000 for n in (1, 2, 5, 10, 15, 30)),
+    *(n * 3_600_000 for n in (1, 2, 3, 6, 12)),
+    86_400_000,
+)
+# Without --since: this much before the end (the camera's newest row, not now: a recorded file lives in the past).
+DEFAULT_SPAN = timedelta(hours=24)
 
-Labels = Literal["raw", "smoothed"]
+Labels = TimelineLabels
 _ev = events_table.c
 
 
@@ -70,11 +83,80 @@ def validate_range(since: datetime | None, until: datetime | None) -> tuple[int 
     for name, t in (("since", since), ("until", until)):
         if t is not None and not EARLIEST <= t <= LATEST:
             raise ConfigError(f"{name} {t.isoformat()} is outside {EARLIEST.year}..{LATEST.year}: check the date")
-    lo = None if since is None else int(since.timestamp() * 1000)
-    hi = None if until is None else int(until.timestamp() * 1000)
-    if lo is not None and hi is not None and lo >= hi:
-        raise ConfigError(f"empty time range: since ({since.isoformat()}) is not before until ({until.isoformat()})")  # type: ignore[union-attr]
-    return lo, hi
+    if since is not None and until is not None and to_ms(since) >= to_ms(until):
+        raise ConfigError(f"empty time range: since ({since.isoformat()}) is not before until ({until.isoformat()})")
+    return (None if since is None else to_ms(since)), (None if until is None else to_ms(until))
+
+
+def format_duration(ms: int) -> str:
+    """The inverse of :func:`parse_duration_ms` for whole units: 300000 → '5m'."""
+    for unit in ("d", "h", "m", "s"):
+        if ms % _UNITS_MS[unit] == 0:
+            return f"{ms // _UNITS_MS[unit]}{unit}"
+    return f"{ms}ms"
+
+
+@dataclass(frozen=True)
+class Window:
+    """A timeline's range [since, until) and bucket size, as chosen by :func:`choose_window`, and the part of
+    the range that holds events ([first, last], None when none does): querying just that gives the same buckets
+    without counting the empty ones against :data:`MAX_BUCKETS`."""
+
+    since: datetime
+    until: datetime
+    bucket_ms: int
+    first: datetime | None = None
+    last: datetime | None = None
+
+    @property
+    def data_range(self) -> tuple[datetime, datetime]:
+        if self.first is None or self.last is None:
+            return self.since, self.until
+        return self.first, self.last + timedelta(milliseconds=1)
+
+
+def choose_window(
+    engine: Engine,
+    camera: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    bucket_ms: int | None = None,
+) -> Window:
+    """Fill in what the caller left open. Without `until`: just after the camera's newest event (now, when it
+    has none). Without `since`: :data:`DEFAULT_SPAN` before that end. Without `bucket_ms`: the finest of
+    :data:`NICE_BUCKETS_MS` that gives at most :data:`AUTO_BUCKETS` buckets over the events in the range.
+    Raises NotFound for an unknown camera, ConfigError for an inverted or absurd range."""
+    require_camera(engine, camera)
+    if until is None:
+        with engine.connect() as conn:
+            newest = conn.execute(select(func.max(_ev.ts_ms)).where(_ev.camera == camera)).scalar()
+        until = datetime.now(UTC) if newest is None else _from_ms(newest + 1)
+        if since is not None and since >= until:  # an explicit start after the newest event: an empty range
+            until = since + timedelta(milliseconds=MIN_BUCKET_MS)
+    if since is None:
+        since = until - DEFAULT_SPAN
+    validate_range(since, until)
+    where = _filters(camera, to_ms(since), to_ms(until))
+    with engine.connect() as conn:
+        first, last = conn.execute(select(func.min(_ev.ts_ms), func.max(_ev.ts_ms)).where(*where)).one()
+    if bucket_ms is None:
+        lo, hi = (to_ms(since), to_ms(until) - 1) if first is None else (first, last)
+        bucket_ms = next((b for b in NICE_BUCKETS_MS if hi // b - lo // b + 1 <= AUTO_BUCKETS), NICE_BUCKETS_MS[-1])
+    if first is None:
+        return Window(since, until, bucket_ms)
+    return Window(since, until, bucket_ms, _from_ms(first), _from_ms(last))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_ms(t: datetime) -> int:
+    """Epoch milliseconds, exactly (no float rounding: an event at the range's edge stays on its side)."""
+    return (t - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _from_ms(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=ms)
 
 
 def cameras(engine: Engine) -> list[dict[str, Any]]:
@@ -182,11 +264,11 @@ def _rollup_query(camera: str, bucket_ms: int, lo: int | None, hi: int | None, l
             *[m[f"{prefix}_{e}"].label(f"c_{e}") for e in EMOTIONS], *[m[f"sum_{e}"].label(f"p_{e}") for e in EMOTIONS],
         ).where(*rolled)
     ]  # fmt: skip
-    edges = []
-    if lo is not None:
-        edges.append((lo, lo_up if hi is None else min(lo_up, hi)))  # type: ignore[type-var]
-    if hi is not None:
-        edges.append((hi_down if lo_up is None else max(hi_down, lo_up), hi))  # type: ignore[type-var]
+    edges: list[tuple[int, int]] = []  # [a, b) of raw events: the partial minutes at either end
+    if lo is not None and lo_up is not None:
+        edges.append((lo, lo_up if hi is None else min(lo_up, hi)))
+    if hi is not None and hi_down is not None:
+        edges.append((hi_down if lo_up is None else max(hi_down, lo_up), hi))
     label = _ev.label if labels == "raw" else func.coalesce(_ev.label_smoothed, _ev.label)
     for a, b in edges:
         if a >= b:

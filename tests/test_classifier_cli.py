@@ -40,13 +40,13 @@ def test_train_options_are_train_config_fields() -> None:
     commands = group.commands
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     train = {p.name: p for p in commands["train"].params}
-    assert set(train) == {*fields, "verbose"}
+    assert set(train) == {*fields, "log_level", "verbose"}
     for name, default in fields.items():
         opt = OPTIONS[name][1]
         assert train[name].default == default and train[name].help == opt.help, name
         assert (train[name].min, train[name].max) == (opt.min, opt.max), name
     compare = {p.name for p in commands["compare"].params}
-    assert compare == {*fields, "verbose", "models"} - {"model", "resume"}
+    assert compare == {*fields, "log_level", "verbose", "models"} - {"model", "resume"}
     help_text = invoke("train", "--help").output
     choices = "|".join(typing.get_args(OPTIONS["model"][0]))
     assert f"<{choices}>" in help_text and "<none|flip|tencrop>" in help_text and "--no-amp" in help_text

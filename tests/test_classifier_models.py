@@ -17,7 +17,8 @@ from classifier.models import (
     servable_by_name,
 )
 from fervid.errors import ConfigError
-from fervid.settings import CLASSIFIER_MODELS, load_settings
+from fervid.choices import CLASSIFIER_MODELS
+from fervid.settings import load_settings
 
 BIG = {"densenet161", "resnet152", "vgg16"}
 

@@ -174,7 +174,7 @@ def test_provision_is_idempotent(fake_grafana: tuple[str, dict[str, Any]]) -> No
         url,
         "--token",
         "glsa_test",
-        "--db-url",
+        "--db",
         "postgresql+psycopg://grafana:pw@db:5432/fervid",
     ]
     first = CliRunner().invoke(cli_app, args)

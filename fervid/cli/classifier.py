@@ -18,16 +18,16 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from fervid.cli import Verbose, _setup_logging, app, console, out
+from fervid.cli import LogLevelOption, Verbose, app, console, out, setup_logging
 from fervid.errors import ConfigError, NotFound
-from fervid.settings import CLASSIFIER_MODELS, ClassifierModel
+from fervid.choices import CLASSIFIER_MODELS, ClassifierModel
 
 Split = Literal["train", "val", "test"]
 TTA = Literal["none", "flip", "tencrop"]  # classifier.config.TTA, spelled here for --help (a test keeps them equal)
 
 
 class _ConfigOptions:
-    """A command callback whose options are `extra`, TrainConfig's fields (but `skip`), then --verbose.
+    """A command callback whose options are `extra`, TrainConfig's fields (but `skip`), then --log-level and -v.
 
     Typer reads a callback's options from its signature; this one builds that signature from classifier/config.py
     on demand (torch-free), so the options are defined once and `import fervid.cli` stays free of stages.
@@ -54,7 +54,8 @@ class _ConfigOptions:
             for name, (kind, opt) in OPTIONS.items()
             if name not in self._skip
         ]
-        return inspect.Signature([*self._extra, *options, _parameter("verbose", Verbose, False)])
+        logging = [_parameter("log_level", LogLevelOption, None), _parameter("verbose", Verbose, False)]
+        return inspect.Signature([*self._extra, *options, *logging])
 
     def _option(self, name: str, help: str, low: float | None, high: float | None) -> Any:
         return typer.Option(help=self._helps.get(name, help), min=low, max=high, callback=_check(name))
@@ -109,22 +110,22 @@ def _training_errors(run_dir: Path | None = None) -> Iterator[None]:
         raise
 
 
-def _train(verbose: bool, **options: Any) -> None:
+def _train(log_level: Any, verbose: bool, **options: Any) -> None:
     from classifier.config import TrainConfig
     from classifier.train import train as run_train
 
-    _setup_logging(verbose)
+    setup_logging(log_level, verbose)
     config = TrainConfig(**options)
     with _training_errors(Path(config.resume).parent if config.resume else Path(config.out)):
         result = run_train(config, echo=_echo)
     out.print(result.summary(), highlight=False, soft_wrap=True)
 
 
-def _compare(verbose: bool, models: list[ClassifierModel], **options: Any) -> None:
+def _compare(log_level: Any, verbose: bool, models: list[ClassifierModel], **options: Any) -> None:
     from classifier.compare import compare as run_compare
     from classifier.config import TrainConfig
 
-    _setup_logging(verbose)
+    setup_logging(log_level, verbose)
     base = TrainConfig(model=models[0], **options)
     with _training_errors():
         comparison = run_compare(models, base.data, base.epochs, base.out, base=base, echo=_echo)
@@ -169,12 +170,13 @@ def evaluate(
     split: Annotated[Split, typer.Option(help="The split to evaluate on.")] = "test",
     tta: Annotated[TTA, typer.Option(help="Test-time augmentation.")] = "none",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", callback=_check("device"))] = "auto",
+    log_level: LogLevelOption = None,
     verbose: Verbose = False,
 ) -> None:
     """Accuracy, macro-F1, per-class precision/recall and the confusion matrix of a checkpoint (JSON)."""
     from classifier.evaluate import evaluate_checkpoint
 
-    _setup_logging(verbose)
+    setup_logging(log_level, verbose)
     if not checkpoint.is_file():
         raise NotFound(f"checkpoint {checkpoint} does not exist")
     with _training_errors():
@@ -188,12 +190,13 @@ def export(
     onnx_path: Annotated[
         Path | None, typer.Option("--out", help="Where to write the .onnx (default: beside the checkpoint).")
     ] = None,
+    log_level: LogLevelOption = None,
     verbose: Verbose = False,
 ) -> None:
     """Export a checkpoint to ONNX (dynamic batch), checked against the PyTorch outputs when onnxruntime is there."""
     from classifier.export import export_onnx
 
-    _setup_logging(verbose)
+    setup_logging(log_level, verbose)
     if not checkpoint.is_file():
         raise NotFound(f"checkpoint {checkpoint} does not exist")
     with _training_errors():

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fervid.cli import DataDir, DbUrl, RedisUrl, Verbose, _setup_logging, app, console
+from fervid.cli import DataDir, DbUrl, Fps, LogLevelOption, RedisUrl, Verbose, app, console, setup_logging
 from fervid.errors import ConfigError, FervidError
 
 
@@ -26,9 +26,7 @@ def up(
     config: Annotated[
         Path | None, typer.Option("--config", help="cameras.yaml for `fervid ingest --config` (live cameras).")
     ] = None,
-    fps: Annotated[
-        float | None, typer.Option(help="Analysis rate of --source files in frames/s (default: every frame).")
-    ] = None,
+    fps: Fps = None,
     detectors: Annotated[int, typer.Option("--detectors", min=1, help="Detector replicas.")] = 1,
     classifiers: Annotated[int, typer.Option("--classifiers", min=1, help="Classifier replicas.")] = 1,
     redis: RedisUrl = None,
@@ -43,10 +41,11 @@ def up(
     ] = False,
     drain_timeout: Annotated[float, typer.Option(help="With --until-drained: fail after this many seconds.")] = 600.0,
     stop_timeout: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping.")] = 10.0,
+    log_level: LogLevelOption = None,
     verbose: Verbose = False,
 ) -> None:
     """Run the whole topology as separate processes, restart crashed workers, stop all cleanly on Ctrl-C."""
-    _setup_logging(verbose)
+    setup_logging(log_level, verbose)
     from fervid.bus import redis_url_for
     from fervid.settings import load_settings
     from fervid.stages import STAGES
@@ -73,9 +72,9 @@ def up(
         n = replicas.get(entry.name, 1)
         names = [f"{entry.name}-{i + 1}" for i in range(n)] if entry.name in replicas else [entry.name]
         specs += [ProcessSpec(name, [entry.command]) for name in names]
-    if verbose:  # workers log at INFO too
+    if log_level or verbose:  # the workers log at this level too (else at their default, info)
         for spec in specs:
-            spec.args.append("--verbose")
+            spec.env["FERVID_LOG_LEVEL"] = log_level or "info"
     if metrics_port:
         for i, spec in enumerate(specs):
             spec.env["FERVID_METRICS_PORT"] = str(metrics_port + i)
