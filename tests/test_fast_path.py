@@ -286,3 +286,38 @@ def test_frames_a_live_camera_sent_before_the_stages_were_ready_are_dropped_and_
     assert int(redis_client.hget(KEYS.camera("early", "stats"), "dropped")) == 2
     assert [FrameMsg.decode(f).frame.seq for _, f in redis_client.xrange(KEYS.frames("early"))] == [0]
     assert _discard_waiting(redis_client, settings, "never-seen") == 0
+
+
+# -- several stages in one process ----------------------------------------------------------------------
+
+
+def test_up_one_process_stores_every_face_once(
+    redis_url: str, redis_client: redis.Redis, sample_clip: tuple[Path, object], tmp_path: Path
+) -> None:
+    import json
+
+    from test_services import assert_every_face_once
+
+    clip, _ = sample_clip
+    data = tmp_path / "data"
+    db = f"sqlite:///{data / 'fervid.db'}"
+    cmd = [sys.executable, "-m", "fervid", "up", "--one-process", "--source", str(clip), "--camera", "one",
+           "--fps", "5", "--redis", redis_url, "--db", db, "--data-dir", str(data), "--until-drained"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    status = json.loads((data / "up.json").read_text())
+    assert set(status) == {"ingest-files", "stages"}  # detector, classifier and storage: one process
+    assert all(s["last_rc"] == 0 for s in status.values()), status
+    published = int(redis_client.hget(KEYS.camera("one", "stats"), "published"))
+    assert published == 10  # 2 s at 5 fps
+    assert_every_face_once(db, "one", published, 2)
+
+
+def test_up_one_process_refuses_replicas() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fervid", "up", "--one-process", "--detectors", "2", "--source", "x.mp4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "--one-process runs one of each stage" in result.stderr
