@@ -321,3 +321,15 @@ def test_up_one_process_refuses_replicas() -> None:
         timeout=120,
     )
     assert result.returncode != 0 and "--one-process runs one of each stage" in result.stderr
+
+
+def test_a_cpu_batch_runs_in_slices_with_the_same_detections() -> None:
+    frames, _ = render_frames(seconds=5 / 30, fps=30, faces=2)
+    sliced = create_detector("retinaface", device="cpu").detect(frames)  # default: slices of 2
+    whole = create_detector("retinaface", device="cpu", cpu_batch=8).detect(frames)
+    assert len(sliced) == len(whole) == 5
+    for a, b in zip(sliced, whole, strict=True):
+        assert [c for d in a for c in d.box] == pytest.approx([c for d in b for c in d.box], abs=1e-3)
+        assert [d.score for d in a] == pytest.approx([d.score for d in b], abs=1e-5)
+    with pytest.raises(ValueError, match="cpu_batch"):
+        create_detector("retinaface", device="cpu", cpu_batch=0)
