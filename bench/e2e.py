@@ -18,7 +18,9 @@ included, as a user would see them):
 
 Rounds are interleaved (detector, demo, fer, detector, demo, fer, ...) and the table gives each figure's median
 with its min-max, and the per-round ratios: demo/detector (goal >= 0.85), demo/fer (goal >= 3), and the time to
-the first row (goal <= 5 s). Then, in this process, what each part does alone (decode, detector, classifier).
+the first row (goal <= 5 s). Then each stage service (`fervid detect`, `classify`, `store`) is launched against an
+embedded Redis and timed from launch to its ``/ready`` answering 200 (goal <= 10 s on CPU), and, in this
+process, what each part does alone (decode, detector, classifier).
 
 The load average is printed before and after; the script refuses to run when it exceeds 1.0 per core (another
 process would be measured too), unless --allow-load, and then every figure is flagged.
@@ -102,6 +104,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--fer-python", type=Path, default=None, help="python of a venv with `fer` installed")
     parser.add_argument("--no-parts", action="store_true", help="skip the in-process decode/detector/classifier rows")
+    parser.add_argument("--no-services", action="store_true", help="skip the services' launch-to-/ready times")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "CLIP"), help=argparse.SUPPRESS)
     add_load_arguments(parser)
     args = parser.parse_args()
@@ -170,8 +173,51 @@ def main() -> None:
         print("(fer not measured: pass --fer-python, see --help)")
     if guard.loaded:
         print("** LOADED machine: these figures are not measurements **")
+    if not args.no_services:
+        services_ready(work, args.pairs)
     if not args.no_parts:
         parts(clip, n)
+
+
+def services_ready(work: Path, rounds: int) -> None:
+    """Each stage service, launched `rounds` times: seconds from launch to ``/ready`` answering 200."""
+    import signal
+    import socket
+    import subprocess
+    import urllib.error
+    import urllib.request
+
+    from fervid.bus import EmbeddedRedis
+
+    times: dict[str, Spread] = {"detect": Spread(), "classify": Spread(), "store": Spread()}
+    with EmbeddedRedis(work / "services-redis") as server:
+        for _ in range(rounds):
+            for command, spread in times.items():
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", 0))
+                    port = sock.getsockname()[1]
+                argv = [*fervid_command(), command, "--redis", server.url, "--metrics-port", str(port)]
+                if command == "store":
+                    argv += ["--db", f"sqlite:///{work / 'services.db'}"]
+                started = time.perf_counter()
+                proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                try:
+                    while proc.poll() is None and time.perf_counter() - started < 120:
+                        try:
+                            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
+                                if r.status == 200:
+                                    spread.values.append(time.perf_counter() - started)
+                                    break
+                        except (urllib.error.URLError, OSError):
+                            pass
+                        time.sleep(0.05)
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(30)
+    print(f"\n| {'service: launch to /ready (s)':<44} | {'median (min-max, n)':<28} | goal |")
+    print(f"|{'-' * 46}|{'-' * 30}|------|")
+    for command, spread in times.items():
+        print(f"| {'fervid ' + command:<44} | {spread!s:<28} | <= 10 |")
 
 
 def parts(clip: Path, n: int) -> None:
