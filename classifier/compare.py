@@ -88,12 +88,12 @@ def compare(
         raise ConfigError("no models to compare: give names such as densenet161,resnet152,vgg16")
     for name in models:
         get_spec(name)  # a typo in the third name fails now, not hours from now
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     base = base or TrainConfig()
     splits = load_splits(
         data, val_fraction=base.val_fraction, seed=base.seed, allow_missing_classes=base.allow_missing_classes
     )
+    out = Path(out)  # created only once the data has loaded: a typo leaves nothing behind
+    out.mkdir(parents=True, exist_ok=True)
     split = "test" if splits.test is not None else "val"
     rows: list[dict[str, Any]] = []
     histories: dict[str, dict[str, list[float]]] = {}

@@ -69,7 +69,7 @@ MISTAKES: list[tuple[dict[str, str], list[str], str]] = [
     ({}, ["up", "--detectors", "0"], "greater than or equal to 1"),
     ({}, ["train", "--log-level", "loud"], "'loud' is not one of 'debug', 'info', 'warning', 'error'"),
     ({}, ["evaluate"], "Missing argument"),
-    ({}, ["compare", "--models", "vgg1"], "Missing option"),
+    ({}, ["compare", "--models", "vgg1"], "dataset path fervid-data/fer2013 does not exist"),
     ({}, ["export"], "Missing argument"),
     ({"FERVID_LOG_LEVEL": "loud"}, ["demo"], "FERVID_LOG_LEVEL"),
     ({"FERVID_LOG_FORMAT": "xml"}, ["timeline", "cam"], "FERVID_LOG_FORMAT='xml' is not a log format"),
