@@ -333,3 +333,28 @@ def test_a_cpu_batch_runs_in_slices_with_the_same_detections() -> None:
         assert [d.score for d in a] == pytest.approx([d.score for d in b], abs=1e-5)
     with pytest.raises(ValueError, match="cpu_batch"):
         create_detector("retinaface", device="cpu", cpu_batch=0)
+
+
+# -- the GPU check's code, on a CPU ---------------------------------------------------------------------
+
+
+def test_the_gpu_check_runs_a_tiny_pass_on_a_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "table.md"
+    result = subprocess.run(
+        [sys.executable, "bench/gpu.py", "--device", "cpu", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    table = out.read_text()
+    for row in (
+        "| detector | RetinaFace mobilenet0.25 | 640x480 batch 1 fp32 | real |",
+        "| detector | RetinaFace resnet50 | 640x480 batch 1 fp32 | RANDOM |",
+        "| classifier | mini_xception | batch 2 fp32 | real |",
+        "| classifier | mobilenet_v2 | batch 2 fp32 | RANDOM |",
+        "| pipeline | run_pipeline (demo) |",
+    ):
+        assert row in table, table
+    assert "skipped" not in table
