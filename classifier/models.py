@@ -22,9 +22,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torchvision import models as tvm
 
 from fervid.errors import ConfigError, NotFound
+
+
+def _tvm() -> Any:
+    """torchvision's model zoo, imported when a torchvision model is built: the import costs seconds (it pulls in
+    ``torch._dynamo``), and serving mini_xception never needs it."""
+    from torchvision import models
+
+    return models
+
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +171,12 @@ def _replace_linear(model: nn.Module, path: str, num_classes: int) -> None:
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     head_prefixes=("classifier.",),
-    imagenet_weights=lambda: tvm.DenseNet161_Weights.IMAGENET1K_V1,
+    imagenet_weights=lambda: _tvm().DenseNet161_Weights.IMAGENET1K_V1,
     replace_head=lambda m, n: _replace_linear(m, "classifier", n),
     description="torchvision DenseNet-161 (28.7M params)",
 )
 def _densenet161(num_classes: int) -> nn.Module:
-    return tvm.densenet161(weights=None, num_classes=num_classes)
+    return _tvm().densenet161(weights=None, num_classes=num_classes)
 
 
 @register_model(
@@ -178,12 +186,12 @@ def _densenet161(num_classes: int) -> nn.Module:
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     head_prefixes=("fc.",),
-    imagenet_weights=lambda: tvm.ResNet152_Weights.IMAGENET1K_V1,
+    imagenet_weights=lambda: _tvm().ResNet152_Weights.IMAGENET1K_V1,
     replace_head=lambda m, n: _replace_linear(m, "fc", n),
     description="torchvision ResNet-152 (60M params)",
 )
 def _resnet152(num_classes: int) -> nn.Module:
-    return tvm.resnet152(weights=None, num_classes=num_classes)
+    return _tvm().resnet152(weights=None, num_classes=num_classes)
 
 
 @register_model(
@@ -193,12 +201,12 @@ def _resnet152(num_classes: int) -> nn.Module:
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     head_prefixes=("classifier.6.",),
-    imagenet_weights=lambda: tvm.VGG16_Weights.IMAGENET1K_V1,
+    imagenet_weights=lambda: _tvm().VGG16_Weights.IMAGENET1K_V1,
     replace_head=lambda m, n: _replace_linear(m, "classifier.6", n),
     description="torchvision VGG-16 (138M params)",
 )
 def _vgg16(num_classes: int) -> nn.Module:
-    return tvm.vgg16(weights=None, num_classes=num_classes)
+    return _tvm().vgg16(weights=None, num_classes=num_classes)
 
 
 @register_model(
@@ -208,12 +216,12 @@ def _vgg16(num_classes: int) -> nn.Module:
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     head_prefixes=("classifier.",),
-    imagenet_weights=lambda: tvm.MobileNet_V2_Weights.IMAGENET1K_V1,
+    imagenet_weights=lambda: _tvm().MobileNet_V2_Weights.IMAGENET1K_V1,
     replace_head=lambda m, n: _replace_linear(m, "classifier.1", n),
     description="torchvision MobileNetV2 (3.5M params); real ImageNet weights ship offline",
 )
 def _mobilenet_v2(num_classes: int) -> nn.Module:
-    return tvm.mobilenet_v2(weights=None, num_classes=num_classes)
+    return _tvm().mobilenet_v2(weights=None, num_classes=num_classes)
 
 
 # --------------------------------------------------------------------------------------------

@@ -116,10 +116,10 @@ class EmotionClassifier:
 
 def class_order(classes: Sequence[str], source: str) -> list[int] | None:
     """Indices that reorder a model's outputs into EMOTIONS order; None when already in order."""
-    from classifier.data import canonical_class
-
     if tuple(classes) == EMOTIONS:
         return None
+    from classifier.data import canonical_class  # imports torchvision's transforms: only when needed
+
     names = [canonical_class(str(c)) for c in classes]
     if len(names) != len(EMOTIONS) or sorted(n or "" for n in names) != sorted(EMOTIONS):
         raise ConfigError(

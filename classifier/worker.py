@@ -16,6 +16,7 @@ from fervid.bus import Bus, Delivery, PartlyPublished
 from fervid.contracts import STORAGE_GROUP, BadMessage, Emotion, EventsMsg, FacesMsg
 from fervid.metrics import CAMERA_FACES, CAMERA_SKIPPED, INFERENCE_BATCH, INFERENCE_SECONDS, FpsMeter
 from fervid.settings import Settings
+from fervid.threads import configure_torch, cpu_inference
 from fervid.worker import Outcome
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class ClassifierStage:
         from classifier.serving import load_classifier
 
         cfg = settings.classifier
+        configure_torch(settings.threads)
         model = load_classifier(cfg.model, cfg.checkpoint, cfg.device, compile=cfg.compile, max_crops=cfg.max_crops)
         return cls(bus, model, settings, should_stop)
 
@@ -79,7 +81,8 @@ class ClassifierStage:
         frames = [(delivery, frame.msg) for delivery, frame in batch]
         crops = [crop for _, frame in batch for crop in frame.crops]
         started = time.perf_counter()
-        probs = self.classifier.predict(crops)
+        with cpu_inference(self.classifier.device):  # one pool, shared with a detector in the same process
+            probs = self.classifier.predict(crops)
         if crops:
             INFERENCE_SECONDS.labels(self.name, self.classifier.model_id).observe(time.perf_counter() - started)
             INFERENCE_BATCH.labels(self.name, self.classifier.model_id).observe(len(crops))

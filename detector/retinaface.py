@@ -8,12 +8,15 @@ Backbones:
   (``~/.cache/fervid/weights`` or ``$FERVID_WEIGHTS_DIR``) or passed with ``weights=PATH``.
   Input: RGB, ImageNet mean/std, as retinaface-pytorch's own pipeline.
 
-FPN, SSH and the three heads are imported from retinaface-pytorch; only the MobileNetV1 body is defined here.
+FPN and SSH are imported from retinaface-pytorch; the MobileNetV1 body, the three heads (the package's, whose module
+also imports torchvision) and the layer getter are defined here, so the default backbone never imports torchvision:
+that import costs seconds at start-up (``torchvision.ops`` pulls in ``torch._dynamo``). ResNet50 imports it.
 
 Batched path (`detect`): every frame is downscaled to ``max_size`` (longest side) if larger, the frames are
 letterboxed top-left into one zero tensor (zero = the mean colour after normalisation) whose sides are multiples
 of 32, one forward pass runs, priors for that tensor size (cached) decode all boxes at once, then the confidence
-threshold and ``torchvision.ops.batched_nms`` (category = image index) run across the whole batch, and boxes are
+threshold and a batched NMS (:func:`batched_nms`, equal to ``torchvision.ops.batched_nms``; category = image
+index) run across the whole batch, and boxes are
 mapped back to each frame's pixels and clipped. `detect_single` is the reference path: one frame at a time, at
 its own (downscaled) size, no padding.
 """
@@ -30,12 +33,8 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torchvision
 from retinaface.net import FPN, SSH, conv_bn, conv_dw
-from retinaface.network import RetinaFace as _PackageRetinaFace
 from torch import nn
-from torchvision.models import _utils as tv_utils
-from torchvision.ops import batched_nms
 
 from detector.base import Detection
 from detector.weights import WeightsError, resolve_weights, sha256_file
@@ -112,6 +111,49 @@ class MobileNetV1(nn.Module):
         return self.stage3(self.stage2(self.stage1(x)))
 
 
+class IntermediateLayers(nn.ModuleDict):
+    """torchvision's ``IntermediateLayerGetter`` (same children, so the same state-dict keys): runs `model`'s
+    children in order up to the last of `return_layers` and returns their outputs by new name."""
+
+    def __init__(self, model: nn.Module, return_layers: Mapping[str, int]) -> None:
+        wanted = dict(return_layers)
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        for name, module in model.named_children():
+            layers[name] = module
+            wanted.pop(name, None)
+            if not wanted:
+                break
+        if wanted:
+            raise ValueError(f"return_layers {sorted(wanted)} are not children of {type(model).__name__}")
+        super().__init__(layers)
+        self.return_layers = dict(return_layers)
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[int, torch.Tensor]:
+        out: OrderedDict[int, torch.Tensor] = OrderedDict()
+        for name, module in self.items():
+            x = module(x)
+            if name in self.return_layers:
+                out[self.return_layers[name]] = x
+        return out
+
+
+class _Head(nn.Module):
+    """One level's 1x1 conv head: [N, C, H, W] -> [N, H*W*anchors, per_anchor] (retinaface-pytorch's heads)."""
+
+    def __init__(self, in_channels: int, per_anchor: int, anchors: int = 2) -> None:
+        super().__init__()
+        self.per_anchor = per_anchor
+        self.conv1x1 = nn.Conv2d(in_channels, anchors * per_anchor, kernel_size=(1, 1), stride=(1, 1), padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1x1(x).permute(0, 2, 3, 1).contiguous()
+        return out.view(out.shape[0], -1, self.per_anchor)
+
+
+def _heads(in_channels: int, per_anchor: int, levels: int = 3) -> nn.ModuleList:
+    return nn.ModuleList(_Head(in_channels, per_anchor) for _ in range(levels))
+
+
 class RetinaFaceNet(nn.Module):
     """RetinaFace with biubug6's state-dict layout (``body.*``, ``fpn.*``, ``ssh1..3.*``, ``ClassHead.i.conv1x1.*``,
     ``BboxHead.*``, ``LandmarkHead.*``). ``forward`` returns (loc [N,P,4], conf logits [N,P,2], landmarks [N,P,10])."""
@@ -122,17 +164,22 @@ class RetinaFaceNet(nn.Module):
             raise ValueError(f"Unknown RetinaFace backbone {backbone!r}; known: {sorted(BACKBONES)}")
         cfg = BACKBONES[backbone]
         self.backbone = backbone
-        body = MobileNetV1() if backbone == "mobilenet0.25" else torchvision.models.resnet50(weights=None)
-        self.body = tv_utils.IntermediateLayerGetter(body, cfg["return_layers"])
+        if backbone == "mobilenet0.25":
+            body: nn.Module = MobileNetV1()
+        else:
+            from torchvision.models import resnet50  # seconds of imports: only for this backbone
+
+            body = resnet50(weights=None)
+        self.body = IntermediateLayers(body, cfg["return_layers"])
         c = cfg["in_channels"]
         out = cfg["out_channels"]
         self.fpn = FPN([c * 2, c * 4, c * 8], out)
         self.ssh1 = SSH(out, out)
         self.ssh2 = SSH(out, out)
         self.ssh3 = SSH(out, out)
-        self.ClassHead = _PackageRetinaFace._make_class_head(fpn_num=3, in_channels=out)
-        self.BboxHead = _PackageRetinaFace._make_bbox_head(fpn_num=3, in_channels=out)
-        self.LandmarkHead = _PackageRetinaFace._make_landmark_head(fpn_num=3, in_channels=out)
+        self.ClassHead = _heads(out, 2)
+        self.BboxHead = _heads(out, 4)
+        self.LandmarkHead = _heads(out, 10)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fpn = self.fpn(self.body(x))
@@ -257,6 +304,32 @@ def decode_landmarks(pre: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
     return priors[:, None, :2] + pts * VARIANCES[0] * priors[:, None, 2:]
 
 
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS within each group (boxes of different groups never suppress each other), as
+    ``torchvision.ops.batched_nms``: indices of the kept boxes, by decreasing score. Boxes are x1, y1, x2, y2.
+
+    Shifting each group's boxes by its own offset makes groups disjoint, so one greedy pass serves the batch; a
+    pass costs one vectorised IoU row per kept box (a few per face), not an N x N matrix."""
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    boxes = boxes.astype(np.float64)
+    offset = (boxes.max() + 1.0) * groups.astype(np.float64)
+    x1, y1, x2, y2 = (boxes[:, k] + offset for k in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0.0, None)
+        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0.0, None)
+        inter = w * h
+        iou = inter / (areas[i] + areas[rest] - inter)
+        order = rest[~(iou > iou_threshold)]
+    return np.asarray(keep, np.int64)
+
+
 # --------------------------------------------------------------------------------------------- detector
 
 
@@ -267,7 +340,8 @@ class RetinaFaceDetector:
     are downscaled before detection; None = never), ``min_face`` (drop boxes whose shorter side, in frame pixels, is
     below it), ``top_k`` (max faces per frame, after NMS), ``pre_nms_top_k`` (candidates per frame before NMS),
     ``device`` (default cuda if available, else cpu; fp16 autocast on GPU only), ``weights`` (a local checkpoint
-    path), ``cache_dir`` (weights cache for the resnet50 download).
+    path), ``cache_dir`` (weights cache for the resnet50 download), ``cpu_batch`` (on a CPU, frames per forward
+    pass: a batch is run in slices of this size, which costs less per frame than one big pass).
     """
 
     def __init__(
@@ -284,6 +358,7 @@ class RetinaFaceDetector:
         top_k: int = 750,
         pre_nms_top_k: int = 5000,
         fp16: bool | None = None,
+        cpu_batch: int = 2,
     ) -> None:
         self.backbone = backbone
         self.name = "retinaface" if backbone == "mobilenet0.25" else f"retinaface_{backbone}"
@@ -295,6 +370,12 @@ class RetinaFaceDetector:
         self.top_k = int(top_k)
         self.pre_nms_top_k = int(pre_nms_top_k)
         self.fp16 = (self.device.type == "cuda") if fp16 is None else (bool(fp16) and self.device.type == "cuda")
+        if cpu_batch < 1:
+            raise ValueError(f"cpu_batch must be >= 1, got {cpu_batch}")
+        # On a CPU the forward runs on at most this many frames at a time: a larger batch's activations leave the
+        # cache, and each frame costs more (640x480, 2 cores: 83-89 ms of CPU per frame at 8, 49-52 at 1 or 2).
+        # A GPU takes the whole batch at once.
+        self.cpu_batch = cpu_batch if self.device.type == "cpu" else None
         self.model = load_model(backbone, weights=weights, cache_dir=cache_dir).to(self.device)
         cfg = BACKBONES[backbone]
         self._rgb = cfg["rgb"]
@@ -356,17 +437,16 @@ class RetinaFaceDetector:
             boxes = decode_boxes(loc[img_idx, prior_idx], sel_priors)
             lms = decode_landmarks(landm[img_idx, prior_idx], sel_priors)
             sc = scores[img_idx, prior_idx]
-            keep = batched_nms(boxes, sc, img_idx, self.nms_iou)  # sorted by decreasing score
-            boxes, lms, sc, img_idx = boxes[keep], lms[keep], sc[keep], img_idx[keep]
-            scale = torch.tensor([[m[2], m[3]] for m in metas], dtype=torch.float32, device=boxes.device)  # (sx, sy)
-            if len(keep):
-                s = scale[img_idx]
-                boxes = boxes / s.repeat(1, 2)
-                lms = lms / s[:, None, :]
             boxes_np = boxes.cpu().numpy().astype(np.float64)
             lms_np = lms.cpu().numpy().astype(np.float64)
             sc_np = sc.clamp(0.0, 1.0).cpu().numpy().astype(np.float64)
             idx_np = img_idx.cpu().numpy()
+        keep = batched_nms(boxes_np, sc_np, idx_np, self.nms_iou)  # sorted by decreasing score
+        boxes_np, lms_np, sc_np, idx_np = boxes_np[keep], lms_np[keep], sc_np[keep], idx_np[keep]
+        if len(keep):
+            scale = np.array([[m[2], m[3]] for m in metas], np.float64)[idx_np]  # (sx, sy) per box
+            boxes_np = boxes_np / np.tile(scale, 2)
+            lms_np = lms_np / scale[:, None, :]
 
         results: list[list[Detection]] = [[] for _ in metas]
         for b, box, pts, score in zip(idx_np, boxes_np, lms_np, sc_np):
@@ -394,8 +474,10 @@ class RetinaFaceDetector:
         batch = torch.zeros((len(images), 3, hp, wp), dtype=torch.float32, device=self.device)
         for i, (im, _, _) in enumerate(resized):
             batch[i, :, : im.shape[0], : im.shape[1]] = self._to_tensor(im)
-        metas = [(im.shape[0], im.shape[1], sx, sy) for im, (_, sx, sy) in zip(images, resized)]
-        loc, conf, landm = self._forward(batch)
+        metas = [(im.shape[0], im.shape[1], sx, sy) for im, (_, sx, sy) in zip(images, resized, strict=True)]
+        step = self.cpu_batch or len(images)
+        outs = [self._forward(batch[i : i + step]) for i in range(0, len(images), step)]
+        loc, conf, landm = (torch.cat(parts) if len(outs) > 1 else parts[0] for parts in zip(*outs, strict=True))
         return self._postprocess(loc, conf, landm, self.priors(hp, wp), metas)
 
     def detect_single(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:

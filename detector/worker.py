@@ -13,7 +13,7 @@ from detector.base import Detection, FaceDetector
 from detector.crops import quality, square_crop
 from detector.leases import CameraLeases
 from detector.tracking import FaceTracker
-from fervid.bus import Bus, Delivery, StopRequested
+from fervid.bus import Bus, Delivery, PartlyPublished
 from fervid.contracts import CLASSIFIER_GROUP, Box, Face, FacesMsg, FrameMsg
 from fervid.metrics import (
     CAMERA_BATCH,
@@ -26,6 +26,7 @@ from fervid.metrics import (
     FpsMeter,
 )
 from fervid.settings import Settings
+from fervid.threads import configure_torch, cpu_inference
 from fervid.worker import Outcome
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,9 @@ class DetectorStage:
         self.faces_backlog = settings.bus.faces_backlog
         self.should_stop = should_stop
         self.keys = bus.keys
-        self.tracker = FaceTracker(lambda camera: int(bus.redis.incr(self.keys.camera(camera, "track_epoch"))))
+        self.tracker = FaceTracker(
+            lambda camera: int(bus.redis.incr(self.keys.camera(camera, "track_epoch"))), interval=self.cfg.interval
+        )
         self.leases = CameraLeases(bus.redis, bus.consumer, self.cfg.lease_ms, self.keys)
         self._cameras: list[str] = []
         self._cameras_at = 0.0
@@ -63,6 +66,7 @@ class DetectorStage:
         from detector.registry import create_configured
 
         cfg = settings.detector
+        configure_torch(settings.threads)
         return cls(bus, create_configured(cfg.backend, device=cfg.device, min_face=cfg.min_face), settings, should_stop)
 
     def input_streams(self) -> Sequence[str]:
@@ -94,34 +98,47 @@ class DetectorStage:
             except ValueError as exc:
                 outcome.dead.append((delivery, str(exc)))
                 CAMERA_SKIPPED.labels(msg.frame.camera, self.name).inc()
-        started = time.perf_counter()
-        detections = self.detector.detect(images) if images else []
-        if images:
-            self._observe_batch(time.perf_counter() - started, [m.frame.camera for _, m in good])
-        lost: list[Delivery] = []  # frames of cameras whose lease we lost: left for the new holder
         # Track in each camera's frame order, whatever order the batch arrived in.
-        for i in sorted(range(len(good)), key=lambda i: (good[i][1].frame.camera, good[i][1].frame.seq)):
+        order = sorted(range(len(good)), key=lambda i: (good[i][1].frame.camera, good[i][1].frame.seq))
+        refs = [good[i][1].frame for i in order]
+        due = self.tracker.plan([(f.camera, f.seq, f.capture_ts) for f in refs])  # every frame, unless interval > 1
+        detect = [i for i, d in zip(order, due, strict=True) if d]
+        detections: dict[int, list[Detection]] = {}
+        if detect:
+            started = time.perf_counter()
+            with cpu_inference(getattr(self.detector, "device", "cpu")):  # one pool, shared with the classifier
+                found = self.detector.detect([images[i] for i in detect])
+            detections = dict(zip(detect, found, strict=True))
+            self._observe_batch(time.perf_counter() - started, [good[i][1].frame.camera for i in detect])
+        lost: list[Delivery] = []  # frames of cameras whose lease we lost: left for the new holder
+        ready: list[tuple[Delivery, FacesMsg]] = []
+        for i in order:
             delivery, msg = good[i]
-            camera = msg.frame.camera
-            if not self.leases.hold(camera):
+            if not self.leases.hold(msg.frame.camera):
                 lost.append(delivery)
                 continue
-            faces = self.faces(images[i], msg, detections[i])
-            out = FacesMsg(frame=msg.frame, detector=self.detector.name, faces=tuple(faces))
-            try:
-                self.bus.publish(
-                    self.keys.faces, out, downstream_group=CLASSIFIER_GROUP, backlog=self.faces_backlog,
-                    should_stop=lambda: self.should_stop() or not self.leases.hold(camera),
-                )  # fmt: skip
-            except StopRequested:
-                if self.should_stop():
-                    return outcome  # acked: the frames published so far; the rest is returned
-                lost.append(delivery)
-                continue
+            faces = self.faces(images[i], msg, detections.get(i))
+            ready.append((delivery, FacesMsg(frame=msg.frame, detector=self.detector.name, faces=tuple(faces))))
+        cameras = {msg.frame.camera for _, msg in ready}
+        try:  # one round trip for the batch, in each camera's order
+            published = self.bus.publish_many(
+                self.keys.faces,
+                [out for _, out in ready],
+                downstream_group=CLASSIFIER_GROUP,
+                backlog=self.faces_backlog,
+                should_stop=lambda: self.should_stop() or not all(self.leases.hold(c) for c in cameras),
+            )
+        except PartlyPublished as exc:
+            published = exc.published
+            if not self.should_stop():  # a lease was lost while waiting for room: the rest is the new holder's
+                lost.extend(delivery for delivery, _ in ready[len(published) :])
+            # when stopping, the worker loop hands back what is not acked
+        for (delivery, out), _ in zip(ready, published, strict=False):  # published: a prefix
             outcome.done.append(delivery)
+            camera = out.frame.camera
             self.fps.add(camera)
-            CAMERA_FACES.labels(camera, self.name).inc(len(faces))
-            CAMERA_FACES_PER_FRAME.labels(camera, self.name).observe(len(faces))
+            CAMERA_FACES.labels(camera, self.name).inc(len(out.faces))
+            CAMERA_FACES_PER_FRAME.labels(camera, self.name).observe(len(out.faces))
         if lost:
             self.bus.release(lost)  # pending, marked idle: the new holder adopts or reclaims them
         return outcome
@@ -133,11 +150,18 @@ class DetectorStage:
             CAMERA_INFERENCE_SECONDS.labels(camera, self.name).observe(seconds)
             CAMERA_BATCH.labels(camera, self.name).observe(len(cameras))
 
-    def faces(self, image: np.ndarray, msg: FrameMsg, detections: list[Detection]) -> list[Face]:
-        kept = [d for d in detections if d.score >= self.cfg.min_score and min(d.width, d.height) >= self.cfg.min_face]
-        track_ids = self.tracker.assign(msg.frame.camera, msg.frame.seq, msg.frame.capture_ts, kept)
+    def faces(self, image: np.ndarray, msg: FrameMsg, detections: list[Detection] | None) -> list[Face]:
+        """The frame's faces with crops: its detections (tracked), or, for a frame planned without detection
+        (None; interval > 1), the tracker's carried faces."""
+        ref = msg.frame
+        if detections is None:
+            pairs = self.tracker.carried(ref.camera, ref.seq, ref.width, ref.height)
+        else:
+            cfg = self.cfg
+            kept = [d for d in detections if d.score >= cfg.min_score and min(d.width, d.height) >= cfg.min_face]
+            pairs = list(zip(kept, self.tracker.assign(ref.camera, ref.seq, ref.capture_ts, kept), strict=True))
         faces: list[Face] = []
-        for det, track_id in zip(kept, track_ids):
+        for det, track_id in pairs:
             crop = square_crop(image, det, self.cfg.crop_size, self.cfg.crop_margin)
             ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
             if not ok:

@@ -48,13 +48,15 @@ log = logging.getLogger(__name__)
 # undelivered entries when a live stream is full, append, and trim what the group has fully consumed. Atomic so
 # that a drop is never counted for an entry the consumer read in between. A batch costs one call: the group is
 # looked up and the stream trimmed once, not per message (the classifier publishes a batch of events per call).
-# KEYS: stream, stats hash.  ARGV: group, cap, policy ('drop_oldest'|'wait'), n, n stats field/value pairs
-# (HSET with the entries, e.g. the producer's last sequence number), then per message: 2k, field1, value1, ...
+# KEYS: stream, stats hash.  ARGV: group, cap, policy ('drop_oldest'|'wait'), max_age_ms, n, n stats field/value
+# pairs (HSET with the entries, e.g. the producer's last sequence number), then per message: 2k, field1, value1, ...
+# With 'drop_oldest' and max_age_ms > 0, undelivered entries appended more than max_age_ms ago (by their ids,
+# which are the server's clock) are dropped and counted first: the backlog is bounded in time as well as in count.
 # Returns {id, dropped, backlog} per appended message: a prefix of the batch, shorter when a message found no
 # room (policy 'wait'; it and the rest are not appended, so order is kept).
 _PUBLISH_LUA = """
 local stream, stats = KEYS[1], KEYS[2]
-local group, cap, policy, nstats = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local group, cap, policy, max_age, nstats = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local last, pending, has_group = '0-0', 0, false
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
 if ok then
@@ -64,9 +66,18 @@ if ok then
     if info['name'] == group then last, pending, has_group = info['last-delivered-id'], info['pending'], true end
   end
 end
+local aged = 0
+if policy == 'drop_oldest' and max_age > 0 then
+  local t = redis.call('TIME')
+  local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - max_age
+  for _, e in ipairs(redis.call('XRANGE', stream, '(' .. last, string.format('%.0f', cutoff - 1), 'COUNT', cap + 1)) do
+    redis.call('XDEL', stream, e[1])
+    aged = aged + 1
+  end
+end
 local length = redis.call('XLEN', stream)
 local appended, total_dropped = {}, 0
-local i = 5 + 2 * nstats
+local i = 6 + 2 * nstats
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   -- Undelivered entries are in the stream, so undelivered + pending <= XLEN + pending. Below the cap, neither a
@@ -86,14 +97,16 @@ while i <= #ARGV do
   end
   local id = redis.call('XADD', stream, '*', unpack(ARGV, i + 1, i + n))
   length = length - dropped + 1
-  total_dropped = total_dropped + dropped
-  appended[#appended + 1] = {id, dropped, nundelivered - dropped + pending + 1}
+  local reported = dropped
+  if #appended == 0 then reported = dropped + aged end  -- the age drops are reported with the first message
+  total_dropped = total_dropped + reported
+  appended[#appended + 1] = {id, reported, nundelivered - dropped + pending + 1}
   i = i + 1 + n
 end
 if #appended > 0 then
   redis.call('HINCRBY', stats, 'published', #appended)
   if total_dropped > 0 then redis.call('HINCRBY', stats, 'dropped', total_dropped) end
-  for k = 5, 4 + 2 * nstats, 2 do redis.call('HSET', stats, ARGV[k], ARGV[k + 1]) end
+  for k = 6, 5 + 2 * nstats, 2 do redis.call('HSET', stats, ARGV[k], ARGV[k + 1]) end
   if has_group then
     local minid = nil
     if pending > 0 then
@@ -624,16 +637,19 @@ class Bus:
         stats: Mapping[str, str | int] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         poll_s: float = 0.01,
+        max_age_ms: int = 0,
     ) -> Published:
         """Append `message`, keeping the downstream backlog under `backlog` (see the module doc).
 
         With ``policy="wait"`` this blocks until there is room, raising :class:`StopRequested` if
-        `should_stop` turns true meanwhile. `stats` fields are set in the stats hash atomically with the
+        `should_stop` turns true meanwhile. With ``policy="drop_oldest"`` and `max_age_ms` > 0, entries still
+        undelivered that were appended more than `max_age_ms` ago are dropped too (counted in ``dropped``).
+        `stats` fields are set in the stats hash atomically with the
         append (one round trip, and never one without the other). The returned ``backlog`` is exact near the
         cap and an upper bound below it.
         """
         (published,) = self._append(
-            stream, [message], downstream_group, backlog, policy, stats_key, stats, should_stop, poll_s
+            stream, [message], downstream_group, backlog, policy, stats_key, stats, should_stop, poll_s, max_age_ms
         )
         return published
 
@@ -666,6 +682,7 @@ class Bus:
         stats: Mapping[str, str | int] | None,
         should_stop: Callable[[], bool],
         poll_s: float,
+        max_age_ms: int = 0,
     ) -> list[Published]:
         """The publishing loop of `publish` and `publish_many`: one script call appends every message there is
         room for, in order; the rest are retried after a wait, or PartlyPublished is raised on a stop."""
@@ -677,7 +694,8 @@ class Bus:
         delay = poll_s
         while len(done) < len(messages):
             appended = self._publish(
-                keys=keys, args=_publish_args(downstream_group, backlog, policy, messages[len(done) :], stats)
+                keys=keys,
+                args=_publish_args(downstream_group, backlog, policy, messages[len(done) :], stats, max_age_ms),
             )
             done.extend(_published(a) for a in appended)
             if len(done) < len(messages):
@@ -714,9 +732,10 @@ def _publish_args(
     policy: Policy,
     messages: Sequence[Message],
     stats: Mapping[str, str | int] | None = None,
+    max_age_ms: int = 0,
 ) -> list[bytes | str | int]:
     """ARGV of _PUBLISH_LUA: the one place that knows its layout (publish and publish_many)."""
-    args: list[bytes | str | int] = [downstream_group, backlog, policy, len(stats or {})]
+    args: list[bytes | str | int] = [downstream_group, backlog, policy, max_age_ms, len(stats or {})]
     for k, v in (stats or {}).items():
         args += [k, v]
     for message in messages:

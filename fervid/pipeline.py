@@ -11,7 +11,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fervid.bus import Bus, connect
@@ -80,6 +80,7 @@ def run_pipeline(
     from ingest.runner import run_source
     from ingest.source import is_live, probe_file
 
+    now = time.monotonic
     stop = stop or StopFlag()
     client = connect(redis_url)
     for spec in sources:
@@ -88,29 +89,60 @@ def run_pipeline(
     dead_before = _dead_count(client, settings)
     workers_stop = StopFlag()
     buses = {e.name: Bus.from_settings(client, e.group, settings) for e in STAGES}
-    # Downstream first: an unreachable database fails before any model loads.
-    stages = {e.name: e.build(settings, buses[e.name], workers_stop.is_set) for e in reversed(STAGES)}
-    storage: Any = stages["storage"]
-    workers = [
-        _Thread(f"{name}-worker", lambda s=stage, b=buses[name]: run_stage(s, b, stop=workers_stop, block_ms=100))
-        for name, stage in stages.items()
-    ]
     counters: dict[str, Any] = {}
+    live = [spec for spec in sources if is_live(spec.url)]
+    published_before = {spec.camera: _published(client, settings, spec.camera) for spec in live}
+    windows: dict[str, float] = {}  # live camera -> when its analysis began: the stages were ready and it was live
 
     def ingest(spec: Any) -> None:
-        # Live sources reconnect (backoff, stall watchdog) until stopped; files are read once.
-        counters[spec.camera] = run_source(
-            Bus.from_settings(client, "ingest", settings), spec, settings, should_stop=stop.is_set
-        )
+        bus = Bus.from_settings(client, "ingest", settings)
+        if not is_live(spec.url):  # files are read once
+            counters[spec.camera] = run_source(bus, spec, settings, should_stop=stop.is_set)
+            return
+
+        # Live sources reconnect (backoff, stall watchdog) until stopped. A camera connects while the models load;
+        # its `seconds` count from its analysis window's start, not from its connection.
+        def done() -> bool:
+            began = windows.get(spec.camera)
+            return stop.is_set() or (spec.seconds is not None and began is not None and now() - began >= spec.seconds)
+
+        counters[spec.camera] = run_source(bus, replace(spec, seconds=None), settings, should_stop=done)
+
+    def open_windows() -> None:
+        """Start the analysis window of every live camera that has sent a frame since this run began."""
+        for spec in live:
+            if spec.camera not in windows and _published(client, settings, spec.camera) > published_before[spec.camera]:
+                windows[spec.camera] = now()
 
     ingests = [_Thread(f"ingest-{spec.camera}", lambda spec=spec: ingest(spec)) for spec in sources]
+    workers: list[_Thread] = []
+    stages: dict[str, Any] = {}
     progress = Progress(expected=None)
-    started = time.monotonic()
-    for t in workers + ingests:
-        t.start()
     try:
+        # Downstream first: an unreachable database fails before any source is opened or model loads.
+        first, *rest = reversed(STAGES)
+        stages[first.name] = first.build(settings, buses[first.name], workers_stop.is_set)
+        # Sources start while the models load: a file's first frames are waiting when the detector is ready, and
+        # a camera is connected by then (what it sends meanwhile ages out of its backlog, bus.frame_max_age_ms).
+        for t in ingests:
+            t.start()
+        for entry in rest:
+            _raise_failed(ingests)
+            stages[entry.name] = entry.build(settings, buses[entry.name], workers_stop.is_set)
+        storage: Any = stages["storage"]
+        # What the cameras sent while the models loaded is stale: dropped (and counted), never analysed.
+        discarded = sum(_discard_waiting(client, settings, spec.camera) for spec in live)
+        open_windows()
+        workers = [
+            _Thread(f"{name}-worker", lambda s=stage, b=buses[name]: run_stage(s, b, stop=workers_stop, block_ms=100))
+            for name, stage in stages.items()
+        ]
+        started = time.monotonic()
+        for t in workers:
+            t.start()
         while any(t.is_alive() for t in ingests):
             _raise_failed(workers + ingests)
+            open_windows()
             progress.stored = storage.frames_written
             if on_progress:
                 on_progress(progress)
@@ -131,12 +163,14 @@ def run_pipeline(
         stop.set()
         workers_stop.set()
         for t in workers + ingests:
-            t.join(timeout=10)
+            if t.ident is not None:  # started
+                t.join(timeout=10)
     progress.stored = storage.frames_written
     if on_progress:
         on_progress(progress)
     _raise_failed(workers)
     summary = _summarise(storage.engine, counters)
+    summary.dropped += discarded
     summary.seconds = time.monotonic() - started
     summary.dead_letters = _dead_count(client, settings) - dead_before
     return summary
@@ -146,6 +180,29 @@ def _raise_failed(threads: list[_Thread]) -> None:
     for t in threads:
         if t.error is not None:
             raise t.error
+
+
+def _published(client: Any, settings: Settings, camera: str) -> int:
+    return int(client.hget(settings.keys.camera(camera, "stats"), "published") or 0)
+
+
+def _discard_waiting(client: Any, settings: Settings, camera: str) -> int:
+    """Drop the frames of `camera` that no detector has read yet, counting them as dropped (the stats hash, as the
+    publisher counts its drops). Returns how many."""
+    from fervid.contracts import DETECTOR_GROUP
+
+    stream = settings.keys.frames(camera)
+    last = "0-0"
+    for group in client.xinfo_groups(stream) if client.exists(stream) else []:
+        if group["name"] in (DETECTOR_GROUP, DETECTOR_GROUP.encode()):
+            last = group["last-delivered-id"]
+            last = last.decode() if isinstance(last, bytes) else last
+    ids = [entry_id for entry_id, _ in client.xrange(stream, f"({last}", "+")]
+    dropped = int(client.xdel(stream, *ids)) if ids else 0  # the publisher may have aged some out meanwhile
+    if dropped:
+        client.hincrby(settings.keys.camera(camera, "stats"), "dropped", dropped)
+        log.info("%s: %d frames sent while the models loaded were dropped", camera, dropped)
+    return dropped
 
 
 def _dead_count(client: Any, settings: Settings) -> int:

@@ -46,6 +46,10 @@ class BusSettings(_Section):
     # Per-camera frame backlog. At 5 fps analysis, 64 frames is ~13 s of video: enough to ride out a detector
     # hiccup, small enough that a live timeline never lags by minutes. Older frames are dropped (and counted).
     frame_backlog: int = Field(64, ge=1)
+    # ... and in time: a live frame still waiting for the detector after this long is dropped (counted), so an
+    # overloaded detector drops frames instead of queueing them, and results stay about this fresh; the frames a
+    # camera sends while the models load are dropped the same way. 0 = bounded by count only.
+    frame_max_age_ms: int = Field(1000, ge=0)
     # Faces and events are never dropped; producers wait. These bound Redis memory while a stage is down.
     faces_backlog: int = Field(512, ge=1)
     events_backlog: int = Field(4096, ge=1)
@@ -82,6 +86,10 @@ class DetectorSettings(_Section):
     # replica renews its leases every loop, so this must exceed the slowest batch (wait + inference + publish);
     # it is also how long a crashed replica's cameras wait before another replica takes them over.
     lease_ms: int = Field(10_000, ge=200)
+    # Detect faces on every `interval`-th frame of a camera; the frames in between get the tracked faces of the
+    # last detected frame moved on at their velocity, and are classified like any other (DeepStream's `interval`).
+    # 1 = detect every frame. bench/detector_interval.py measures what 2 and 3 cost in recall.
+    interval: int = Field(1, ge=1, le=30)
 
 
 class SmoothingSettings(_Section):
@@ -133,6 +141,9 @@ class Settings(BaseSettings):
     db_url: str | None = None
     # Each worker process serves /metrics, /health and /ready here; 0 = no HTTP server.
     metrics_port: int = Field(0, ge=0, le=65535)
+    # torch intra-op threads of a process that loads a model, shared by every model in it; 0 = the cores the
+    # process may run on (fervid/threads.py).
+    threads: int = Field(0, ge=0, le=1024)
     # `fervid api` requires this bearer token on every path but /health when set.
     api_token: SecretStr | None = None
     bus: BusSettings = BusSettings()

@@ -1,4 +1,4 @@
-"""The table of consuming stages, and serving one of them as a service.
+"""The table of consuming stages, and serving one of them (or several in one process) as a service.
 
 :data:`STAGES` is the one place that says which package builds which stage: `fervid demo` (threads, see
 fervid/pipeline.py), `fervid up` (one process per stage) and each `fervid <command>` service are all built from
@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,35 +62,83 @@ def serve(
     """Run one stage as a service: connect (waiting for Redis however long it is away), serve health and metrics,
     build the stage (loads its model), run the worker loop until SIGTERM (or the bounded mode's limits).
     ``/health`` answers while the model loads, ``/ready`` once it is loaded."""
+    (stats,), (stage,) = serve_stages([entry], settings, max_messages=max_messages, idle_timeout=idle_timeout)
+    return stats, stage
+
+
+def serve_stages(
+    entries: Sequence[StageEntry],
+    settings: Settings,
+    *,
+    max_messages: int | None = None,
+    idle_timeout: float | None = None,
+) -> tuple[list[LoopStats], list[Stage[Any]]]:
+    """`serve` for one stage or several in one process (`fervid stages`, `fervid up --one-process`): each runs its
+    worker loop on a thread of its own, the models share the process's one torch pool (fervid/threads.py), and one
+    health server answers for all (``/ready`` once every stage is built). On a machine with few cores that is the
+    in-process pipeline's efficiency, with the services' supervision. A stage that fails stops the others."""
+    import threading
+
     from fervid.bus import Bus, connect_waiting
     from fervid.metrics import serve_health
     from fervid.worker import run_stage
 
+    name = "+".join(e.name for e in entries)
     if not settings.redis_url:
-        raise ConfigError(f"{entry.name} needs a shared Redis: set FERVID_REDIS_URL or pass --redis")
-    config = startup_config(entry, settings)
-    log.info("%s: starting with %s", entry.name, format_config(config), extra={"config": config})
-    exit_now_on_signal()  # nothing is in flight until the model is loaded: SIGTERM/Ctrl-C exits at once
+        raise ConfigError(f"{name} needs a shared Redis: set FERVID_REDIS_URL or pass --redis")
+    for entry in entries:
+        config = startup_config(entry, settings)
+        log.info("%s: starting with %s", entry.name, format_config(config), extra={"config": config})
+    exit_now_on_signal()  # nothing is in flight until the models are loaded: SIGTERM/Ctrl-C exits at once
     stop = StopFlag()
-    client = connect_waiting(settings.redis_url, entry.name)
+    client = connect_waiting(settings.redis_url, name)
     built: list[Stage[Any]] = []
     health = serve_health(
-        entry.name, settings.metrics_port, client, settings.keys, {"model": lambda: None if built else "loading"}
+        name, settings.metrics_port, client, settings.keys, {"model": lambda: None if built else "loading"}
     )
     try:
-        bus = Bus.from_settings(client, entry.group, settings)
-        built.append(entry.build(settings, bus, stop.is_set))
+        buses = [Bus.from_settings(client, e.group, settings) for e in entries]
+        stages = [e.build(settings, bus, stop.is_set) for e, bus in zip(entries, buses, strict=True)]
+        built.extend(stages)
         stop.install_signal_handlers()  # from the first read on: finish the batch in hand, then stop
-        log.info("%s: ready", entry.name)
-        stats = run_stage(
-            built[0],
-            bus,
-            stop=stop,
-            block_ms=settings.bus.block_ms,
-            max_messages=max_messages,
-            idle_timeout=idle_timeout,
-        )
-        return stats, built[0]
+        log.info("%s: ready", name)
+
+        def loop(stage: Stage[Any], bus: Bus) -> LoopStats:
+            return run_stage(
+                stage,
+                bus,
+                stop=stop,
+                block_ms=settings.bus.block_ms,
+                max_messages=max_messages,
+                idle_timeout=idle_timeout,
+            )
+
+        if len(stages) == 1:
+            return [loop(stages[0], buses[0])], stages
+        results: dict[int, LoopStats] = {}
+        errors: list[BaseException] = []
+
+        def run(i: int) -> None:
+            try:
+                results[i] = loop(stages[i], buses[i])
+            except BaseException as exc:
+                errors.append(exc)
+                log.error("%s: failed: %s", entries[i].name, exc)
+            finally:
+                stop.set()  # one stage ending (stopped, bounded, failed) ends the others
+
+        threads = [
+            threading.Thread(target=run, args=(i,), name=f"{e.name}-worker", daemon=True)  # a second signal exits now
+            for i, e in enumerate(entries)
+        ]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(0.5)  # wakes up for signals, which the main thread handles
+        if errors:
+            raise errors[0]
+        return [results[i] for i in range(len(stages))], stages
     finally:
         health.close()
 

@@ -60,6 +60,7 @@ class FramePublisher:
         self.max_size = settings.ingest.max_size
         self.quality = settings.ingest.jpeg_quality
         self.backlog = settings.bus.frame_backlog
+        self.max_age_ms = settings.bus.frame_max_age_ms if live else 0
         self.counters = CameraCounters()
         last = bus.redis.hget(self.stats_key, "last_seq")
         self._next_seq = int(last) + 1 if last is not None else 0
@@ -134,6 +135,7 @@ class FramePublisher:
                     stats_key=self.stats_key,
                     stats={"last_seq": seq},
                     should_stop=should_stop,
+                    max_age_ms=self.max_age_ms,  # live: frames older than this are dropped too (a bound in time)
                 )
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if outage.began():

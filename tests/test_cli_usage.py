@@ -67,6 +67,7 @@ MISTAKES: list[tuple[dict[str, str], list[str], str]] = [
     ({}, ["grafana", "provision", "--url", "http://g:3000", "--db-url", "x"], "No such option: --db-url"),
     ({}, ["up"], "nothing to ingest"),
     ({}, ["up", "--detectors", "0"], "greater than or equal to 1"),
+    ({}, ["stages", "detector", "nosuch"], "unknown stage 'nosuch'"),
     ({}, ["train", "--log-level", "loud"], "'loud' is not one of 'debug', 'info', 'warning', 'error'"),
     ({}, ["evaluate"], "Missing argument"),
     ({}, ["compare", "--models", "vgg1"], "dataset path fervid-data/fer2013 does not exist"),

@@ -105,6 +105,28 @@ def classify(
     serve(stage_entry("classifier"), settings)
 
 
+@app.command("stages")
+def stages_command(
+    names: Annotated[
+        list[str], typer.Argument(help="Stages to run together: detector, classifier, storage (any of them).")
+    ],
+    redis: RedisUrl = None,
+    data_dir: DataDir = None,
+    metrics_port: MetricsPort = None,
+    log_level: LogLevelOption = None,
+    verbose: Verbose = False,
+) -> None:
+    """Several stages in one process, each on a thread, sharing one torch pool: `fervid up --one-process` on a
+    machine with few cores. Configured by FERVID_* like the one-stage commands; one /health and /ready for all."""
+    setup_logging(log_level, verbose, service=True)
+    from fervid.settings import load_settings
+    from fervid.stages import serve_stages, stage_entry
+
+    settings = load_settings(redis_url=redis, data_dir=data_dir, metrics_port=metrics_port)
+    entries = [stage_entry(name) for name in dict.fromkeys(names)]
+    serve_stages(entries, settings)
+
+
 @app.command("ingest-files")
 def ingest_files(
     sources: Annotated[list[str], typer.Argument(help="Video files (or URLs) to publish once through.")],

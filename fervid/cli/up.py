@@ -29,6 +29,14 @@ def up(
     fps: Fps = None,
     detectors: Annotated[int, typer.Option("--detectors", min=1, help="Detector replicas.")] = 1,
     classifiers: Annotated[int, typer.Option("--classifiers", min=1, help="Classifier replicas.")] = 1,
+    one_process: Annotated[
+        bool,
+        typer.Option(
+            "--one-process",
+            help="Detector, classifier and storage as threads of one worker process sharing one torch pool "
+            "(`fervid stages`): for machines with few cores. Not with replicas.",
+        ),
+    ] = False,
     redis: RedisUrl = None,
     db: DbUrl = None,
     data_dir: DataDir = None,
@@ -58,6 +66,8 @@ def up(
         raise ConfigError("nothing to ingest: give --source FILE (repeatable) or --config cameras.yaml")
     if until_drained and config:
         raise ConfigError("--until-drained needs files (--source): live cameras never drain")
+    if one_process and (detectors > 1 or classifiers > 1):
+        raise ConfigError("--one-process runs one of each stage: leave --detectors and --classifiers at 1")
 
     specs: list[ProcessSpec] = []
     if config:
@@ -68,7 +78,9 @@ def up(
             args += ["--fps", str(fps)]
         specs.append(ProcessSpec("ingest-files", args, oneshot=True))
     replicas = {"detector": detectors, "classifier": classifiers}
-    for entry in STAGES:
+    if one_process:
+        specs.append(ProcessSpec("stages", ["stages", *(entry.name for entry in STAGES)]))
+    for entry in STAGES if not one_process else ():
         n = replicas.get(entry.name, 1)
         names = [f"{entry.name}-{i + 1}" for i in range(n)] if entry.name in replicas else [entry.name]
         specs += [ProcessSpec(name, [entry.command]) for name in names]
