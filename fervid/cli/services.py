@@ -39,8 +39,11 @@ def serve_stage(
     *,
     max_messages: int | None = None,
     idle_timeout: float | None = None,
+    bus_metrics: bool = False,
 ) -> tuple[Any, Any]:
-    """Connect, start the health server, build the stage (loads the model), run the loop until SIGTERM."""
+    """Connect, start the health server, build the stage (loads the model), run the loop until SIGTERM.
+
+    `bus_metrics`: this process exports the bus's series (fervid.metrics.BusCollector); exactly one does."""
     from fervid.bus import Bus, connect
     from fervid.metrics import HealthServer, register_bus_collector
     from fervid.worker import StopFlag, run_stage
@@ -56,7 +59,8 @@ def serve_stage(
     loaded: dict[str, Any] = {}
     health.add_check("redis", lambda: None if client.ping() else "no PONG")
     health.add_check("model", lambda: None if loaded else "loading")
-    register_bus_collector(client)
+    if bus_metrics:
+        register_bus_collector(client)
     health.start()  # /health answers while the model loads; /ready only once it is loaded
     try:
         bus = Bus(client, group, claim_idle_ms=settings.bus.claim_idle_ms, max_deliveries=settings.bus.max_deliveries)
@@ -109,6 +113,7 @@ def detect(
 
         cfg = settings.detector
         model = create_configured(cfg.backend, device=cfg.device, min_face=cfg.min_face)
+        log.info("detector: %s on %s", cfg.backend, getattr(model, "device", "cpu"))
         return DetectorStage(bus, model, settings, stop.is_set)
 
     serve_stage("detector", DETECTOR_GROUP, settings, build)
@@ -148,12 +153,9 @@ def classify(
         from classifier.worker import ClassifierStage
 
         cfg = settings.classifier
-        return ClassifierStage(
-            bus,
-            load_classifier(cfg.model, cfg.checkpoint, cfg.device, compile=cfg.compile, max_crops=cfg.max_crops),
-            settings,
-            stop.is_set,
-        )
+        classifier = load_classifier(cfg.model, cfg.checkpoint, cfg.device, compile=cfg.compile, max_crops=cfg.max_crops)
+        log.info("classifier: %s on %s", classifier.model_id, classifier.device)
+        return ClassifierStage(bus, classifier, settings, stop.is_set)
 
     serve_stage("classifier", CLASSIFIER_GROUP, settings, build)
 
@@ -175,7 +177,7 @@ def ingest_files(
     from fervid.bus import Bus, connect
     from fervid.cli.demo import _default_camera_name
     from fervid.contracts import validate_camera_name
-    from fervid.metrics import HealthServer, register_bus_collector
+    from fervid.metrics import HealthServer
     from fervid.settings import load_settings
     from fervid.worker import StopFlag
     from ingest.runner import SourceSpec, run_source
@@ -193,7 +195,6 @@ def ingest_files(
     client = connect(settings.redis_url)
     health = HealthServer("ingest", settings.metrics_port)
     health.add_check("redis", lambda: None if client.ping() else "no PONG")
-    register_bus_collector(client)
     health.start()
     bus = Bus(client, "ingest")
     try:

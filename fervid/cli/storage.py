@@ -52,8 +52,9 @@ def store(
         create_schema(engine)
         return StorageStage(engine, settings, stop.is_set)
 
+    # Storage is the one process exporting the bus's series (stream lag, dead letters, frames dropped).
     stats, stage = serve_stage(
-        "storage", STORAGE_GROUP, settings, build, max_messages=max_messages, idle_timeout=idle_timeout
+        "storage", STORAGE_GROUP, settings, build, max_messages=max_messages, idle_timeout=idle_timeout, bus_metrics=True
     )
     console.print(
         f"stored {stage.frames_written} frames, {stage.rows_written} new event rows; {stats.dead} dead-lettered"
@@ -162,8 +163,15 @@ def grafana_provision(
         str | None,
         typer.Option("--db-url", help="PostgreSQL URL Grafana uses to reach the database (default: FERVID_DB_URL)."),
     ] = None,
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option(
+            "--prometheus-url",
+            help="Prometheus URL Grafana uses (e.g. http://prometheus:9090): adds the operations dashboard.",
+        ),
+    ] = None,
 ) -> None:
-    """Create or update the PostgreSQL datasource, the fervid folder and the dashboards (idempotent)."""
+    """Create or update the datasources, the fervid folder and the dashboards (idempotent)."""
     from fervid.settings import load_settings
     from storage.grafana import provision
 
@@ -172,5 +180,5 @@ def grafana_provision(
     pg = db_url or load_settings().db_url
     if not pg:
         raise ConfigError("give --db-url postgresql://user:pw@host:5432/fervid (the database as Grafana reaches it)")
-    for line in provision(url, token, pg):
+    for line in provision(url, token, pg, prometheus_url):
         out.print(line)
