@@ -32,7 +32,9 @@ COPY ingest ./ingest
 COPY detector ./detector
 COPY classifier ./classifier
 COPY storage ./storage
-RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable
+# --reinstall-package fervid: uv caches the wheel it built from a local directory and rebuilds it only when
+# pyproject.toml changes, so without it an edited source file would not reach the image.
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --reinstall-package fervid
 
 FROM base AS build-cpu
 RUN --mount=type=cache,target=/root/.cache/uv \
@@ -55,7 +57,7 @@ COPY storage ./storage
 RUN --mount=type=cache,target=/root/.cache/uv \
     set -eu; \
     skip=$(grep -oE '^name = "(torch|torchvision|triton|nvidia-[a-z0-9-]+)"$' uv.lock | cut -d'"' -f2 | sed 's/^/--no-install-package /'); \
-    uv sync --frozen --no-dev --no-editable --inexact $skip
+    uv sync --frozen --no-dev --no-editable --inexact --reinstall-package fervid $skip
 
 # --- runtime: the venv only, non-root ---------------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
