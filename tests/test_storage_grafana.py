@@ -254,12 +254,17 @@ def test_operations_dashboard_covers_the_pipeline_and_queries_exported_series() 
             return 0
 
         def xinfo_groups(self, stream: str) -> list[dict[str, Any]]:
-            return [{"name": g, "lag": 0, "pending": 0, "consumers": 1} for g in ("classifier", "storage")]
+            return [
+                {"name": g, "last-delivered-id": b"0-0", "pending": 0, "consumers": 1}
+                for g in ("classifier", "storage")
+            ]
 
         def hgetall(self, key: str) -> dict[bytes, bytes]:
             return {}
 
-    bus = {m.name for m in BusCollector(_Redis()).collect()}
+    families = list(BusCollector(_Redis()).collect())
+    assert len(families) > 1, "the bus collector failed on the fake Redis"
+    bus = {m.name for m in families}
     exported |= bus | {f"{n}_total" for n in bus}
     for _, title, expr in grafana.promql_queries():
         for name in re.findall(r"\b(fervid_[a-z_]+)", expr):

@@ -50,7 +50,7 @@ SECRETS = ("redis_password", "postgres_password", "api_token", "grafana_admin_pa
 CAMERA = "smoke-cam"
 RUN_NAME = "smoke-run"  # the trained checkpoint: /models/smoke-run/best.pt
 STAGES = [["redis", "postgres", "prometheus"], ["migrate"], ["storage", "api", "detector", "classifier"], ["ingest"]]
-MIN_FRAMES = 20  # frames on the timeline before ingest is stopped: the whole clip once (4 s at the camera's 5 fps)
+MIN_FRAMES = 40  # frames on the timeline before ingest is stopped: the clip twice (4 s at the camera's 5 fps)
 TOLERANCE = 0.02
 BACKLOG_SERIES = {"fervid_stream_lag_entries", "fervid_stream_pending_entries"}
 
@@ -446,14 +446,16 @@ def api_checks(run: Run, since: datetime, truth: dict[str, Any], model_id: str) 
 
 
 def rss(run: Run) -> dict[str, str]:
+    """Resident memory of each running service: VmRSS summed over the container's processes (host PIDs)."""
     out = {}
     for service in run.health:
-        name = run.container(service)
-        stats = subprocess.run(
-            ["podman", "stats", "--no-stream", "--format", "{{.MemUsage}}", name], capture_output=True, text=True
-        )
-        value = stats.stdout.strip().split(" / ")[0] if stats.returncode == 0 else ""
-        out[service] = value or "-"
+        top = subprocess.run(["podman", "top", run.container(service), "hpid"], capture_output=True, text=True)
+        kib = 0
+        for pid in top.stdout.split()[1:] if top.returncode == 0 else []:
+            with suppress(OSError):
+                m = re.search(r"^VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M)
+                kib += int(m.group(1)) if m else 0
+        out[service] = f"{kib / 1024:.0f} MB" if kib else "-"
     return out
 
 
