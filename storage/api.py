@@ -58,10 +58,15 @@ def create_app(engine: Engine, *, token: str | None = None, redis_url: str | Non
         description="Per-camera facial-expression timelines. Send `Authorization: Bearer <token>` when the server has a token.",
     )
     registry = CollectorRegistry()
-    requests = Counter("fervid_api_requests", "HTTP requests, per route and status.", ["route", "status"], registry=registry)  # fmt: skip
+    requests = Counter(
+        "fervid_api_requests", "HTTP requests, per route and status.", ["route", "status"], registry=registry
+    )
     latency = Histogram(
-        "fervid_api_request_duration_seconds", "Seconds to answer an HTTP request, per route.", ["route"], registry=registry
-    )  # fmt: skip
+        "fervid_api_request_duration_seconds",
+        "Seconds to answer an HTTP request, per route.",
+        ["route"],
+        registry=registry,
+    )
     redis_client: list[Any] = []
 
     def redis() -> Any:
@@ -212,7 +217,9 @@ def create_app(engine: Engine, *, token: str | None = None, redis_url: str | Non
                     for param in op.get("parameters", []):
                         param["schema"] = _present(param["schema"])
             if token:  # publish the bearer scheme and the 401 of every protected operation
-                schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+                schema.setdefault("components", {})["securitySchemes"] = {
+                    "bearer": {"type": "http", "scheme": "bearer"}
+                }
                 for path, ops in schema["paths"].items():
                     if path in OPEN_PATHS:
                         continue

@@ -153,7 +153,9 @@ def classify(
         from classifier.worker import ClassifierStage
 
         cfg = settings.classifier
-        classifier = load_classifier(cfg.model, cfg.checkpoint, cfg.device, compile=cfg.compile, max_crops=cfg.max_crops)
+        classifier = load_classifier(
+            cfg.model, cfg.checkpoint, cfg.device, compile=cfg.compile, max_crops=cfg.max_crops
+        )
         log.info("classifier: %s on %s", classifier.model_id, classifier.device)
         return ClassifierStage(bus, classifier, settings, stop.is_set)
 

@@ -54,7 +54,13 @@ def store(
 
     # Storage is the one process exporting the bus's series (stream lag, dead letters, frames dropped).
     stats, stage = serve_stage(
-        "storage", STORAGE_GROUP, settings, build, max_messages=max_messages, idle_timeout=idle_timeout, bus_metrics=True
+        "storage",
+        STORAGE_GROUP,
+        settings,
+        build,
+        max_messages=max_messages,
+        idle_timeout=idle_timeout,
+        bus_metrics=True,
     )
     console.print(
         f"stored {stage.frames_written} frames, {stage.rows_written} new event rows; {stats.dead} dead-lettered"
