@@ -44,9 +44,11 @@ from classifier.models import create_model, get_spec
 from classifier.serving import EmotionClassifier, load_classifier
 from classifier.worker import ClassifierStage
 from fervid.bus import Bus, EmbeddedRedis
-from fervid.contracts import EVENTS_STREAM, FACES_STREAM, STORAGE_GROUP, Box, Face, FacesMsg, FrameRef
+from fervid.contracts import STORAGE_GROUP, Box, Face, FacesMsg, FrameRef, Keys
 from fervid.settings import load_settings
 from fervid.worker import run_stage
+
+KEYS = Keys()  # the default namespace
 
 MODELS = ("mini_xception", "resnet152", "densenet161", "vgg16")
 # Crops per model on CPU: enough for several batches, few enough that the run stays under ~10 minutes on 2 cores.
@@ -104,7 +106,7 @@ def drain(client: redis.Redis, stop: threading.Event) -> None:
     """Storage's side of the events stream: read and ack, so the stream stays short."""
     bus = Bus(client, STORAGE_GROUP, "bench-drain")
     while not stop.is_set():
-        got = bus.read([EVENTS_STREAM], 512, 50)
+        got = bus.read([KEYS.events], 512, 50)
         if got:
             bus.ack(got)
 
@@ -123,14 +125,17 @@ def worker_rate(
     frames = len(jpegs) // faces
     producer = Bus(client, "detector")
     for seq in range(frames):
-        fs = tuple(Face(k, Box(10 + 70 * k, 10, 64, 64), 0.9, jpegs[seq * faces + k], track_id=k) for k in range(faces))
+        fs = tuple(
+            Face(index=k, box=Box(10 + 70 * k, 10, 64, 64), score=0.9, crop=jpegs[seq * faces + k], track_id=k)
+            for k in range(faces)
+        )
         producer.publish(
-            FACES_STREAM,
-            FacesMsg(FrameRef("cam", seq, 1000.0 + seq * 0.2, 640, 480), "bench", fs),
+            KEYS.faces,
+            FacesMsg(frame=FrameRef("cam", seq, 1000.0 + seq * 0.2, 640, 480), detector="bench", faces=fs),
             downstream_group="classifier",
             backlog=frames + 1,
         )
-    Bus(client, STORAGE_GROUP).ensure_group(EVENTS_STREAM)
+    Bus(client, STORAGE_GROUP).ensure_group(KEYS.events)
     # The worker batches frames; batch // faces frames is `batch` crops per forward, as in the raw loop.
     settings = load_settings(
         data_dir=data_dir, classifier__batch_size=max(1, batch // faces), classifier__max_wait_ms=5

@@ -130,7 +130,7 @@ def recall(det, clip) -> tuple[float, int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=32)
     ap.add_argument("--clip", type=int, default=48)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda adds the 640x480/1280x720, batch 1 vs 16 table)")

@@ -37,10 +37,12 @@ sys.path[:0] = [str(ROOT)]
 from detector.registry import create_detector  # noqa: E402
 from detector.worker import DetectorStage  # noqa: E402
 from fervid.bus import Bus, EmbeddedRedis  # noqa: E402
-from fervid.contracts import CAMERAS_KEY, DETECTOR_GROUP, FrameMsg, FrameRef, frames_stream  # noqa: E402
+from fervid.contracts import DETECTOR_GROUP, FrameMsg, FrameRef, Keys
 from fervid.sample import render_frames  # noqa: E402
 from fervid.settings import load_settings  # noqa: E402
 from fervid.worker import run_stage  # noqa: E402
+
+KEYS = Keys()  # the default namespace
 
 
 class TimedDetector:
@@ -78,12 +80,12 @@ def worker_seconds(
     """(wall seconds of the worker loop, seconds of it inside detect())."""
     client.flushdb()
     names = [f"bench{k}" for k in range(cameras)]
-    client.sadd(CAMERAS_KEY, *names)
+    client.sadd(KEYS.cameras, *names)
     producer = Bus(client, "ingest")
     for i, jpeg in enumerate(jpegs):
         camera = names[i % cameras]
         msg = FrameMsg(FrameRef(camera, i // cameras, 1000.0 + i / 30, 640, 480), jpeg)
-        producer.publish(frames_stream(camera), msg, downstream_group=DETECTOR_GROUP, backlog=len(jpegs) + 1)
+        producer.publish(KEYS.frames(camera), msg, downstream_group=DETECTOR_GROUP, backlog=len(jpegs) + 1)
     # max_wait_ms 0: every frame is already there, so a batch fills at once; nothing waits on a clock.
     settings = load_settings(data_dir=data_dir, detector__batch_size=batch, detector__max_wait_ms=0)
     timed = TimedDetector(detector)

@@ -110,30 +110,42 @@ def load_checkpoint(
     """
     path = Path(path)
     obj = read_checkpoint(path)
-    meta = CheckpointMeta(
-        path=path,
-        kind=str(obj["kind"]),
-        model_name=str(obj["model_name"]),
-        classes=tuple(obj["classes"]),
-        input_size=int(obj["input_size"]),
-        channels=int(obj["channels"]),
-        mean=tuple(obj["mean"]),
-        std=tuple(obj["std"]),
-        epoch=int(obj["epoch"]),
-        metrics=dict(obj.get("metrics") or {}),
-        config=dict(obj.get("config") or {}),
-    )
+    meta = checkpoint_meta(obj, path)
     if expect_model is not None and meta.model_name != expect_model:
         raise CheckpointError(f"{path} is a checkpoint of model {meta.model_name!r}, expected {expect_model!r}")
     if expect_classes is not None and tuple(expect_classes) != meta.classes:
         raise CheckpointError(f"{path} was trained on classes {list(meta.classes)}, expected {list(expect_classes)}")
+    return checkpoint_model(obj, meta).to(device), meta
+
+
+def checkpoint_meta(obj: dict[str, Any], path: Path) -> CheckpointMeta:
+    """The metadata of a checkpoint read by :func:`read_checkpoint`."""
+    try:
+        return CheckpointMeta(
+            path=path,
+            kind=str(obj["kind"]),
+            model_name=str(obj["model_name"]),
+            classes=tuple(obj["classes"]),
+            input_size=int(obj["input_size"]),
+            channels=int(obj["channels"]),
+            mean=tuple(obj["mean"]),
+            std=tuple(obj["std"]),
+            epoch=int(obj["epoch"]),
+            metrics=dict(obj.get("metrics") or {}),
+            config=dict(obj.get("config") or {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is incomplete ({exc!r})") from exc
+
+
+def checkpoint_model(obj: dict[str, Any], meta: CheckpointMeta) -> nn.Module:
+    """The registry's model for `meta`, with the checkpoint's weights, in eval mode (on the CPU)."""
     model = create_model(meta.model_name, num_classes=len(meta.classes))
     try:
         model.load_state_dict(obj["state_dict"], strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit model {meta.model_name!r}: {exc}") from exc
-    model.to(device).eval()
-    return model, meta
+        raise CheckpointError(f"{meta.path}: weights do not fit model {meta.model_name!r}: {exc}") from exc
+    return model.eval()
 
 
 def make_preprocess(meta: CheckpointMeta, color: str = "bgr") -> Callable[[Sequence[np.ndarray]], torch.Tensor]:

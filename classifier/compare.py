@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +14,16 @@ import torch
 
 from classifier import io
 from classifier.checkpoint import load_checkpoint
-from classifier.data import load_splits
+from classifier.config import TTA
+from classifier.data import Splits, load_splits
 from classifier.evaluate import evaluate_checkpoint
-from classifier.models import count_parameters
+from classifier.models import count_parameters, get_spec
 from classifier.plots import plot_overlay
-from classifier.train import TrainConfig, train
+from classifier.train import Echo, TrainConfig, TrainResult, duration, train
+from fervid.errors import ConfigError
+from fervid.choices import ClassifierModel
+
+log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
@@ -45,19 +52,42 @@ def throughput(
     return n / (time.perf_counter() - t0)
 
 
+@dataclass(frozen=True)
+class Comparison:
+    report: Path  # comparison.md
+    split: str  # the split the models were ranked on
+    best_model: str
+    best_accuracy: float
+    models: int
+    seconds: float
+
+    def summary(self) -> str:
+        return (
+            f"{self.models} model(s) compared in {duration(self.seconds)}: best {self.best_model} "
+            f"({self.split} accuracy {self.best_accuracy:.4f}); report {self.report}"
+        )
+
+
 def compare(
-    models: Sequence[str],
+    models: Sequence[ClassifierModel],
     data: str | Path,
     epochs: int,
     out: str | Path,
     *,
     base: TrainConfig | None = None,
     throughput_seconds: float = 1.0,
-) -> Path:
-    """Train each model into out/<model>/, evaluate on test; returns out/comparison.md.
+    echo: Echo | None = None,
+) -> Comparison:
+    """Train each model into out/<model>/, evaluate on test; writes out/comparison.md and .json.
 
-    `base` carries every other training option (batch size, lr, weights, ...).
+    `base` carries every other training option (batch size, lr, weights, ...). Progress lines (model k of n, then
+    each epoch) go to `echo`.
     """
+    say = echo or log.info
+    if not models:
+        raise ConfigError("no models to compare: give names such as densenet161,resnet152,vgg16")
+    for name in models:
+        get_spec(name)  # a typo in the third name fails now, not hours from now
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = base or TrainConfig()
@@ -67,38 +97,23 @@ def compare(
     split = "test" if splits.test is not None else "val"
     rows: list[dict[str, Any]] = []
     histories: dict[str, dict[str, list[float]]] = {}
-    for name in models:
+    started = time.perf_counter()
+    for k, name in enumerate(models, start=1):
+        say(f"model {k} of {len(models)}: {name}")
         cfg = dataclasses.replace(base, model=name, data=str(data), epochs=epochs, out=str(out / name), resume=None)
-        result = train(cfg)
-        ev = evaluate_checkpoint(result.best_checkpoint, splits, split=split, tta=base.eval_tta)
-        model, meta = load_checkpoint(result.best_checkpoint)
-        speeds = {
-            "cpu": throughput(model, meta.input_size, meta.channels, torch.device("cpu"), seconds=throughput_seconds)
-        }
-        if torch.cuda.is_available():
-            speeds["cuda"] = throughput(
-                model, meta.input_size, meta.channels, torch.device("cuda"), batch_size=64, seconds=throughput_seconds
-            )
+        result = train(cfg, echo=_prefixed(say, f"[{k}/{len(models)} {name}] "))
         histories[name] = result.history
-        rows.append(
-            {
-                "model": name,
-                "split": split,
-                "accuracy": ev.accuracy,
-                "macro_f1": ev.macro_f1,
-                "recall": ev.recall,
-                "parameters": count_parameters(model),
-                "train_seconds": result.train_seconds,
-                "epochs_run": result.epochs_run,
-                "best_epoch": result.best_epoch,
-                "best_val_accuracy": result.best_val_accuracy,
-                "input_size": meta.input_size,
-                "images_per_second": speeds,
-                "checkpoint": str(result.best_checkpoint),
-            }
-        )
+        rows.append(_measure(result, splits, split, base.eval_tta, throughput_seconds))
+        say(f"model {k} of {len(models)}: {result.summary()}")
     io.write_json(out / "comparison.json", {"data": str(data), "epochs": epochs, "split": split, "models": rows})
     plot_overlay(histories, out / "curves_overlay.png", title=f"{len(models)} models, {epochs} epochs")
+    path = out / "comparison.md"
+    io.write_text(path, _markdown(rows, data, split, epochs))
+    best = max(rows, key=lambda r: r["accuracy"])
+    return Comparison(path, split, best["model"], best["accuracy"], len(rows), time.perf_counter() - started)
+
+
+def _markdown(rows: list[dict[str, Any]], data: str | Path, split: str, epochs: int) -> str:
     classes = list(rows[0]["recall"]) if rows else []
     md = [
         f"# Model comparison on `{data}` ({split} split, {epochs} epochs max)",
@@ -123,6 +138,34 @@ def compare(
         "![validation curves](curves_overlay.png)",
         "",
     ]
-    path = out / "comparison.md"
-    io.write_text(path, "\n".join(md))
-    return path
+    return "\n".join(md)
+
+
+def _prefixed(echo: Echo, prefix: str) -> Echo:
+    return lambda line: echo(prefix + line)
+
+
+def _measure(result: TrainResult, splits: Splits, split: str, tta: TTA, throughput_seconds: float) -> dict[str, Any]:
+    """One model's row of the comparison: accuracy on `split`, size, training time and inference speed."""
+    ev = evaluate_checkpoint(result.best_checkpoint, splits, split=split, tta=tta)
+    model, meta = load_checkpoint(result.best_checkpoint)
+    speeds = {"cpu": throughput(model, meta.input_size, meta.channels, torch.device("cpu"), seconds=throughput_seconds)}
+    if torch.cuda.is_available():
+        speeds["cuda"] = throughput(
+            model, meta.input_size, meta.channels, torch.device("cuda"), batch_size=64, seconds=throughput_seconds
+        )
+    return {
+        "model": result.model,
+        "split": split,
+        "accuracy": ev.accuracy,
+        "macro_f1": ev.macro_f1,
+        "recall": ev.recall,
+        "parameters": count_parameters(model),
+        "train_seconds": result.train_seconds,
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "best_val_accuracy": result.best_val_accuracy,
+        "input_size": meta.input_size,
+        "images_per_second": speeds,
+        "checkpoint": str(result.best_checkpoint),
+    }

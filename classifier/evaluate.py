@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -13,13 +12,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from classifier.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
+from classifier.config import TTA
 from classifier.data import CLASSES, FaceDataset, Splits, eval_transform, load_splits, tencrop_transform
 from classifier.metrics import ClassificationReport, classification_report
 from fervid.device import resolve_device
 
 __all__ = ["EvalResult", "evaluate_checkpoint", "load_checkpoint", "predict", "resolve_device"]
-
-TTA = Literal["none", "flip", "tencrop"]
 
 
 @dataclass

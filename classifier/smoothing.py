@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import redis
 
-from fervid.contracts import EMOTIONS, PREFIX
+from fervid.contracts import EMOTIONS, Keys
 from fervid.settings import SmoothingSettings
 
 # KEYS: one state hash per distinct track in the call.
@@ -104,10 +104,6 @@ return out
 """
 
 
-def track_key(camera: str, track_id: int) -> str:
-    return f"{PREFIX}:track:{camera}:{track_id}"
-
-
 @dataclass(frozen=True)
 class Observation:
     """One classified face of a tracked person."""
@@ -128,8 +124,9 @@ class Smoothed:
 class TrackSmoother:
     """Updates the shared per-track state for a batch of observations in one atomic round trip."""
 
-    def __init__(self, client: redis.Redis, cfg: SmoothingSettings) -> None:
+    def __init__(self, client: redis.Redis, cfg: SmoothingSettings, keys: Keys | None = None) -> None:
         self.cfg = cfg
+        self.keys = keys or Keys()
         self._script = client.register_script(_SMOOTH_LUA)
 
     def update(self, observations: Sequence[Observation]) -> list[Smoothed]:
@@ -155,7 +152,7 @@ class TrackSmoother:
                     f"{o.camera} track {o.track_id}: {len(o.probs)} probabilities, expected {len(EMOTIONS)}"
                 )
             label = max(range(len(o.probs)), key=o.probs.__getitem__)
-            key = keys.setdefault(track_key(o.camera, o.track_id), len(keys) + 1)
+            key = keys.setdefault(self.keys.track(o.camera, o.track_id), len(keys) + 1)
             args += [key, o.seq, repr(float(o.capture_ts)), label, *(repr(float(p)) for p in o.probs)]
         replies = self._script(keys=list(keys), args=args)
         out: list[Smoothed | None] = [None] * len(observations)

@@ -13,7 +13,7 @@ import numpy as np
 from classifier.serving import EmotionClassifier
 from classifier.smoothing import Observation, Smoothed, TrackSmoother
 from fervid.bus import Bus, Delivery, PartlyPublished
-from fervid.contracts import EVENTS_STREAM, FACES_STREAM, STORAGE_GROUP, BadMessage, Emotion, EventsMsg, FacesMsg
+from fervid.contracts import STORAGE_GROUP, BadMessage, Emotion, EventsMsg, FacesMsg
 from fervid.metrics import CAMERA_FACES, CAMERA_SKIPPED, INFERENCE_BATCH, INFERENCE_SECONDS, FpsMeter
 from fervid.settings import Settings
 from fervid.worker import Outcome
@@ -59,11 +59,20 @@ class ClassifierStage:
         self.events_backlog = settings.bus.events_backlog
         self.should_stop = should_stop
         smoothing = settings.classifier.smoothing
-        self.smoother = TrackSmoother(bus.redis, smoothing) if smoothing.enabled else None
+        self.smoother = TrackSmoother(bus.redis, smoothing, bus.keys) if smoothing.enabled else None
         self.fps = FpsMeter(self.name)
 
+    @classmethod
+    def from_settings(cls, settings: Settings, bus: Bus, should_stop: Callable[[], bool]) -> ClassifierStage:
+        """The stage as every deployment builds it: the configured model (or checkpoint), loaded here."""
+        from classifier.serving import load_classifier
+
+        cfg = settings.classifier
+        model = load_classifier(cfg.model, cfg.checkpoint, cfg.device, compile=cfg.compile, max_crops=cfg.max_crops)
+        return cls(bus, model, settings, should_stop)
+
     def input_streams(self) -> Sequence[str]:
-        return [FACES_STREAM]
+        return [self.bus.keys.faces]
 
     def handle(self, batch: list[tuple[Delivery, DecodedFaces]]) -> Outcome:
         outcome = Outcome()
@@ -80,13 +89,14 @@ class ClassifierStage:
         for _, msg in frames:
             emotions = []
             for face in msg.faces:
-                p, s = tuple(probs[k].tolist()), smoothed[k]
+                p = tuple(probs[k].tolist())
+                emotions.append(Emotion.from_face(face, probs=p, smoothed_label=smoothed[k].label))
                 k += 1
-                emotions.append(Emotion(face.index, face.box, face.score, p, face.track_id, s.probs, s.label))
-            events.append(EventsMsg(msg.frame, msg.detector, self.classifier.model_id, tuple(emotions)))
+            model = self.classifier.model_id
+            events.append(EventsMsg(frame=msg.frame, detector=msg.detector, model=model, emotions=tuple(emotions)))
         try:  # one round trip for the whole batch, in order
             published = self.bus.publish_many(
-                EVENTS_STREAM,
+                self.bus.keys.events,
                 events,
                 downstream_group=STORAGE_GROUP,
                 backlog=self.events_backlog,

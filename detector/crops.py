@@ -1,4 +1,5 @@
-"""Face crops: square, margin-expanded, size-normalised; and a quality score so poor faces can be skipped."""
+"""Face crops: square, margin-expanded, size-normalised; and a quality score, stored with each event so that
+small or blurry faces can be filtered out."""
 
 from __future__ import annotations
 

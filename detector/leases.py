@@ -4,9 +4,9 @@ Tracking needs all of a camera's frames, in order, in one place. A consumer grou
 entries across replicas, so each replica's tracker would see only some frames and tracks would break. Instead
 each replica holds a lease per camera and reads only the frame streams it holds:
 
-* ``fervid:detector:lease:<camera>`` = the holder's consumer name, with a TTL (``detector.lease_ms``). The
+* ``<namespace>:detector:lease:<camera>`` = the holder's consumer name, with a TTL (``detector.lease_ms``). The
   holder renews its leases on every loop (compare-and-extend, in the same Lua call as everything below).
-* ``fervid:detector:replicas`` — a sorted set of live replicas scored by heartbeat expiry. A replica takes free
+* ``<namespace>:detector:replicas`` — a sorted set of live replicas scored by heartbeat expiry. A replica takes free
   cameras up to its fair share, ``ceil(cameras / live replicas)``, and gives back any surplus (a replica
   joined), between batches, after acking what it did.
 * A replica that dies stops renewing: its leases expire, another replica takes the cameras, adopts the
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 
 import redis
 
+from fervid.contracts import Keys
+
 log = logging.getLogger(__name__)
 
-LEASE_PREFIX = "fervid:detector:lease:"
-REPLICAS_KEY = "fervid:detector:replicas"
 
 # KEYS: replicas zset, lease key per camera.  ARGV: me, ttl_ms.  Returns the 1-based indexes of the held keys.
 # One round trip per loop: heartbeat, prune dead replicas, renew what we hold, give back the surplus above the
@@ -83,10 +83,6 @@ return 1
 """
 
 
-def lease_key(camera: str) -> str:
-    return LEASE_PREFIX + camera
-
-
 @dataclass(frozen=True)
 class LeaseChange:
     held: list[str]
@@ -97,8 +93,9 @@ class LeaseChange:
 class CameraLeases:
     """This replica's camera leases. Not thread-safe: one per worker loop."""
 
-    def __init__(self, client: redis.Redis, replica: str, ttl_ms: int) -> None:
+    def __init__(self, client: redis.Redis, replica: str, ttl_ms: int, keys: Keys | None = None) -> None:
         self.client = client
+        self.keys = keys or Keys()
         self.replica = replica
         self.ttl_ms = ttl_ms
         self._tick = client.register_script(_TICK_LUA)
@@ -111,7 +108,7 @@ class CameraLeases:
         """Heartbeat, renew, rebalance and acquire, for the cameras known now. Call once per loop."""
         cameras = sorted(set(cameras) | set(self._valid_until))  # what we hold is renewed even if the list lags
         sent = time.monotonic()
-        indexes = self._tick(keys=[REPLICAS_KEY, *map(lease_key, cameras)], args=[self.replica, self.ttl_ms])
+        indexes = self._tick(keys=[self.keys.detector_replicas, *map(self.keys.lease, cameras)], args=[self.replica, self.ttl_ms])
         held = [cameras[int(i) - 1] for i in indexes]
         before = set(self._valid_until)
         self._valid_until = {c: sent + self.ttl_ms / 1000 for c in held}
@@ -128,7 +125,7 @@ class CameraLeases:
         if until - time.monotonic() > self.ttl_ms / 2000:
             return True
         sent = time.monotonic()
-        (ok,) = self._extend(keys=[lease_key(camera)], args=[self.replica, self.ttl_ms])
+        (ok,) = self._extend(keys=[self.keys.lease(camera)], args=[self.replica, self.ttl_ms])
         if ok:
             self._valid_until[camera] = sent + self.ttl_ms / 1000
             return True
@@ -138,5 +135,5 @@ class CameraLeases:
 
     def release_all(self) -> None:
         """Give back every lease now (graceful stop), so other replicas take the cameras without waiting."""
-        self._release(keys=[REPLICAS_KEY, *map(lease_key, self._valid_until)], args=[self.replica])
+        self._release(keys=[self.keys.detector_replicas, *map(self.keys.lease, self._valid_until)], args=[self.replica])
         self._valid_until.clear()

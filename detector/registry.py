@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detector.base import FaceDetector
+from fervid.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ DETECTORS: dict[str, DetectorSpec] = {
 }
 
 
-class DetectorUnavailableError(RuntimeError):
+class DetectorUnavailableError(ConfigError):
     """A registered backend whose implementation cannot be imported in this installation."""
 
 
@@ -58,7 +59,7 @@ def create_detector(name: str, **kwargs: Any) -> FaceDetector:
     try:
         spec = DETECTORS[name]
     except KeyError:
-        raise ValueError(f"Unknown detector {name!r}; known detectors: {', '.join(sorted(DETECTORS))}") from None
+        raise ConfigError(f"unknown detector {name!r}: use one of {', '.join(sorted(DETECTORS))}") from None
     cls = _load(name, spec)
     return cls(**{**spec.defaults, **kwargs})
 

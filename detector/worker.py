@@ -14,17 +14,7 @@ from detector.crops import quality, square_crop
 from detector.leases import CameraLeases
 from detector.tracking import FaceTracker
 from fervid.bus import Bus, Delivery, StopRequested
-from fervid.contracts import (
-    CAMERAS_KEY,
-    CLASSIFIER_GROUP,
-    FACES_STREAM,
-    Box,
-    Face,
-    FacesMsg,
-    FrameMsg,
-    camera_key,
-    frames_stream,
-)
+from fervid.contracts import CLASSIFIER_GROUP, Box, Face, FacesMsg, FrameMsg
 from fervid.metrics import (
     CAMERA_BATCH,
     CAMERA_FACES,
@@ -60,25 +50,34 @@ class DetectorStage:
         self.max_wait_ms = self.cfg.max_wait_ms
         self.faces_backlog = settings.bus.faces_backlog
         self.should_stop = should_stop
-        self.tracker = FaceTracker(lambda camera: int(bus.redis.incr(camera_key(camera, "track_epoch"))))
-        self.leases = CameraLeases(bus.redis, bus.consumer, self.cfg.lease_ms)
+        self.keys = bus.keys
+        self.tracker = FaceTracker(lambda camera: int(bus.redis.incr(self.keys.camera(camera, "track_epoch"))))
+        self.leases = CameraLeases(bus.redis, bus.consumer, self.cfg.lease_ms, self.keys)
         self._cameras: list[str] = []
         self._cameras_at = 0.0
         self.fps = FpsMeter(self.name)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, bus: Bus, should_stop: Callable[[], bool]) -> DetectorStage:
+        """The stage as every deployment builds it: the configured backend, loaded here."""
+        from detector.registry import create_configured
+
+        cfg = settings.detector
+        return cls(bus, create_configured(cfg.backend, device=cfg.device, min_face=cfg.min_face), settings, should_stop)
 
     def input_streams(self) -> Sequence[str]:
         """Called by the worker loop before each read, after the previous batch was acked: the one place where
         leases are renewed, taken and given back."""
         # Cameras come and go while we run: refresh the set every couple of seconds, not on every read.
         if time.monotonic() - self._cameras_at > 2.0:
-            self._cameras = sorted(c.decode() for c in self.bus.redis.smembers(CAMERAS_KEY))
+            self._cameras = sorted(c.decode() for c in self.bus.redis.smembers(self.keys.cameras))
             self._cameras_at = time.monotonic()
         change = self.leases.tick(self._cameras)
         for camera in change.lost + change.acquired:
             self.tracker.reset(camera)  # someone else tracked (or will track) it meanwhile: fresh tracks, new epoch
         for camera in change.acquired:
-            self.bus.adopt(frames_stream(camera))  # what the previous holder left pending comes first
-        return [frames_stream(c) for c in change.held]
+            self.bus.adopt(self.keys.frames(camera))  # what the previous holder left pending comes first
+        return [self.keys.frames(c) for c in change.held]
 
     def close(self) -> None:
         """Graceful stop, after the last ack: give the cameras back so other replicas take them at once."""
@@ -111,7 +110,7 @@ class DetectorStage:
             out = FacesMsg(frame=msg.frame, detector=self.detector.name, faces=tuple(faces))
             try:
                 self.bus.publish(
-                    FACES_STREAM, out, downstream_group=CLASSIFIER_GROUP, backlog=self.faces_backlog,
+                    self.keys.faces, out, downstream_group=CLASSIFIER_GROUP, backlog=self.faces_backlog,
                     should_stop=lambda: self.should_stop() or not self.leases.hold(camera),
                 )  # fmt: skip
             except StopRequested:
@@ -145,7 +144,14 @@ class DetectorStage:
                 continue
             box = Box(det.x1, det.y1, det.width, det.height)
             faces.append(
-                Face(len(faces), box, det.score, jpeg.tobytes(), track_id=track_id, quality=quality(crop, det))
+                Face(
+                    index=len(faces),
+                    box=box,
+                    score=det.score,
+                    crop=jpeg.tobytes(),
+                    track_id=track_id,
+                    quality=quality(crop, det),
+                )
             )
         return faces
 

@@ -18,14 +18,19 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 from redis.exceptions import ResponseError
 
-from fervid.contracts import DEAD_LETTER_STREAM, Message, Policy
+from fervid.contracts import Keys, Message, Policy
 from fervid.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from fervid.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +173,23 @@ class EmbeddedRedis:
         self.close()
 
 
+@contextmanager
+def redis_url_for(settings: Settings, announce: Callable[[str], None] | None = None) -> Iterator[str]:
+    """The deployment's Redis: ``settings.redis_url``, or else an embedded one under the data dir for as long as
+    the block runs. The embedded server is stopped however the block ends, so no failed command leaves one behind.
+    `announce` is told the embedded server's URL."""
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    embedded = EmbeddedRedis(settings.data_dir)
+    try:
+        if announce is not None:
+            announce(embedded.url)
+        yield embedded.url
+    finally:
+        embedded.close()
+
+
 def consumer_name(stage: str) -> str:
     """Unique per process and instance, readable in XINFO: ``detector-host-1234-ab12``."""
     return f"{stage}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
@@ -182,11 +204,13 @@ class Bus:
         group: str,
         consumer: str | None = None,
         *,
+        keys: Keys | None = None,
         claim_idle_ms: int = 30_000,
         max_deliveries: int = 3,
     ) -> None:
         self.redis = client
         self.group = group
+        self.keys = keys or Keys()
         self.consumer = consumer or consumer_name(group)
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
@@ -194,6 +218,17 @@ class Bus:
         self._groups: set[str] = set()
         self._last_claim: dict[str, float] = {}
         self._surplus: list[Delivery] = []  # delivered to us beyond a read's `count` (see `read`)
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, group: str, settings: Settings) -> Bus:
+        """A bus for `group` with the deployment's namespace, claim timeout and dead-letter threshold."""
+        return cls(
+            client,
+            group,
+            keys=settings.keys,
+            claim_idle_ms=settings.bus.claim_idle_ms,
+            max_deliveries=settings.bus.max_deliveries,
+        )
 
     # -- consuming ---------------------------------------------------------------------------------------
 
@@ -338,9 +373,9 @@ class Bus:
             dl_ts=f"{time.time():.3f}",
         )
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(DEAD_LETTER_STREAM, fields, maxlen=100_000, approximate=True)
+        pipe.xadd(self.keys.dead, fields, maxlen=100_000, approximate=True)
         pipe.xack(delivery.stream, self.group, delivery.id)
-        pipe.hincrby(f"{DEAD_LETTER_STREAM}:counts", self.group, 1)
+        pipe.hincrby(self.keys.dead_counts, self.group, 1)
         pipe.execute()
         log.warning("%s: dead-lettered %s %s: %s", self.group, delivery.stream, delivery.id, reason)
 
@@ -433,6 +468,13 @@ class Bus:
                 undelivered = len(self.redis.xrange(stream, f"({last}", "+", count=100_000))
                 return undelivered + int(g["pending"])
         return int(self.redis.xlen(stream))
+
+    def pipeline_backlog(self, cameras: Sequence[str] | None = None) -> int:
+        """Entries not yet acked on every hop of the pipeline (the frame streams of `cameras`, default every
+        camera ingest has published; faces; events): 0 when the pipeline has drained."""
+        if cameras is None:
+            cameras = sorted(_s(c) for c in self.redis.smembers(self.keys.cameras))
+        return sum(self.backlog(stream, group) for stream, group in self.keys.stage_streams(cameras))
 
 
 def _publish_args(

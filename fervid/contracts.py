@@ -1,4 +1,5 @@
-"""Message contracts between stages: stream names, group names and the typed, versioned messages.
+"""Message contracts between stages: Redis key names (under a namespace), group names and the typed, versioned
+messages.
 
 Every message crosses Redis as a flat stream entry: ``v`` (schema version), ``t`` (type), ``m`` (JSON
 metadata) and ``b0``, ``b1``, ... (binary blobs such as JPEG bytes, kept out of the JSON so they are not
@@ -15,43 +16,88 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from typing import Any, ClassVar, Literal, TypeVar
+
+from fervid.errors import cut
 
 SCHEMA_VERSION = 1
 
 # FER-2013 order. Changing it changes the meaning of every stored probability.
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
-# Stream and group names: the only place they are spelled.
-PREFIX = "fervid"
-CAMERAS_KEY = f"{PREFIX}:cameras"  # set of camera names that ingest has published
-FACES_STREAM = f"{PREFIX}:faces"
-EVENTS_STREAM = f"{PREFIX}:events"
-DEAD_LETTER_STREAM = f"{PREFIX}:dead"
+# Consumer groups, one per consuming stage.
 DETECTOR_GROUP = "detector"
 CLASSIFIER_GROUP = "classifier"
 STORAGE_GROUP = "storage"
 
+DEFAULT_NAMESPACE = "fervid"
+_NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 _CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def frames_stream(camera: str) -> str:
-    """One frame stream per camera, so a busy camera's backlog never evicts another camera's frames."""
-    return f"{PREFIX}:frames:{validate_camera_name(camera)}"
+@dataclass(frozen=True)
+class Keys:
+    """Every Redis key fervid uses, under one namespace (the key prefix): the only place key names are spelled.
 
+    Two deployments that share a Redis with different namespaces never see each other's frames, faces, events,
+    cameras, leases or dead letters (settings: ``namespace``, env ``FERVID_NAMESPACE``).
+    """
 
-def camera_key(camera: str, what: str) -> str:
-    """Per-camera keys beside the stream: ``state`` (hash), ``stats`` (hash of counters)."""
-    return f"{PREFIX}:camera:{validate_camera_name(camera)}:{what}"
+    namespace: str = DEFAULT_NAMESPACE
+    cameras: str = field(init=False)  # set of camera names that ingest has published
+    faces: str = field(init=False)
+    events: str = field(init=False)
+    dead: str = field(init=False)
+    dead_counts: str = field(init=False)  # hash: dead letters per consuming group
+    detector_replicas: str = field(init=False)  # zset of live detector replicas (detector/leases.py)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.namespace, str) or not _NAMESPACE.match(self.namespace):
+            raise ValueError(
+                f"namespace {self.namespace[:100]!r} is invalid: use 1-32 letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit"
+            )
+        ns = self.namespace
+        for name, key in (
+            ("cameras", f"{ns}:cameras"),
+            ("faces", f"{ns}:faces"),
+            ("events", f"{ns}:events"),
+            ("dead", f"{ns}:dead"),
+            ("dead_counts", f"{ns}:dead:counts"),
+            ("detector_replicas", f"{ns}:detector:replicas"),
+        ):
+            object.__setattr__(self, name, key)
+
+    def frames(self, camera: str) -> str:
+        """One frame stream per camera, so a busy camera's backlog never evicts another camera's frames."""
+        return f"{self.namespace}:frames:{validate_camera_name(camera)}"
+
+    def camera(self, camera: str, what: str) -> str:
+        """Per-camera keys beside the stream: ``state`` (hash), ``stats`` (hash of counters), ``track_epoch``."""
+        return f"{self.namespace}:camera:{validate_camera_name(camera)}:{what}"
+
+    def lease(self, camera: str) -> str:
+        """The detector replica holding `camera` (detector/leases.py)."""
+        return f"{self.namespace}:detector:lease:{camera}"
+
+    def track(self, camera: str, track_id: int) -> str:
+        """Per-track smoothing state (classifier/smoothing.py)."""
+        return f"{self.namespace}:track:{camera}:{track_id}"
+
+    def stage_streams(self, cameras: Iterable[str]) -> list[tuple[str, str]]:
+        """(stream, consuming group) of every hop of the pipeline, for these cameras' frame streams."""
+        pairs = [(self.frames(c), DETECTOR_GROUP) for c in cameras]
+        return [*pairs, (self.faces, CLASSIFIER_GROUP), (self.events, STORAGE_GROUP)]
 
 
 def validate_camera_name(name: str) -> str:
     if not isinstance(name, str) or not _CAMERA_NAME.match(name):
         raise ValueError(
-            f"camera name {name!r} is invalid: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            f"camera name {cut(repr(name))} is invalid: use 1-64 letters, digits, '_', '.' or '-', starting with a "
+            "letter or digit"
         )
     return name
 
@@ -100,6 +146,11 @@ class FrameRef:
         if not (0 < self.width <= 16384 and 0 < self.height <= 16384):
             raise ValueError(f"frame size must be within 1..16384, got {self.width}x{self.height}")
 
+    @property
+    def ts_ms(self) -> int:
+        """The capture time as integer epoch milliseconds, as storage keeps it."""
+        return round(self.capture_ts * 1000)
+
 
 @dataclass(frozen=True)
 class Box:
@@ -120,7 +171,12 @@ class Box:
 _FIELD_NAMES = {cls: tuple(f.name for f in dataclass_fields(cls)) for cls in (FrameRef, Box)}
 
 
-@dataclass(frozen=True)
+def _unit(name: str, value: float | None) -> None:
+    if value is not None and not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Face:
     """One detected face; ``crop`` is a JPEG of the square, margin-expanded face region."""
 
@@ -129,46 +185,93 @@ class Face:
     score: float
     crop: bytes
     track_id: int | None = None
-    quality: float | None = None
+    quality: float | None = None  # size x sharpness of the crop in [0, 1] (detector/crops.py); stored per event
 
     def __post_init__(self) -> None:
         if self.index < 0:
             raise ValueError(f"face index must be >= 0, got {self.index}")
-        if not 0.0 <= self.score <= 1.0:
-            raise ValueError(f"detector score must be in [0, 1], got {self.score}")
+        _unit("detector score", self.score)
+        _unit("quality", self.quality)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Emotion:
-    """One classified face: the face's detection plus 7 probabilities in :data:`EMOTIONS` order."""
+    """One classified face: the face's detection plus 7 probabilities in :data:`EMOTIONS` order.
+
+    Every field is a column of the ``events`` table (see :data:`EVENT_COLUMNS`)."""
 
     index: int
     box: Box
     score: float
     probs: tuple[float, ...]
     track_id: int | None = None
-    # Per-track smoothing (EMA along track_id); None when the face has no track or too few observations.
-    smoothed: tuple[float, ...] | None = None
+    quality: float | None = None
+    # The track's consensus label (classifier/smoothing.py); None when the face has no track or no consensus yet.
     smoothed_label: str | None = None
+    # The argmax of probs (the first maximum), set at construction: storage reads it for every row.
+    label: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for p in (self.probs, self.smoothed):
-            if p is None:
-                continue
-            if len(p) != len(EMOTIONS):
-                raise ValueError(
-                    f"probabilities must have {len(EMOTIONS)} entries ({', '.join(EMOTIONS)}), got {len(p)}"
-                )
-            if any(not math.isfinite(x) or x < -1e-6 or x > 1 + 1e-6 for x in p):
-                raise ValueError(f"probabilities must be in [0, 1], got {p}")
-            if abs(sum(p) - 1.0) > 1e-3:
-                raise ValueError(f"probabilities must sum to 1, got {sum(p):.4f}")
+        p = self.probs
+        if len(p) != len(EMOTIONS):
+            raise ValueError(f"probabilities must have {len(EMOTIONS)} entries ({', '.join(EMOTIONS)}), got {len(p)}")
+        if any(not math.isfinite(x) or x < -1e-6 or x > 1 + 1e-6 for x in p):
+            raise ValueError(f"probabilities must be in [0, 1], got {p}")
+        if abs(sum(p) - 1.0) > 1e-3:
+            raise ValueError(f"probabilities must sum to 1, got {sum(p):.4f}")
+        _unit("quality", self.quality)
         if self.smoothed_label is not None and self.smoothed_label not in EMOTIONS:
             raise ValueError(f"smoothed_label must be one of {EMOTIONS}, got {self.smoothed_label!r}")
+        object.__setattr__(self, "label", EMOTIONS[p.index(max(p))])
 
-    @property
-    def label(self) -> str:
-        return EMOTIONS[max(range(len(self.probs)), key=self.probs.__getitem__)]
+    @classmethod
+    def from_face(cls, face: Face, *, probs: tuple[float, ...], smoothed_label: str | None = None) -> Emotion:
+        """The emotion of `face`: every detection field the two share is carried over."""
+        return cls(
+            index=face.index,
+            box=face.box,
+            score=face.score,
+            track_id=face.track_id,
+            quality=face.quality,
+            probs=probs,
+            smoothed_label=smoothed_label,
+        )
+
+
+SqlType = Literal["text", "int", "bigint", "float8"]
+
+
+@dataclass(frozen=True)
+class EventColumn:
+    """One column of the ``events`` table and the value it stores, named by an attribute path on the
+    :class:`EventsMsg` it comes from: ``frame.<attr>`` (its :class:`FrameRef`), ``emotion.<attr>`` (each
+    :class:`Emotion`; ``emotion.probs[i]`` is one probability) or ``message.<attr>``."""
+
+    name: str
+    type: SqlType  # PostgreSQL's name; storage/db.py maps it to SQLAlchemy's
+    source: str
+    nullable: bool = False
+    length: int | None = None  # text columns: the longest value
+
+
+# The event row, defined once: one row per face per frame. storage/db.py builds the table from it and
+# storage/write.py its insert. A new column is a line here (and a field on Emotion, carried by the encode/decode
+# of EventsMsg below, when the value is new) plus a migration (storage/migrations/versions/).
+EVENT_COLUMNS: tuple[EventColumn, ...] = (
+    EventColumn("camera", "text", "frame.camera", length=64),
+    EventColumn("frame_seq", "bigint", "frame.seq"),
+    EventColumn("face_index", "int", "emotion.index"),
+    EventColumn("ts_ms", "bigint", "frame.ts_ms"),
+    *(EventColumn(c, "float8", f"emotion.box.{c}") for c in ("x", "y", "w", "h")),
+    EventColumn("det_score", "float8", "emotion.score"),
+    EventColumn("track_id", "bigint", "emotion.track_id", nullable=True),
+    *(EventColumn(f"p_{e}", "float8", f"emotion.probs[{i}]") for i, e in enumerate(EMOTIONS)),
+    EventColumn("label", "text", "emotion.label", length=16),
+    EventColumn("label_smoothed", "text", "emotion.smoothed_label", nullable=True, length=16),
+    EventColumn("model", "text", "message.model", length=128),
+    EventColumn("detector", "text", "message.detector", length=64),
+    EventColumn("quality", "float8", "emotion.quality", nullable=True),
+)
 
 
 M = TypeVar("M", bound="Message")
@@ -229,7 +332,7 @@ class FrameMsg(Message):
         return cls(frame=FrameRef(**meta["frame"]), jpeg=blobs[0], live=bool(meta.get("live", False)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FacesMsg(Message):
     """detector → classifier: every face found in one frame (possibly none)."""
 
@@ -266,7 +369,7 @@ class FacesMsg(Message):
         return cls(frame=FrameRef(**meta["frame"]), detector=str(meta["detector"]), faces=faces)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EventsMsg(Message):
     """classifier → storage: the emotions of every face in one frame (possibly none)."""
 
@@ -288,7 +391,7 @@ class EventsMsg(Message):
                 "score": e.score,
                 "probs": list(e.probs),
                 "track_id": e.track_id,
-                "smoothed": None if e.smoothed is None else list(e.smoothed),
+                "quality": e.quality,
                 "smoothed_label": e.smoothed_label,
             }
             for e in self.emotions
@@ -304,7 +407,7 @@ class EventsMsg(Message):
                 score=float(e["score"]),
                 probs=tuple(float(p) for p in e["probs"]),
                 track_id=None if e.get("track_id") is None else int(e["track_id"]),
-                smoothed=None if e.get("smoothed") is None else tuple(float(p) for p in e["smoothed"]),
+                quality=None if e.get("quality") is None else float(e["quality"]),
                 smoothed_label=e.get("smoothed_label"),
             )
             for e in meta["emotions"]

@@ -25,3 +25,11 @@ class NotFound(FervidError):
     """A named thing (camera, checkpoint, file) does not exist."""
 
     exit_code = 1
+
+
+def cut(text: str, limit: int = 100) -> str:
+    """`text` cut to about `limit` characters, saying how long it was: an error echoes what it rejected, but never
+    a 5,000-character camera name whole."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"

@@ -31,6 +31,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from fervid.contracts import CLASSIFIER_GROUP, DETECTOR_GROUP, STORAGE_GROUP, Keys
+
 log = logging.getLogger(__name__)
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -127,24 +129,15 @@ class BusCollector:
     a dashboard's query has a series (0) before anything went wrong.
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, keys: Keys) -> None:
         self.client = client
+        self.keys = keys
         # Entries after the group's last-delivered id, counted inside Redis (no entry crosses the network). A
         # stream holds at most its backlog cap of them (the publisher drops or waits beyond it).
         self._undelivered = client.register_script("return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+')")
 
     def collect(self) -> Iterable[Metric]:
-        from fervid.contracts import (
-            CAMERAS_KEY,
-            CLASSIFIER_GROUP,
-            DEAD_LETTER_STREAM,
-            DETECTOR_GROUP,
-            EVENTS_STREAM,
-            FACES_STREAM,
-            STORAGE_GROUP,
-            camera_key,
-            frames_stream,
-        )
+        keys = self.keys
 
         up = GaugeMetricFamily("fervid_bus_up", "1 when Redis answered this scrape.")
         length = GaugeMetricFamily("fervid_stream_entries", "Entries in the stream (XLEN).", labels=["stream"])
@@ -167,10 +160,8 @@ class BusCollector:
             "fervid_camera_frames_dropped", "Frames dropped because the detector fell behind.", labels=["camera"]
         )
         try:
-            cameras = sorted(c.decode() for c in self.client.smembers(CAMERAS_KEY))
-            streams = [(frames_stream(c), DETECTOR_GROUP) for c in cameras]
-            streams += [(FACES_STREAM, CLASSIFIER_GROUP), (EVENTS_STREAM, STORAGE_GROUP)]
-            for stream, group in streams:
+            cameras = sorted(c.decode() for c in self.client.smembers(keys.cameras))
+            for stream, group in keys.stage_streams(cameras):
                 length.add_metric([stream], int(self.client.xlen(stream)))
                 for g in self._groups(stream):
                     if _s(g["name"]) != group:
@@ -182,11 +173,11 @@ class BusCollector:
                     pending.add_metric([stream, group], int(g["pending"]))
                     consumers.add_metric([stream, group], int(g["consumers"]))
             counts = {DETECTOR_GROUP: 0, CLASSIFIER_GROUP: 0, STORAGE_GROUP: 0}
-            counts |= {_s(g): int(n) for g, n in self.client.hgetall(f"{DEAD_LETTER_STREAM}:counts").items()}
+            counts |= {_s(g): int(n) for g, n in self.client.hgetall(keys.dead_counts).items()}
             for group, n in sorted(counts.items()):
                 dead.add_metric([group], n)
             for camera in cameras:
-                stats = self.client.hgetall(camera_key(camera, "stats"))
+                stats = self.client.hgetall(keys.camera(camera, "stats"))
                 published.add_metric([camera], int(stats.get(b"published", 0)))
                 dropped.add_metric([camera], int(stats.get(b"dropped", 0)))
             up.add_metric([], 1)
@@ -283,17 +274,28 @@ class HealthServer:
             self._server = None
 
 
-def register_bus_collector(client: Any, registry: CollectorRegistry = REGISTRY) -> BusCollector:
-    collector = BusCollector(client)
+def register_bus_collector(client: Any, keys: Keys, registry: CollectorRegistry = REGISTRY) -> BusCollector:
+    collector = BusCollector(client, keys)
     registry.register(collector)  # type: ignore[arg-type]
     return collector
 
 
-def serve_health(service: str, port: int, client: Any, *, bus_metrics: bool = False) -> HealthServer:
-    """The usual setup for a bus process: a Redis readiness check, the server started; the bus collector only
-    in the one process that exports the bus's series (``bus_metrics``)."""
+def serve_health(
+    service: str,
+    port: int,
+    client: Any,
+    keys: Keys,
+    checks: dict[str, Check] | None = None,
+    *,
+    bus_metrics: bool = False,
+) -> HealthServer:
+    """The one setup of every bus process: a Redis readiness check (plus `checks`, e.g. "model loaded"), the server
+    started; the bus collector only in the one process that exports the bus's series (`bus_metrics`: storage).
+    ``/health`` answers from here on; ``/ready`` once every check passes."""
     health = HealthServer(service, port)
     health.add_check("redis", lambda: None if client.ping() else "no PONG")
+    for name, check in (checks or {}).items():
+        health.add_check(name, check)
     if bus_metrics:
-        register_bus_collector(client)
+        register_bus_collector(client, keys)
     return health.start()

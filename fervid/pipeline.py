@@ -15,18 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fervid.bus import Bus, connect
-from fervid.contracts import (
-    CLASSIFIER_GROUP,
-    DEAD_LETTER_STREAM,
-    DETECTOR_GROUP,
-    EMOTIONS,
-    EVENTS_STREAM,
-    FACES_STREAM,
-    STORAGE_GROUP,
-    frames_stream,
-)
+from fervid.contracts import EMOTIONS
 from fervid.errors import FervidError
 from fervid.settings import Settings
+from fervid.stages import STAGES
 from fervid.worker import StopFlag, run_stage
 
 log = logging.getLogger(__name__)
@@ -85,62 +77,33 @@ def run_pipeline(
 ) -> RunSummary:
     """Run ingest for `sources` (ingest.runner.SourceSpec) and all downstream stages until every published
     frame is stored (or dead-lettered), or until `stop` is set (live sources run until then)."""
-    from classifier.serving import load_classifier
-    from classifier.worker import ClassifierStage
-    from detector.registry import create_configured
-    from detector.worker import DetectorStage
-    from ingest.runner import run_live, run_source
+    from ingest.runner import run_source
     from ingest.source import is_live, probe_file
-    from storage.db import create_schema, make_engine
-    from storage.worker import StorageStage
 
     stop = stop or StopFlag()
     client = connect(redis_url)
-    engine = make_engine(settings.resolved_db_url)
-    create_schema(engine)
     for spec in sources:
         if not is_live(spec.url):
             probe_file(spec.url)  # a missing or non-video file fails now, before models load
-    detector = create_configured(
-        settings.detector.backend, device=settings.detector.device, min_face=settings.detector.min_face
-    )
-    classifier = load_classifier(
-        settings.classifier.model,
-        settings.classifier.checkpoint,
-        settings.classifier.device,
-        compile=settings.classifier.compile,
-        max_crops=settings.classifier.max_crops,
-    )
-
-    def bus(group: str) -> Bus:
-        return Bus(client, group, claim_idle_ms=settings.bus.claim_idle_ms, max_deliveries=settings.bus.max_deliveries)
-
-    dead_before = _dead_count(client)
+    dead_before = _dead_count(client, settings)
     workers_stop = StopFlag()
-    storage = StorageStage(engine, settings, workers_stop.is_set)
-    stages = [
-        DetectorStage(bus(DETECTOR_GROUP), detector, settings, workers_stop.is_set),
-        ClassifierStage(bus(CLASSIFIER_GROUP), classifier, settings, workers_stop.is_set),
-        storage,
-    ]
+    buses = {e.name: Bus.from_settings(client, e.group, settings) for e in STAGES}
+    # Downstream first: an unreachable database fails before any model loads.
+    stages = {e.name: e.build(settings, buses[e.name], workers_stop.is_set) for e in reversed(STAGES)}
+    storage: Any = stages["storage"]
     workers = [
-        _Thread(
-            f"{s.name}-worker",
-            lambda s=s: run_stage(s, getattr(s, "bus", None) or bus(STORAGE_GROUP), stop=workers_stop, block_ms=100),
-        )
-        for s in stages
+        _Thread(f"{name}-worker", lambda s=stage, b=buses[name]: run_stage(s, b, stop=workers_stop, block_ms=100))
+        for name, stage in stages.items()
     ]
     counters: dict[str, Any] = {}
-    ingests = [
+
+    def ingest(spec: Any) -> None:
         # Live sources reconnect (backoff, stall watchdog) until stopped; files are read once.
-        _Thread(
-            f"ingest-{spec.camera}",
-            lambda spec=spec, run=run_live if is_live(spec.url) else run_source: counters.__setitem__(
-                spec.camera, run(bus("ingest"), spec, settings, should_stop=stop.is_set)
-            ),
+        counters[spec.camera] = run_source(
+            Bus.from_settings(client, "ingest", settings), spec, settings, should_stop=stop.is_set
         )
-        for spec in sources
-    ]
+
+    ingests = [_Thread(f"ingest-{spec.camera}", lambda spec=spec: ingest(spec)) for spec in sources]
     progress = Progress(expected=None)
     started = time.monotonic()
     for t in workers + ingests:
@@ -153,11 +116,10 @@ def run_pipeline(
                 on_progress(progress)
             time.sleep(0.2)
         _raise_failed(ingests)
-        streams = [(frames_stream(s.camera), DETECTOR_GROUP) for s in sources]
-        streams += [(FACES_STREAM, CLASSIFIER_GROUP), (EVENTS_STREAM, STORAGE_GROUP)]
-        probe = bus("probe")
+        probe = Bus.from_settings(client, "probe", settings)
+        cameras = [s.camera for s in sources]
         deadline = time.monotonic() + drain_timeout
-        while not stop.is_set() and any(probe.backlog(s, g) for s, g in streams):
+        while not stop.is_set() and probe.pipeline_backlog(cameras):
             _raise_failed(workers)
             if time.monotonic() > deadline:
                 raise FervidError(f"pipeline did not drain within {drain_timeout:.0f}s (a stage is stuck; see the log)")
@@ -174,9 +136,9 @@ def run_pipeline(
     if on_progress:
         on_progress(progress)
     _raise_failed(workers)
-    summary = _summarise(engine, counters)
+    summary = _summarise(storage.engine, counters)
     summary.seconds = time.monotonic() - started
-    summary.dead_letters = _dead_count(client) - dead_before
+    summary.dead_letters = _dead_count(client, settings) - dead_before
     return summary
 
 
@@ -186,8 +148,8 @@ def _raise_failed(threads: list[_Thread]) -> None:
             raise t.error
 
 
-def _dead_count(client: Any) -> int:
-    return sum(int(v) for v in client.hgetall(f"{DEAD_LETTER_STREAM}:counts").values())
+def _dead_count(client: Any, settings: Settings) -> int:
+    return sum(int(v) for v in client.hgetall(settings.keys.dead_counts).values())
 
 
 def _summarise(engine: Any, counters: dict[str, Any]) -> RunSummary:

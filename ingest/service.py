@@ -20,7 +20,7 @@ import redis
 from fervid.bus import redact_url
 from fervid.errors import FervidError
 from fervid.settings import Settings
-from ingest.camera import CameraRunner, CameraStatus
+from ingest.camera import HEARTBEAT_S, CameraRunner, CameraStatus
 from ingest.cameras import CameraConfig, load_cameras
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def serve(
     config_path: Path,
     *,
     should_stop: Callable[[], bool],
-    heartbeat_s: float = 1.0,
+    heartbeat_s: float = HEARTBEAT_S,
 ) -> None:
     """Run the cameras of `config_path` until `should_stop`; SIGHUP re-reads the file and applies it.
 

@@ -25,10 +25,10 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from fervid.contracts import EMOTIONS, FrameMsg, frames_stream, validate_camera_name
+from fervid.contracts import EMOTIONS, FrameMsg, Keys, validate_camera_name
 from fervid.errors import ConfigError, NotFound, ServiceUnavailable
 from storage import timeline as tl
-from storage.db import EventRow
+from storage.db import events_table
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,9 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": Problem, "description": text_[code]} for code in codes}
 
 
-def create_app(engine: Engine, *, token: str | None = None, redis_url: str | None = None) -> FastAPI:
+def create_app(
+    engine: Engine, *, token: str | None = None, redis_url: str | None = None, keys: Keys | None = None
+) -> FastAPI:
     app = FastAPI(
         title="fervid",
         version="1",
@@ -188,6 +190,7 @@ def create_app(engine: Engine, *, token: str | None = None, redis_url: str | Non
         label: str | None = Query(None, max_length=16, json_schema_extra={"enum": list(EMOTIONS)}),
         limit: int = Query(100, ge=1, le=1000),
         after_id: int | None = Query(None, ge=0, le=2**63 - 1),  # a BIGINT: larger would overflow the driver, a 500
+        min_quality: float | None = Query(None, ge=0.0, le=1.0),
     ) -> dict[str, Any]:
         rows = tl.events(
             engine,
@@ -197,6 +200,7 @@ def create_app(engine: Engine, *, token: str | None = None, redis_url: str | Non
             label=label,
             limit=limit,
             after_id=after_id,
+            min_quality=min_quality,
         )
         return {"events": rows, "next_after_id": rows[-1]["id"] if len(rows) == limit else None}
 
@@ -207,7 +211,7 @@ def create_app(engine: Engine, *, token: str | None = None, redis_url: str | Non
         responses={200: {"content": {"image/jpeg": {}}}, **_errors(400, 404, 503)},
     )
     def snapshot(name: str = camera_path()) -> Response:
-        return Response(render_snapshot(engine, redis(), camera_name(name)), media_type="image/jpeg")
+        return Response(render_snapshot(engine, redis(), camera_name(name), keys or Keys()), media_type="image/jpeg")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -246,12 +250,12 @@ def _present(schema: dict[str, Any]) -> dict[str, Any]:
     return {**variants[0], **rest}
 
 
-def render_snapshot(engine: Engine, client: Any, camera: str, scan: int = 64) -> bytes:
+def render_snapshot(engine: Engine, client: Any, camera: str, keys: Keys, scan: int = 64) -> bytes:
     """JPEG of the newest of the last `scan` frames in Redis that has events in SQL (else the newest frame)."""
     import cv2
     import numpy as np
 
-    entries = client.xrevrange(frames_stream(camera), count=scan)
+    entries = client.xrevrange(keys.frames(camera), count=scan)
     if not entries:
         raise NotFound(f"no frames of camera {camera!r} in Redis (the frame stream is empty or the camera is unknown)")
     frames = []
@@ -263,17 +267,12 @@ def render_snapshot(engine: Engine, client: Any, camera: str, scan: int = 64) ->
     if not frames:
         raise NotFound(f"no decodable frame of camera {camera!r} in Redis")
     seqs = [f.frame.seq for f in frames]
+    ev = events_table.c
     with engine.connect() as conn:
         rows = conn.execute(
-            select(
-                EventRow.frame_seq,
-                EventRow.x,
-                EventRow.y,
-                EventRow.w,
-                EventRow.h,
-                EventRow.label,
-                EventRow.label_smoothed,
-            ).where(EventRow.camera == camera, EventRow.frame_seq.in_(seqs))
+            select(ev.frame_seq, ev.x, ev.y, ev.w, ev.h, ev.label, ev.label_smoothed).where(
+                ev.camera == camera, ev.frame_seq.in_(seqs)
+            )
         ).all()
     by_seq: dict[int, list[Any]] = {}
     for r in rows:

@@ -20,16 +20,19 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
 
 from fervid.bus import redact_url
-from fervid.contracts import EMOTIONS
+from fervid.contracts import EMOTIONS, EVENT_COLUMNS, EventColumn
 from fervid.errors import ConfigError, ServiceUnavailable
 from storage.write import insert_idempotent
 
@@ -59,36 +62,30 @@ class FrameRow(Base):
     )
 
 
-class EventRow(Base):
-    """One face in one frame: its box, detector score, 7 probabilities and label."""
+def _sql_type(column: EventColumn) -> TypeEngine[Any]:
+    if column.type == "text":
+        return String(column.length)
+    numeric: dict[str, TypeEngine[Any]] = {"int": Integer(), "bigint": BigInteger(), "float8": Float()}
+    return numeric[column.type]
 
-    __tablename__ = "events"
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    camera: Mapped[str] = mapped_column(String(64))
-    frame_seq: Mapped[int] = mapped_column(BigInteger)
-    face_index: Mapped[int] = mapped_column(Integer)
-    ts_ms: Mapped[int] = mapped_column(BigInteger)
-    x: Mapped[float] = mapped_column(Float)
-    y: Mapped[float] = mapped_column(Float)
-    w: Mapped[float] = mapped_column(Float)
-    h: Mapped[float] = mapped_column(Float)
-    det_score: Mapped[float] = mapped_column(Float)
-    track_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    p_angry: Mapped[float] = mapped_column(Float)
-    p_disgust: Mapped[float] = mapped_column(Float)
-    p_fear: Mapped[float] = mapped_column(Float)
-    p_happy: Mapped[float] = mapped_column(Float)
-    p_sad: Mapped[float] = mapped_column(Float)
-    p_surprise: Mapped[float] = mapped_column(Float)
-    p_neutral: Mapped[float] = mapped_column(Float)
-    label: Mapped[str] = mapped_column(String(16))
-    label_smoothed: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    model: Mapped[str] = mapped_column(String(128))
-    detector: Mapped[str] = mapped_column(String(64))
-    __table_args__ = (
-        UniqueConstraint("camera", "frame_seq", "face_index", name="uq_events_camera_seq_face"),
-        Index("ix_events_camera_ts", "camera", "ts_ms"),
-    )
+
+# Built from the contract's definition of the event row (fervid.contracts.EVENT_COLUMNS), in its order.
+events_table = Table(
+    "events",
+    Base.metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    *(Column(c.name, _sql_type(c), nullable=c.nullable) for c in EVENT_COLUMNS),
+    UniqueConstraint("camera", "frame_seq", "face_index", name="uq_events_camera_seq_face"),
+    Index("ix_events_camera_ts", "camera", "ts_ms"),
+)
+
+
+class EventRow(Base):
+    """One face in one frame: its box, detector score, quality, 7 probabilities and labels, track, model and
+    detector. Its columns are those of :data:`events_table` (``events_table.c.<name>`` is typed;
+    ``EventRow.<name>`` works the same but type checkers cannot see it)."""
+
+    __table__ = events_table
 
 
 class CameraRow(Base):
@@ -133,15 +130,13 @@ class MinuteRow(Base):
     faces: Mapped[int] = mapped_column(BigInteger)
 
 
+_minutes = Base.metadata.tables["events_1m"]
 for _e in EMOTIONS:
-    MinuteRow.__table__.append_column(Column(f"n_{_e}", BigInteger, nullable=False))  # raw label counts
+    _minutes.append_column(Column(f"n_{_e}", BigInteger, nullable=False))  # raw label counts
 for _e in EMOTIONS:
-    MinuteRow.__table__.append_column(Column(f"s_{_e}", BigInteger, nullable=False))  # smoothed (else raw) label counts
+    _minutes.append_column(Column(f"s_{_e}", BigInteger, nullable=False))  # smoothed (else raw) label counts
 for _e in EMOTIONS:
-    MinuteRow.__table__.append_column(Column(f"sum_{_e}", Float, nullable=False))  # probability sums
-
-
-assert [c for c in EventRow.__table__.columns.keys() if c.startswith("p_")] == [f"p_{e}" for e in EMOTIONS]
+    _minutes.append_column(Column(f"sum_{_e}", Float, nullable=False))  # probability sums
 
 
 def make_engine(url: str) -> Engine:
@@ -200,9 +195,9 @@ def prune(engine: Engine, older_than_ms: int, now_ms: int | None = None) -> dict
     cutoff -= cutoff % 60_000  # whole minutes, so the per-minute rollup stays equal to the events it sums
     with engine.begin() as conn:
         out = {
-            "events_1m": conn.execute(MinuteRow.__table__.delete().where(MinuteRow.minute_ms < cutoff)).rowcount,
-            "events": conn.execute(EventRow.__table__.delete().where(EventRow.ts_ms < cutoff)).rowcount,
-            "frames": conn.execute(FrameRow.__table__.delete().where(FrameRow.ts_ms < cutoff)).rowcount,
-            "tracks": conn.execute(TrackRow.__table__.delete().where(TrackRow.last_ts_ms < cutoff)).rowcount,
+            "events_1m": conn.execute(delete(MinuteRow).where(MinuteRow.minute_ms < cutoff)).rowcount,
+            "events": conn.execute(delete(events_table).where(events_table.c.ts_ms < cutoff)).rowcount,
+            "frames": conn.execute(delete(FrameRow).where(FrameRow.ts_ms < cutoff)).rowcount,
+            "tracks": conn.execute(delete(TrackRow).where(TrackRow.last_ts_ms < cutoff)).rowcount,
         }
     return out

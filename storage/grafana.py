@@ -336,11 +336,11 @@ def datasource_payload(db_url: str) -> dict[str, Any]:
     try:
         url = make_url(db_url)
     except Exception as exc:
-        raise ConfigError(f"invalid --db-url: {exc}") from None
+        raise ConfigError(f"invalid --db: {exc}") from None
     if not url.drivername.startswith("postgresql"):
         raise ConfigError(f"Grafana dashboards need PostgreSQL, got {url.drivername!r}")
     if not url.host or not url.database:
-        raise ConfigError("--db-url needs a host and a database, e.g. postgresql://grafana:pw@db:5432/fervid")
+        raise ConfigError("--db needs a host and a database, e.g. postgresql://grafana:pw@db:5432/fervid")
     return {
         "uid": DATASOURCE_UID,
         "name": DATASOURCE_NAME,

@@ -10,11 +10,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from fervid.backoff import Backoff
-from fervid.bus import Delivery, StopRequested
-from fervid.contracts import EVENTS_STREAM, EventsMsg
+from fervid.bus import Bus, Delivery, StopRequested
+from fervid.contracts import EventsMsg
 from fervid.settings import Settings
 from fervid.worker import Outcome
-from storage.db import insert_idempotent
+from storage.db import create_schema, insert_idempotent, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +25,22 @@ class StorageStage:
 
     def __init__(self, engine: Engine, settings: Settings, should_stop: Callable[[], bool] = lambda: False) -> None:
         self.engine = engine
+        self.events_stream = settings.keys.events
         self.batch_size = settings.storage.batch_size
         self.max_wait_ms = settings.storage.max_wait_ms
         self.should_stop = should_stop
         self.rows_written = 0
         self.frames_written = 0
 
+    @classmethod
+    def from_settings(cls, settings: Settings, bus: Bus, should_stop: Callable[[], bool]) -> StorageStage:
+        """The stage as every deployment builds it: the configured database, its schema brought up to date."""
+        engine = make_engine(settings.resolved_db_url)
+        create_schema(engine)
+        return cls(engine, settings, should_stop)
+
     def input_streams(self) -> Sequence[str]:
-        return [EVENTS_STREAM]
+        return [self.events_stream]
 
     def handle(self, batch: list[tuple[Delivery, EventsMsg]]) -> Outcome:
         # A database outage is retried here, on the same batch, rather than left to redelivery: redelivery

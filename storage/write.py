@@ -1,8 +1,10 @@
 """The storage write path: a batch of EventsMsg → frames, events, cameras, tracks and the minute rollup, in one
 transaction, exactly once (ON CONFLICT DO NOTHING on (camera, seq) and (camera, frame seq, face index)).
 
-Python builds one flat tuple per frame and per face. The summaries (tracks, ``events_1m``) are folded in only
-from the event rows the batch actually inserted, so a redelivered message changes no summary:
+Python builds one flat tuple per frame and per face; the event tuple's columns are the contract's
+(``fervid.contracts.EVENT_COLUMNS``), read with one ``attrgetter`` call per group of them. The summaries
+(tracks, ``events_1m``) are folded in only from the event rows the batch actually inserted, so a redelivered
+message changes no summary:
 
 - PostgreSQL: one statement, one round trip. Data-modifying CTEs insert frames and events from ``unnest`` of one
   array per column, and the summaries aggregate the events insert's ``RETURNING``. Numeric columns are sent as
@@ -18,35 +20,53 @@ from __future__ import annotations
 import functools
 import struct
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from fervid.contracts import EMOTIONS, EventsMsg
+from fervid.contracts import EMOTIONS, EVENT_COLUMNS, EventColumn, EventsMsg
 
 _FRAME_COLS = ("camera", "seq", "ts_ms", "width", "height", "faces")
-_P_COLS = tuple(f"p_{e}" for e in EMOTIONS)
-_EVENT_COLS = (
-    "camera", "frame_seq", "face_index", "ts_ms", "x", "y", "w", "h", "det_score", "track_id",
-    *_P_COLS, "label", "label_smoothed", "model", "detector",
-)  # fmt: skip
 _FRAME_PG_TYPES = ("text", "bigint", "bigint", "int", "int", "int")
-_EVENT_PG_TYPES = (
-    "text",
-    "bigint",
-    "int",
-    "bigint",
-    *["float8"] * 5,
-    "bigint",
-    *["float8"] * 7,
-    "text",
-    "text",
-    "text",
-    "text",
+
+
+def _group(column: EventColumn) -> str:
+    return "probs" if column.source.startswith("emotion.probs[") else column.source.partition(".")[0]
+
+
+def _getter(columns: Sequence[EventColumn]) -> Callable[[Any], tuple[Any, ...]]:
+    """The values of `columns` from their object, as a tuple: one `operator.attrgetter` call (a C loop)."""
+    paths = [c.source.partition(".")[2] for c in columns]
+    if len(paths) == 1:  # attrgetter of one path returns the value itself, not a 1-tuple
+        one = attrgetter(paths[0])
+        return lambda obj: (one(obj),)
+    return attrgetter(*paths)
+
+
+# Event rows are built group by group: the frame's values (once per frame), each emotion's, its probabilities
+# (the tuple as it is) and the message's (once per message); the column list follows the same order.
+_GROUPS = {g: tuple(c for c in EVENT_COLUMNS if _group(c) == g) for g in ("frame", "emotion", "probs", "message")}
+if sum(map(len, _GROUPS.values())) != len(EVENT_COLUMNS) or [c.source for c in _GROUPS["probs"]] != [
+    f"emotion.probs[{i}]" for i in range(len(EMOTIONS))
+]:
+    raise ValueError(
+        "every events column must read frame.<attr>, emotion.<attr> or message.<attr>, and the probabilities "
+        f"emotion.probs[0..{len(EMOTIONS) - 1}] in order (fervid.contracts.EVENT_COLUMNS)"
+    )
+_frame_values, _emotion_values, _message_values = (_getter(_GROUPS[g]) for g in ("frame", "emotion", "message"))
+_EVENT_LAYOUT = tuple(c for g in _GROUPS.values() for c in g)
+_EVENT_COLS = tuple(c.name for c in _EVENT_LAYOUT)
+_EVENT_PG_TYPES = tuple(c.type for c in _EVENT_LAYOUT)
+_P_COLS = tuple(f"p_{e}" for e in EMOTIONS)
+# Where the summaries and the redelivery filter find their values in an event tuple.
+_CAMERA, _LABEL, _SMOOTHED, _TS, _TRACK, _P0 = map(
+    _EVENT_COLS.index, ("camera", "label", "label_smoothed", "ts_ms", "track_id", _P_COLS[0])
 )
+_event_key = itemgetter(*map(_EVENT_COLS.index, ("camera", "frame_seq", "face_index")))  # the unique key
 _MINUTE_COLS = ("camera", "minute_ms", "faces", *[f"{k}_{e}" for k in ("n", "s", "sum") for e in EMOTIONS])
 _TRACK_COLS = (
     "camera",
@@ -86,15 +106,14 @@ def _rows(
         if key in seen:
             continue
         seen.add(key)
-        ts = round(f.capture_ts * 1000)
+        ts = f.ts_ms
         frames.append((f.camera, f.seq, ts, f.width, f.height, len(m.emotions)))
         lo_hi = spans.get(f.camera)
         if lo_hi is None or ts < lo_hi[0] or ts > lo_hi[1]:
             spans[f.camera] = (ts, ts) if lo_hi is None else (min(lo_hi[0], ts), max(lo_hi[1], ts))
-        for e in m.emotions:
-            b, p = e.box, e.probs
-            # p.index(max(p)) is Emotion.label (first maximum) without the per-call key function.
-            events.append((f.camera, f.seq, e.index, ts, b.x, b.y, b.w, b.h, e.score, e.track_id, *p, EMOTIONS[p.index(max(p))], e.smoothed_label, m.model, m.detector))  # fmt: skip
+        if m.emotions:
+            head, tail = _frame_values(f), _message_values(m)
+            events += [head + _emotion_values(e) + e.probs + tail for e in m.emotions]
     return frames, events, [(c, lo, hi) for c, (lo, hi) in sorted(spans.items())]  # sorted: lock order
 
 
@@ -161,29 +180,27 @@ def _pg_tracks_sql(source: str) -> str:
     )
     dominant = _dominant({e: f"t.mean_{e}" for e in EMOTIONS})
     mean_cols = ", ".join(f"t.mean_{e}" for e in EMOTIONS)
+    select = f"SELECT t.camera, t.track_id, t.lo, t.hi, t.n, {mean_cols}, {dominant} FROM ({inner}) AS t"
     return (
-        f"INSERT INTO tracks ({', '.join(_TRACK_COLS)}) SELECT t.camera, t.track_id, t.lo, t.hi, t.n, {mean_cols}, {dominant} "
-        f"FROM ({inner}) AS t ORDER BY t.camera, t.track_id {_conflict_clause('tracks', True)}"
+        f"INSERT INTO tracks ({', '.join(_TRACK_COLS)}) {select} "
+        f"ORDER BY t.camera, t.track_id {_conflict_clause('tracks', True)}"
     )
 
 
 # --- SQLite --------------------------------------------------------------------------------------------------
 
 
-def _placeholders(n: int) -> str:
-    return ", ".join("?" * n)
+def _insert(table: str, cols: Sequence[str]) -> str:
+    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
 
 
-_SQLITE_FRAMES = f"INSERT INTO frames ({', '.join(_FRAME_COLS)}) VALUES ({_placeholders(len(_FRAME_COLS))}) ON CONFLICT (camera, seq) DO NOTHING"
-_SQLITE_EVENTS = (
-    f"INSERT INTO events ({', '.join(_EVENT_COLS)}) VALUES ({_placeholders(len(_EVENT_COLS))}) "
-    "ON CONFLICT (camera, frame_seq, face_index) DO NOTHING"
-)
+_SQLITE_FRAMES = f"{_insert('frames', _FRAME_COLS)} ON CONFLICT (camera, seq) DO NOTHING"
+_SQLITE_EVENTS = f"{_insert('events', _EVENT_COLS)} ON CONFLICT (camera, frame_seq, face_index) DO NOTHING"
 _SQLITE_CAMERAS = (
-    f"INSERT INTO cameras (name, first_seen_ms, last_seen_ms) VALUES (?, ?, ?) {_conflict_clause('cameras', False)}"
+    f"{_insert('cameras', ('name', 'first_seen_ms', 'last_seen_ms'))} {_conflict_clause('cameras', False)}"
 )
-_SQLITE_MINUTES = f"INSERT INTO events_1m ({', '.join(_MINUTE_COLS)}) VALUES ({_placeholders(len(_MINUTE_COLS))}) {_conflict_clause('events_1m', False)}"
-_SQLITE_TRACKS = f"INSERT INTO tracks ({', '.join(_TRACK_COLS)}) VALUES ({_placeholders(len(_TRACK_COLS))}) {_conflict_clause('tracks', False)}"
+_SQLITE_MINUTES = f"{_insert('events_1m', _MINUTE_COLS)} {_conflict_clause('events_1m', False)}"
+_SQLITE_TRACKS = f"{_insert('tracks', _TRACK_COLS)} {_conflict_clause('tracks', False)}"
 # The events a batch inserted are those above the high-water mark (rowid range; NOT INDEXED, or the planner
 # would walk a whole (camera, ...) index for its order).
 _SQLITE_NEW_KEYS = "SELECT camera, frame_seq, face_index FROM events NOT INDEXED WHERE id > ?"
@@ -203,7 +220,7 @@ def _sqlite_write(
     inserted = conn.exec_driver_sql(_SQLITE_EVENTS, events).rowcount
     if inserted < len(events):  # a redelivery: fold in only the rows that are new
         new = {tuple(r) for r in conn.exec_driver_sql(_SQLITE_NEW_KEYS, (mark,))}
-        events = [e for e in events if e[:3] in new]
+        events = [e for e in events if _event_key(e) in new]
     if events:
         minutes, tracks = _summaries(events)
         conn.exec_driver_sql(_SQLITE_MINUTES, minutes)
@@ -212,32 +229,27 @@ def _sqlite_write(
     return len(events)
 
 
-_LABEL, _SMOOTHED, _TS, _TRACK, _P0 = map(
-    _EVENT_COLS.index, ("label", "label_smoothed", "ts_ms", "track_id", _P_COLS[0])
-)
-
-
 def _summaries(events: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Minute rollup and track rows of `events`, computed once per batch: rows are grouped with one dict
     operation each, then every sum and count runs over whole columns (C loops), not per row and emotion."""
     by_minute: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
     by_track: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
     for e in events:
-        by_minute.setdefault((e[0], e[_TS] - e[_TS] % 60_000), []).append(e)
+        by_minute.setdefault((e[_CAMERA], e[_TS] - e[_TS] % 60_000), []).append(e)
         if e[_TRACK] is not None:
-            by_track.setdefault((e[0], e[_TRACK]), []).append(e)
+            by_track.setdefault((e[_CAMERA], e[_TRACK]), []).append(e)
     minutes = []
     for (camera, minute), rows in by_minute.items():
-        cols = list(zip(*rows))
+        cols = list(zip(*rows, strict=True))
         raw = Counter(cols[_LABEL])
-        smoothed = Counter(s or r for s, r in zip(cols[_SMOOTHED], cols[_LABEL]))
+        smoothed = Counter(s or r for s, r in zip(cols[_SMOOTHED], cols[_LABEL], strict=True))
         sums = [sum(cols[_P0 + i]) for i in range(len(EMOTIONS))]
         minutes.append(
             (camera, minute, len(rows), *[raw[e] for e in EMOTIONS], *[smoothed[e] for e in EMOTIONS], *sums)
         )
     tracks = []
     for (camera, track), rows in by_track.items():
-        cols = list(zip(*rows))
+        cols = list(zip(*rows, strict=True))
         n = len(rows)
         means = [sum(cols[_P0 + i]) / n for i in range(len(EMOTIONS))]
         tracks.append((camera, track, min(cols[_TS]), max(cols[_TS]), n, *means, EMOTIONS[means.index(max(means))]))
@@ -263,7 +275,8 @@ _PG_WRITE = (
     "ON CONFLICT (camera, seq) DO NOTHING), "
     f"ev AS (INSERT INTO events ({', '.join(_EVENT_COLS)}) {_unnest(_EVENT_COLS, _EVENT_PG_TYPES, 100)} "
     f"ON CONFLICT (camera, frame_seq, face_index) DO NOTHING RETURNING {_PG_RETURNED}), "
-    "cam AS (INSERT INTO cameras (name, first_seen_ms, last_seen_ms) SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) "
+    "cam AS (INSERT INTO cameras (name, first_seen_ms, last_seen_ms) "
+    "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) "
     f"{_conflict_clause('cameras', True)}), "
     f"trk AS ({_pg_tracks_sql('ev')}), "
     f"mn AS ({_pg_minutes_sql('ev')}) "
@@ -296,9 +309,9 @@ def _literal(values: Sequence[Any]) -> str:
 
 
 def _pg_columns(rows: list[tuple[Any, ...]], types: Sequence[str], words: dict[str | None, int]) -> list[Any]:
-    columns = list(zip(*rows)) if rows else [() for _ in types]
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in types]
     out: list[Any] = []
-    for col, t in zip(columns, types):
+    for col, t in zip(columns, types, strict=True):
         if t == "text":
             for v in dict.fromkeys(col):  # the few distinct cameras, labels, models
                 words.setdefault(v, len(words))
@@ -317,7 +330,7 @@ def _pg_write(
     words: dict[str | None, int] = {None: 0}
     frame_cols = _pg_columns(frames, _FRAME_PG_TYPES, words)
     event_cols = _pg_columns(events, _EVENT_PG_TYPES, words)
-    cams = [list(c) for c in zip(*cameras)]
+    cams = [list(c) for c in zip(*cameras, strict=True)]
     params = [[w for w in words if w is not None], *frame_cols, *event_cols, *cams]
     return int(_pg_execute(conn, _PG_WRITE, params)[0][0])
 

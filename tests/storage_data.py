@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
-from fervid.contracts import EMOTIONS, Box, Emotion, EventsMsg, FrameRef
+from fervid.contracts import EMOTIONS, EVENT_COLUMNS, Box, Emotion, EventsMsg, FrameRef
 
 T0 = 1_764_028_800.0  # 2025-11-25T00:00:00Z
 
@@ -25,11 +26,31 @@ def make_messages(
         emotions = []
         for i in range(rng.randint(0, faces)):
             p = probs(rng, (seq // 7 + i * 3) % len(EMOTIONS))
-            smoothed = p if seq % 3 else None
+            consensus = EMOTIONS[(seq // 7 + i * 3 + 1) % 7] if seq % 3 else None
+            quality = None if (seq + i) % 11 == 0 else ((seq * 7 + i * 3) % 97) / 96  # some unknown, as before 0004
+            box = Box(10.0 + i * 50, 20.0, 40.0, 40.0)
             emotions.append(
-                Emotion(index=i, box=Box(10.0 + i * 50, 20.0, 40.0, 40.0), score=0.99, probs=p, track_id=i + 1,
-                        smoothed=smoothed, smoothed_label=None if smoothed is None else EMOTIONS[(seq // 7 + i * 3 + 1) % 7])
-            )  # fmt: skip
+                Emotion(
+                    index=i, box=box, score=0.99, probs=p, track_id=i + 1, quality=quality, smoothed_label=consensus
+                )
+            )
         frame = FrameRef(camera=camera, seq=seq, capture_ts=t0 + seq / fps, width=640, height=480)
         out.append(EventsMsg(frame=frame, detector="mtcnn", model="mini_xception", emotions=tuple(emotions)))
     return out
+
+
+def event_row(msg: EventsMsg, emotion: Emotion) -> dict[str, Any]:
+    """The ``events`` row of one face by column name: EVENT_COLUMNS read plainly, one attribute path at a time
+    (storage's writer builds the same values in bulk; the tests hold the two equal)."""
+    roots = {"frame": msg.frame, "emotion": emotion, "message": msg}
+    row = {}
+    for col in EVENT_COLUMNS:
+        root, _, path = col.source.partition(".")
+        value: Any = roots[root]
+        for part in path.split("."):
+            name, _, index = part.partition("[")
+            value = getattr(value, name)
+            if index:
+                value = value[int(index.rstrip("]"))]
+        row[col.name] = value
+    return row

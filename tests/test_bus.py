@@ -8,8 +8,10 @@ import pytest
 import redis
 
 from fervid.bus import Bus, StopRequested, connect, redact_url
-from fervid.contracts import DEAD_LETTER_STREAM, FrameMsg, FrameRef
+from fervid.contracts import FrameMsg, FrameRef, Keys
 from fervid.errors import ServiceUnavailable
+
+KEYS = Keys()  # the default namespace
 
 STREAM = "fervid:frames:cam"
 
@@ -122,7 +124,7 @@ def test_dead_consumers_entries_are_reclaimed_then_dead_lettered(redis_client: r
     (third,) = survivor.read([STREAM], 10, 10)
     assert third.deliveries == 3
     survivor.dead_letter(third, "delivered 3 times")
-    ((entry_id, fields),) = redis_client.xrange(DEAD_LETTER_STREAM)
+    ((entry_id, fields),) = redis_client.xrange(KEYS.dead)
     assert fields[b"dl_reason"] == b"delivered 3 times" and fields[b"dl_stream"] == STREAM.encode()
     assert FrameMsg.decode(fields).frame.seq == 0  # the original payload is kept for replay
     assert redis_client.xpending(STREAM, "detector")["pending"] == 0

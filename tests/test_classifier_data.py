@@ -35,7 +35,7 @@ def test_image_folder_with_aliases_and_carved_val(folder: Path) -> None:
     # Stratified: every class in both train and val.
     assert (splits.train.class_counts() > 0).all() and (splits.val.class_counts() > 0).all()
     # Alias folder "anger" -> canonical label 0.
-    angry = [p for p, t in zip(splits.test.paths, splits.test.targets) if t == CLASSES.index("angry")]
+    angry = [p for p, t in zip(splits.test.paths, splits.test.targets, strict=True) if t == CLASSES.index("angry")]
     assert angry and all(p.parent.name == "anger" for p in angry)
     again = load_splits(folder, val_fraction=0.2, seed=3)
     assert again.val.paths == splits.val.paths  # same seed, same carve

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from torch import nn
@@ -15,21 +13,18 @@ from classifier.models import (
     create_model,
     get_spec,
     head_parameter_names,
-    model_available,
     offline_mobilenet_v2_file,
+    servable_by_name,
 )
+from fervid.errors import ConfigError
+from fervid.choices import CLASSIFIER_MODELS
+from fervid.settings import load_settings
 
 BIG = {"densenet161", "resnet152", "vgg16"}
 
 
 def _param(name: str):
-    marks = []
-    ok, reason = model_available(name)
-    if not ok:
-        # Only the lazily imported mini_xception entry can be absent (it lands from another branch).
-        marks.append(pytest.mark.skip(reason=reason))
-    if name in BIG:
-        marks.append(pytest.mark.slow)  # ~3-8 s each on 2 CPU cores; still runs by default
+    marks = [pytest.mark.slow] if name in BIG else []  # ~3-8 s each on 2 CPU cores; still runs by default
     return pytest.param(name, marks=marks, id=name)
 
 
@@ -43,8 +38,26 @@ def test_registry_lists_expected_models() -> None:
 
 
 def test_unknown_model_lists_known_ones() -> None:
-    with pytest.raises(ValueError, match="unknown model 'resnet9000'.*densenet161.*vgg3"):
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet9000'.*densenet161.*vgg3"):
         create_model("resnet9000")
+
+
+def test_settings_know_exactly_the_registrys_names(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """fervid spells the names (so settings and --help check them without torch); they must be the registry's."""
+    assert CLASSIFIER_MODELS == MODELS
+    assert load_settings(data_dir=tmp_path, classifier__model="vgg16").classifier.model == "vgg16"
+    with pytest.raises(ConfigError, match=r"classifier.model.*'densenet161'.*'mini_xception'"):
+        load_settings(data_dir=tmp_path, classifier__model="resnet9000")
+    monkeypatch.setenv("FERVID_CLASSIFIER__MODEL", "vgg4")
+    with pytest.raises(ConfigError, match=r"classifier.model.*'vgg3'"):
+        load_settings(data_dir=tmp_path)
+
+
+def test_fer_weights_come_from_the_registry_entry() -> None:
+    assert servable_by_name() == ("mini_xception",)
+    assert get_spec("mini_xception").fer_weights is not None
+    with pytest.raises(ValueError, match="'vgg2' has no FER-2013 weights; models with them: mini_xception"):
+        create_model("vgg2", weights="fer")
 
 
 @pytest.mark.timeout(120)
@@ -116,15 +129,11 @@ def test_weights_path_state_dict_and_wrong_model(tmp_path) -> None:
     src = create_model("vgg2")
     torch.save(src.state_dict(), tmp_path / "vgg2.pt")
     dst = create_model("vgg2", weights=tmp_path / "vgg2.pt")
-    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values(), strict=True))
     with pytest.raises(ValueError, match="do not fit model 'vgg3'"):
         create_model("vgg3", weights=tmp_path / "vgg2.pt")
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("classifier.mini_xception") is None,
-    reason="classifier/mini_xception.py is not on this branch yet",
-)
 def test_mini_xception_spec_matches_module() -> None:
     model = create_model("mini_xception")
     out = model(torch.rand(2, 1, 64, 64) * 2 - 1)
@@ -132,8 +141,8 @@ def test_mini_xception_spec_matches_module() -> None:
 
 
 def test_mini_xception_registered_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The registry imports classifier.mini_xception only when the model is built; a stand-in
-    module with the agreed interface proves the wiring (and head detection) before it lands."""
+    """The registry imports classifier.mini_xception only when the model is built (the registry loads without
+    h5py); a stand-in module with the same interface proves the wiring and the head detection."""
     import sys
     import types
     from importlib.machinery import ModuleSpec
@@ -152,7 +161,6 @@ def test_mini_xception_registered_lazily(monkeypatch: pytest.MonkeyPatch) -> Non
     fake.__spec__ = ModuleSpec("classifier.mini_xception", None)
     fake.MiniXception = FakeMiniXception
     monkeypatch.setitem(sys.modules, "classifier.mini_xception", fake)
-    assert model_available("mini_xception") == (True, "")
     model = create_model("mini_xception", num_classes=7)
     assert isinstance(model, FakeMiniXception)
     assert head_parameter_names("mini_xception", model) == ["classifier.weight", "classifier.bias"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,15 +14,19 @@ import torch
 from synth import astronaut_bgr
 from synthetic_faces import write_image_folder
 
+from classifier import models
 from classifier.checkpoint import load_checkpoint, make_preprocess, read_checkpoint
+from classifier.models import MODELS, FerWeights, get_spec, servable_by_name
 from classifier.serving import load_classifier
 from classifier.train import TrainConfig, train
 from classifier.worker import ClassifierStage, decode_crop
 from fervid.bus import Bus
-from fervid.contracts import EMOTIONS, EVENTS_STREAM, FACES_STREAM, Box, EventsMsg, Face, FacesMsg, FrameRef
+from fervid.contracts import EMOTIONS, Box, EventsMsg, Face, FacesMsg, FrameRef, Keys
 from fervid.errors import ConfigError, NotFound
 from fervid.settings import load_settings
 from fervid.worker import run_stage
+
+KEYS = Keys()  # the default namespace
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +69,12 @@ def test_stage_serves_best_pt_like_a_direct_forward(best_pt: Path, redis_client:
     crops = [jpeg(c) for c in real_crops()]
     producer = Bus(redis_client, "detector")
     for seq in range(3):  # 3 frames, 5 faces each, the same crops: batched across frames
-        faces = tuple(Face(i, Box(10, 10, 50, 50), 0.9, c, track_id=i) for i, c in enumerate(crops))
+        faces = tuple(
+            Face(index=i, box=Box(10, 10, 50, 50), score=0.9, crop=c, track_id=i) for i, c in enumerate(crops)
+        )
         producer.publish(
-            FACES_STREAM,
-            FacesMsg(FrameRef("cam", seq, 100.0 + seq, 640, 480), "retinaface", faces),
+            KEYS.faces,
+            FacesMsg(frame=FrameRef("cam", seq, 100.0 + seq, 640, 480), detector="retinaface", faces=faces),
             downstream_group="classifier",
             backlog=100,
         )
@@ -77,7 +84,7 @@ def test_stage_serves_best_pt_like_a_direct_forward(best_pt: Path, redis_client:
     stage = ClassifierStage(Bus(redis_client, "classifier"), served, settings)
     stats = run_stage(stage, stage.bus, max_messages=3, idle_timeout=2, block_ms=50)
     assert stats.messages == 3 and stats.dead == 0
-    events = [EventsMsg.decode(f) for _, f in redis_client.xrange(EVENTS_STREAM)]
+    events = [EventsMsg.decode(f) for _, f in redis_client.xrange(KEYS.events)]
     assert [e.frame.seq for e in events] == [0, 1, 2]
     got = np.array([[em.probs for em in e.emotions] for e in events])  # (3, 5, 7)
 
@@ -98,12 +105,16 @@ def test_decoding_luma_only_serves_what_the_color_decode_would() -> None:
     decode must give the same pixels but for JPEG's rounding (a few saturated pixels clamp in the color
     conversion), and the same labels."""
     crops = [jpeg(c) for c in real_crops()]
+    ref = FrameRef("cam", 0, 1.0, 640, 480)
     gray = [
-        decode_crop(FacesMsg(FrameRef("cam", 0, 1.0, 640, 480), "retinaface", (Face(0, Box(1, 1, 9, 9), 0.9, c),)), 0)
+        decode_crop(
+            FacesMsg(frame=ref, detector="retinaface", faces=(Face(index=0, box=Box(1, 1, 9, 9), score=0.9, crop=c),)),
+            0,
+        )
         for c in crops
     ]
     color = [cv2.imdecode(np.frombuffer(c, np.uint8), cv2.IMREAD_COLOR) for c in crops]
-    for g, c in zip(gray, color):
+    for g, c in zip(gray, color, strict=True):
         assert g.shape == c.shape[:2]
         diff = np.abs(g.astype(int) - cv2.cvtColor(c, cv2.COLOR_BGR2GRAY).astype(int))
         assert diff.max() <= 4 and (diff > 1).mean() < 0.01 and diff.mean() < 0.05
@@ -153,6 +164,7 @@ def test_checkpoint_classes_in_another_order_are_mapped_by_name(best_pt: Path, t
     "make, error, message",
     [
         (lambda p, obj: None, NotFound, "does not exist"),
+        (lambda p, obj: p.mkdir(), ConfigError, "is a directory"),
         (lambda p, obj: p.write_bytes(b"\x80\x02 not a checkpoint"), ConfigError, "cannot read checkpoint"),
         (lambda p, obj: torch.save({"weights": 1}, p), ConfigError, "not a fervid classifier checkpoint"),
         (
@@ -162,8 +174,20 @@ def test_checkpoint_classes_in_another_order_are_mapped_by_name(best_pt: Path, t
         ),
         (lambda p, obj: torch.save({**obj, "classes": list(EMOTIONS[:6])}, p), ConfigError, "fervid serves exactly"),
         (lambda p, obj: torch.save({**obj, "model_name": "vgg2"}, p), ConfigError, "do not fit model 'vgg2'"),
+        (lambda p, obj: torch.save({**obj, "model_name": "vgg9"}, p), ConfigError, "unknown model 'vgg9'.*vgg1"),
+        (lambda p, obj: torch.save({k: v for k, v in obj.items() if k != "epoch"}, p), ConfigError, "incomplete"),
     ],
-    ids=["missing", "corrupt", "not-fervid", "other-class", "six-classes", "other-model"],
+    ids=[
+        "missing",
+        "directory",
+        "corrupt",
+        "not-fervid",
+        "other-class",
+        "six-classes",
+        "other-model",
+        "unknown-model",
+        "no-epoch",
+    ],
 )
 def test_bad_checkpoints_fail_in_one_line(best_pt: Path, tmp_path: Path, make, error, message) -> None:
     path = tmp_path / "best.pt"
@@ -189,18 +213,60 @@ def test_a_corrupt_face_does_not_shift_the_next_frames_probabilities(redis_clien
     producer = Bus(redis_client, "detector")
     ref = lambda seq: FrameRef("cam", seq, 1.0 + seq, 640, 480)  # noqa: E731
     bad = FacesMsg(
-        ref(0), "retinaface", (Face(0, Box(1, 1, 9, 9), 0.9, jpeg(crops[0])), Face(1, Box(20, 1, 9, 9), 0.9, b"junk"))
+        frame=ref(0),
+        detector="retinaface",
+        faces=(
+            Face(index=0, box=Box(1, 1, 9, 9), score=0.9, crop=jpeg(crops[0])),
+            Face(index=1, box=Box(20, 1, 9, 9), score=0.9, crop=b"junk"),
+        ),
     )
     good = FacesMsg(
-        ref(1), "retinaface", tuple(Face(i, Box(1 + 20 * i, 1, 9, 9), 0.9, jpeg(c)) for i, c in enumerate(crops[1:4]))
+        frame=ref(1),
+        detector="retinaface",
+        faces=tuple(
+            Face(index=i, box=Box(1 + 20 * i, 1, 9, 9), score=0.9, crop=jpeg(c)) for i, c in enumerate(crops[1:4])
+        ),
     )
     for m in (bad, good):  # one batch: the dead frame's good face must not stay among the crops
-        producer.publish(FACES_STREAM, m, downstream_group="classifier", backlog=100)
+        producer.publish(KEYS.faces, m, downstream_group="classifier", backlog=100)
     clf = load_classifier("mini_xception", device="cpu")
     stage = ClassifierStage(Bus(redis_client, "classifier"), clf, settings)
     stats = run_stage(stage, stage.bus, max_messages=2, idle_timeout=2, block_ms=50)
     assert stats.dead == 1
-    ((_, fields),) = redis_client.xrange(EVENTS_STREAM)
+    ((_, fields),) = redis_client.xrange(KEYS.events)
     got = np.array([e.probs for e in EventsMsg.decode(fields).emotions])
     decoded = [cv2.imdecode(np.frombuffer(jpeg(c), np.uint8), cv2.IMREAD_GRAYSCALE) for c in crops[1:4]]
     np.testing.assert_allclose(got, clf.predict(decoded), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_registered_model_is_served_by_name_or_refused_at_start(name: str) -> None:
+    """By name, a model is served with the weights its registry entry ships; one without any fails at start, before
+    building anything, naming the models servable by name and the way to serve this one."""
+    if name not in servable_by_name():
+        with pytest.raises(ConfigError, match=f"'{name}' ships no weights.*served by name: mini_xception") as info:
+            load_classifier(name, device="cpu")
+        assert f"fervid train --model {name}" in str(info.value) and "--checkpoint" in str(info.value)
+        return
+    clf = load_classifier(name, device="cpu")
+    probs = clf.predict(real_crops())
+    assert probs.shape == (5, len(EMOTIONS)) and np.isfinite(probs).all()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert clf.model_id == get_spec(name).fer_weights.model_id
+
+
+def test_by_name_and_by_checkpoint_are_one_path(best_pt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give vgg1's registry entry the weights of a trained run: served by name it answers exactly what its best.pt
+    answers, preprocessing included (weights without a preprocessing of their own get training's eval transform)."""
+    trained, _ = load_checkpoint(best_pt)
+    spec = get_spec("vgg1")
+    weights = FerWeights(load=lambda: trained, model_id="vgg1-test")
+    monkeypatch.setitem(models._REGISTRY, "vgg1", dataclasses.replace(spec, fer_weights=weights))
+    by_name = load_classifier("vgg1", device="cpu")
+    assert by_name.model_id == "vgg1-test"
+    crops = real_crops()
+    np.testing.assert_allclose(
+        by_name.predict(crops), load_classifier(checkpoint=best_pt, device="cpu").predict(crops), rtol=0, atol=1e-6
+    )
+    with pytest.raises(ConfigError, match="unknown model 'vgg9'; known models: densenet161"):
+        load_classifier("vgg9", device="cpu")

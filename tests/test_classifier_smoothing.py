@@ -12,14 +12,16 @@ from sqlalchemy import text
 from synth import astronaut_bgr
 
 from classifier.serving import load_classifier
-from classifier.smoothing import Observation, TrackSmoother, track_key
+from classifier.smoothing import Observation, TrackSmoother
 from classifier.worker import ClassifierStage
 from fervid.bus import Bus
-from fervid.contracts import EMOTIONS, EVENTS_STREAM, FACES_STREAM, Box, EventsMsg, Face, FacesMsg, FrameRef
+from fervid.contracts import EMOTIONS, Box, EventsMsg, Face, FacesMsg, FrameRef, Keys
 from fervid.settings import Settings, SmoothingSettings, load_settings
 from fervid.worker import run_stage
 from storage.db import create_schema, make_engine
 from storage.worker import StorageStage
+
+KEYS = Keys()  # the default namespace
 
 HAPPY, SAD, NEUTRAL = EMOTIONS.index("happy"), EMOTIONS.index("sad"), EMOTIONS.index("neutral")
 
@@ -79,9 +81,9 @@ def test_consensus_needs_three_observations_and_sixty_percent_of_the_window(
 
 def test_replays_and_late_frames_do_not_count_twice(smoother: TrackSmoother, redis_client: redis.Redis) -> None:
     first = smoother.update([obs(i, onehot(HAPPY if i % 2 else SAD)) for i in range(4)])
-    state = redis_client.hgetall(track_key("cam", 1))
+    state = redis_client.hgetall(Keys().track("cam", 1))
     replay = smoother.update([obs(2, onehot(NEUTRAL)), obs(3, onehot(NEUTRAL))])  # redelivered / overtaken
-    assert redis_client.hgetall(track_key("cam", 1)) == state
+    assert redis_client.hgetall(Keys().track("cam", 1)) == state
     assert replay[0].probs == replay[1].probs == first[3].probs  # reported with the state as it stands
     # Within one call, observations are applied in frame order whatever order they come in.
     a = TrackSmoother(redis_client, smoother.cfg).update(
@@ -109,12 +111,12 @@ def test_one_call_for_a_batch_equals_one_call_per_observation(redis_client: redi
     stream.insert(25, obs(3, onehot(NEUTRAL), track=1))  # a late frame: must not change track 1
     cfg = SmoothingSettings(alpha=0.3, min_observations=3, window=5, agreement=0.6, ttl_s=60)
     batched = TrackSmoother(redis_client, cfg).update(stream)
-    state = {t: redis_client.hgetall(track_key("cam", t)) for t in (0, 1)}
-    redis_client.delete(*(track_key("cam", t) for t in (0, 1)))
+    state = {t: redis_client.hgetall(Keys().track("cam", t)) for t in (0, 1)}
+    redis_client.delete(*(Keys().track("cam", t) for t in (0, 1)))
     one_by_one = [TrackSmoother(redis_client, cfg).update([o])[0] for o in sorted(stream, key=lambda o: o.seq)]
     by_obs = dict(zip((id(o) for o in sorted(stream, key=lambda o: o.seq)), one_by_one))
     assert batched == [by_obs[id(o)] for o in stream]
-    assert {t: redis_client.hgetall(track_key("cam", t)) for t in (0, 1)} == state
+    assert {t: redis_client.hgetall(Keys().track("cam", t)) for t in (0, 1)} == state
     assert sum(b.probs is not None for b in batched) > 20 and any(b.label for b in batched)
 
 
@@ -127,12 +129,12 @@ def test_tracks_are_separate_bounded_and_restart_after_a_gap(
         + [obs(i, onehot(SAD), track=1, camera="other") for i in range(3)]
     )
     assert [g.label for g in got[2::3]] == ["happy", "sad", "sad"]
-    for key in (track_key("cam", 1), track_key("cam", 2), track_key("other", 1)):
+    for key in (Keys().track("cam", 1), Keys().track("cam", 2), Keys().track("other", 1)):
         assert 0 < redis_client.ttl(key) <= 60  # forgotten when the track is gone
     # 30 s later (capture time) track 1 is someone else: the history starts again.
     (later,) = smoother.update([obs(3, onehot(SAD), ts=1000.0 + 30)])
     assert later.probs is None and later.label is None
-    assert redis_client.hget(track_key("cam", 1), "n") == b"1"
+    assert redis_client.hget(Keys().track("cam", 1), "n") == b"1"
 
 
 # -- through the worker ------------------------------------------------------------------------------------
@@ -146,21 +148,24 @@ def track_frames(n: int) -> list[FacesMsg]:
     for seq in range(n):
         ok, buf = cv2.imencode(".jpg", crops[(seq // 2) % len(crops)])
         faces = (
-            Face(0, Box(10, 10, 60, 60), 0.9, buf.tobytes(), track_id=7),
-            Face(1, Box(100, 10, 60, 60), 0.9, buf.tobytes()),
+            Face(index=0, box=Box(10, 10, 60, 60), score=0.9, crop=buf.tobytes(), track_id=7),
+            Face(index=1, box=Box(100, 10, 60, 60), score=0.9, crop=buf.tobytes()),
         )
-        out.append(FacesMsg(FrameRef("cam", seq, 100.0 + seq * 0.2, 640, 480), "retinaface", faces))
+        out.append(
+            FacesMsg(frame=FrameRef("cam", seq, 100.0 + seq * 0.2, 640, 480), detector="retinaface", faces=faces)
+        )
     return out
 
 
 def classify(
     redis_client: redis.Redis, settings: Settings, replicas: int, frames: list[FacesMsg], model
-) -> list[EventsMsg]:
-    """Publish `frames`, then let `replicas` stages take turns, one batch each, until all are handled."""
+) -> tuple[list[EventsMsg], dict[bytes, bytes]]:
+    """Publish `frames`, then let `replicas` stages take turns, one batch each, until all are handled; returns the
+    events and the tracked face's smoothing state."""
     redis_client.flushdb()
     producer = Bus(redis_client, "detector")
     for m in frames:
-        producer.publish(FACES_STREAM, m, downstream_group="classifier", backlog=1000)
+        producer.publish(KEYS.faces, m, downstream_group="classifier", backlog=1000)
     stages = [
         ClassifierStage(Bus(redis_client, "classifier", f"replica-{i}"), model, settings) for i in range(replicas)
     ]
@@ -171,27 +176,28 @@ def classify(
         handled += run_stage(stage, stage.bus, max_messages=1, idle_timeout=1, block_ms=50).messages
         turn += 1
     assert turn >= 2 * replicas  # each replica really took several turns
-    return [EventsMsg.decode(f) for _, f in redis_client.xrange(EVENTS_STREAM)]
+    events = [EventsMsg.decode(f) for _, f in redis_client.xrange(KEYS.events)]
+    return events, redis_client.hgetall(KEYS.track("cam", 7))
 
 
 def test_two_replicas_taking_turns_smooth_exactly_like_one(redis_client: redis.Redis, tmp_path: Path) -> None:
     settings = load_settings(data_dir=tmp_path, classifier__batch_size=3, classifier__max_wait_ms=0)
     model = load_classifier("mini_xception", device="cpu")
     frames = track_frames(12)
-    one = classify(redis_client, settings, 1, frames, model)
-    two = classify(redis_client, settings, 2, frames, model)
+    one, state = classify(redis_client, settings, 1, frames, model)
+    two, state_two = classify(redis_client, settings, 2, frames, model)
     assert [e.frame.seq for e in two] == list(range(12))
-    tracked = [(e.emotions[0].smoothed, e.emotions[0].smoothed_label) for e in one]
-    assert tracked == [(e.emotions[0].smoothed, e.emotions[0].smoothed_label) for e in two]
-    assert tracked[0] == tracked[1] == (None, None) and tracked[2][0] is not None
-    assert any(label is not None for _, label in tracked)
-    # The smoothed values really are an EMA of the raw ones (alpha from the settings).
+    tracked = [e.emotions[0].smoothed_label for e in one]
+    assert tracked == [e.emotions[0].smoothed_label for e in two] and state == state_two
+    assert tracked[0] is None and tracked[1] is None  # too few observations for a consensus
+    assert any(label is not None for label in tracked)
+    # The track's state holds an EMA of the raw probabilities (alpha from the settings), the same for both.
     alpha = settings.classifier.smoothing.alpha
     ema = np.array(one[0].emotions[0].probs)
     for e in one[1:]:
         ema = alpha * np.array(e.emotions[0].probs) + (1 - alpha) * ema
-    np.testing.assert_allclose(one[-1].emotions[0].smoothed, ema, atol=1e-9)
-    assert all(e.emotions[1].smoothed is None and e.emotions[1].smoothed_label is None for e in one)  # untracked
+    np.testing.assert_allclose([float(v) for v in state[b"ema"].split(b",")], ema, atol=1e-9)
+    assert all(e.emotions[1].smoothed_label is None for e in one)  # untracked
 
 
 def test_smoothed_label_reaches_sql(redis_client: redis.Redis, settings: Settings) -> None:
@@ -199,10 +205,10 @@ def test_smoothed_label_reaches_sql(redis_client: redis.Redis, settings: Setting
     producer = Bus(redis_client, "detector")
     frames = track_frames(6)
     for m in frames:
-        producer.publish(FACES_STREAM, m, downstream_group="classifier", backlog=1000)
+        producer.publish(KEYS.faces, m, downstream_group="classifier", backlog=1000)
     stage = ClassifierStage(Bus(redis_client, "classifier"), model, settings)
     run_stage(stage, stage.bus, max_messages=6, idle_timeout=2, block_ms=50)
-    events = {e.frame.seq: e for e in (EventsMsg.decode(f) for _, f in redis_client.xrange(EVENTS_STREAM))}
+    events = {e.frame.seq: e for e in (EventsMsg.decode(f) for _, f in redis_client.xrange(KEYS.events))}
     engine = make_engine(settings.resolved_db_url)
     create_schema(engine)
     run_stage(StorageStage(engine, settings), Bus(redis_client, "storage"), max_messages=6, idle_timeout=2, block_ms=50)

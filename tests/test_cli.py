@@ -27,6 +27,18 @@ def empty_video(path: Path) -> Path:
     return path
 
 
+def tiny_video(path: Path) -> Path:
+    import numpy as np
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height = 64, 64
+        for _ in range(5):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="bgr24")))
+        out.mux(stream.encode())
+    return path
+
+
 @pytest.mark.parametrize(
     ("args", "message", "code"),
     [
@@ -35,7 +47,7 @@ def empty_video(path: Path) -> Path:
         (["demo", "empty.mp4"], "empty.mp4", 2),
         (["demo", "notvideo.mp4", "--db", "mysql://x"], "database", 2),
         (
-            ["demo", "notvideo.mp4", "--redis", "redis://:pw@127.0.0.1:1/0"],
+            ["demo", "tiny.mp4", "--redis", "redis://:pw@127.0.0.1:1/0"],  # a good file: files are checked first
             "cannot reach Redis at redis://***@127.0.0.1:1/0",
             2,
         ),
@@ -47,16 +59,19 @@ def empty_video(path: Path) -> Path:
             2,
         ),
         (["timeline", "x", "--bucket", "5 parsecs"], "invalid duration", 2),
-        (["timeline", "x", "--format", "xml"], "unknown format", 2),
+        (["timeline", "x", "--format", "xml"], "'xml' is not one of 'table', 'json', 'csv'", 2),
+        (["timeline", "x", "--db", "sqlite:///typo.sqlite"], "no such database typo.sqlite", 1),
     ],
 )
 def test_bad_input_is_one_line_and_an_exit_code(tmp_path: Path, args: list[str], message: str, code: int) -> None:
     (tmp_path / "notvideo.mp4").write_text("hello, not a video")
     empty_video(tmp_path / "empty.mp4")
+    tiny_video(tmp_path / "tiny.mp4")
+    assert fervid("migrate", "--db", "sqlite:///db.sqlite", cwd=tmp_path).returncode == 0  # an empty fervid database
     result = fervid(*args, cwd=tmp_path)
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
-    assert message in " ".join(result.stderr.split())
+    assert message in " ".join(result.stderr.replace("│", " ").split())
     assert "secret" not in result.stderr
 
 

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+from typing import Any
 
 import pytest
+from storage_data import event_row
 
 from fervid.contracts import (
     EMOTIONS,
+    EVENT_COLUMNS,
     BadMessage,
     Box,
     Emotion,
@@ -14,8 +19,10 @@ from fervid.contracts import (
     FacesMsg,
     FrameMsg,
     FrameRef,
-    frames_stream,
+    Keys,
 )
+
+KEYS = Keys()  # the default namespace
 
 REF = FrameRef("cam-1", 7, 1_700_000_000.25, 640, 480)
 PROBS = (0.05, 0.0, 0.05, 0.7, 0.1, 0.05, 0.05)
@@ -31,19 +38,30 @@ def as_redis(fields: dict[str, bytes]) -> dict[bytes, bytes]:
     [
         FrameMsg(REF, b"\xff\xd8jpeg\x00bytes", live=True),
         FacesMsg(
-            REF,
-            "mtcnn",
-            (
-                Face(0, Box(1, 2, 30, 40), 0.99, b"\x00crop", track_id=3, quality=0.5),
-                Face(1, Box(100, 2, 30, 40), 0.9, b"c2"),
+            frame=REF,
+            detector="mtcnn",
+            faces=(
+                Face(index=0, box=Box(1, 2, 30, 40), score=0.99, crop=b"\x00crop", track_id=3, quality=0.5),
+                Face(index=1, box=Box(100, 2, 30, 40), score=0.9, crop=b"c2"),
             ),
         ),
-        FacesMsg(REF, "mtcnn", ()),
+        FacesMsg(frame=REF, detector="mtcnn", faces=()),
         EventsMsg(
-            REF,
-            "mtcnn",
-            "mini_xception",
-            (Emotion(0, Box(1, 2, 30, 40), 0.99, PROBS, track_id=3, smoothed=PROBS, smoothed_label="happy"),),
+            frame=REF,
+            detector="mtcnn",
+            model="mini_xception",
+            emotions=(
+                Emotion(
+                    index=0,
+                    box=Box(1, 2, 30, 40),
+                    score=0.99,
+                    probs=PROBS,
+                    track_id=3,
+                    quality=0.25,
+                    smoothed_label="happy",
+                ),
+                Emotion(index=1, box=Box(100, 2, 30, 40), score=0.9, probs=PROBS),
+            ),
         ),
     ],
 )
@@ -52,7 +70,9 @@ def test_round_trip(msg: FrameMsg | FacesMsg | EventsMsg) -> None:
 
 
 def test_emotion_label_is_argmax() -> None:
-    assert Emotion(0, Box(0, 0, 1, 1), 1.0, PROBS).label == "happy"
+    assert Emotion(index=0, box=Box(0, 0, 1, 1), score=1.0, probs=PROBS).label == "happy"
+    tie = (0.3, 0.0, 0.0, 0.3, 0.2, 0.1, 0.1)
+    assert Emotion(index=0, box=Box(0, 0, 1, 1), score=1.0, probs=tie).label == "angry"  # the first maximum
 
 
 def good_fields() -> dict[bytes, bytes]:
@@ -93,16 +113,82 @@ def test_bad_messages_say_why(fields: dict[bytes, bytes], reason: str) -> None:
 )
 def test_emotion_validates_probabilities(probs: tuple[float, ...], reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
-        Emotion(0, Box(0, 0, 1, 1), 1.0, probs)
+        Emotion(index=0, box=Box(0, 0, 1, 1), score=1.0, probs=probs)
 
 
 def test_face_indices_must_be_dense() -> None:
-    with pytest.raises(ValueError, match="0..n-1"):
-        FacesMsg(REF, "mtcnn", (Face(1, Box(0, 0, 1, 1), 0.9, b"c"),))
+    with pytest.raises(ValueError, match=r"0\.\.n-1"):
+        FacesMsg(frame=REF, detector="mtcnn", faces=(Face(index=1, box=Box(0, 0, 1, 1), score=0.9, crop=b"c"),))
 
 
 def test_stream_names_reject_injection() -> None:
-    assert frames_stream("lobby.cam_2") == "fervid:frames:lobby.cam_2"
+    assert KEYS.frames("lobby.cam_2") == "fervid:frames:lobby.cam_2"
     with pytest.raises(ValueError):
-        frames_stream("a:b")
+        KEYS.frames("a:b")
     assert len(EMOTIONS) == 7
+
+
+FACE = Face(index=0, box=Box(1, 2, 30, 40), score=0.97, crop=b"c", track_id=5, quality=0.75)
+
+
+def test_event_columns_store_every_emotion_field_with_its_type() -> None:
+    """EVENT_COLUMNS is the one definition of the events row: every source names a real attribute, every field
+    of Emotion is stored, and each value has its column's type (None only where the column is nullable)."""
+    emotion = Emotion.from_face(FACE, probs=PROBS, smoothed_label="sad")
+    msg = EventsMsg(frame=REF, detector="mtcnn", model="mini_xception", emotions=(emotion,))
+    row = event_row(msg, emotion)
+    assert list(row) == [c.name for c in EVENT_COLUMNS] and len(set(row)) == len(row)
+    python_type: dict[str, type | tuple[type, ...]] = {"text": str, "int": int, "bigint": int, "float8": (int, float)}
+    for c in EVENT_COLUMNS:
+        assert isinstance(row[c.name], python_type[c.type]), c
+        assert (c.type == "text") == (c.length is not None), c
+    stored = {c.source.split(".")[1].split("[")[0] for c in EVENT_COLUMNS if c.source.startswith("emotion.")}
+    assert stored == {f.name for f in dataclasses.fields(Emotion)}
+    bare = Emotion(index=0, box=Box(1, 2, 3, 4), score=0.5, probs=PROBS)
+    nulls = {k for k, v in event_row(msg, bare).items() if v is None}
+    assert nulls == {c.name for c in EVENT_COLUMNS if c.nullable} and "quality" in nulls
+    assert row["ts_ms"] == 1_700_000_000_250 and row["label"] == "happy" and row["p_happy"] == 0.7
+
+
+def test_from_face_carries_every_field_the_two_share() -> None:
+    assert all(getattr(FACE, f.name) != f.default for f in dataclasses.fields(Face))  # FACE sets every field
+    emotion = Emotion.from_face(FACE, probs=PROBS)
+    shared = {f.name for f in dataclasses.fields(Face)} & {f.name for f in dataclasses.fields(Emotion)}
+    assert {"index", "box", "score", "track_id", "quality"} <= shared
+    assert all(getattr(emotion, name) == getattr(FACE, name) for name in shared)
+    assert emotion.probs == PROBS and emotion.smoothed_label is None
+
+
+def test_faces_and_emotions_are_built_by_keyword_only() -> None:
+    emotion: Any = Emotion  # a type checker rejects the positional calls below already
+    face: Any = Face
+    with pytest.raises(TypeError):
+        emotion(0, Box(0, 0, 1, 1), 0.9, PROBS)
+    with pytest.raises(TypeError):
+        face(0, Box(0, 0, 1, 1), 0.9, b"c")
+
+
+@pytest.mark.parametrize(
+    ("build", "reason"),
+    [
+        (lambda q: Face(index=0, box=Box(0, 0, 1, 1), score=0.9, crop=b"c", quality=q), "quality must be in"),
+        (lambda q: Emotion(index=0, box=Box(0, 0, 1, 1), score=0.9, probs=PROBS, quality=q), "quality must be in"),
+    ],
+)
+@pytest.mark.parametrize("quality", [-0.1, 1.5, math.nan])
+def test_quality_is_within_zero_and_one(build, reason: str, quality: float) -> None:
+    with pytest.raises(ValueError, match=reason):
+        build(quality)
+
+
+def test_events_from_an_older_classifier_still_decode() -> None:
+    """Before quality was stored the classifier sent a ``smoothed`` EMA per face and no ``quality``: such
+    entries, still in the stream during an upgrade, decode (the EMA is ignored, quality is None)."""
+    emotion = Emotion(index=0, box=Box(1, 2, 30, 40), score=0.9, probs=PROBS, track_id=1, smoothed_label="happy")
+    msg = EventsMsg(frame=REF, detector="mtcnn", model="m", emotions=(emotion,))
+    fields = as_redis(msg.encode())
+    meta = json.loads(fields[b"m"])
+    del meta["emotions"][0]["quality"]
+    meta["emotions"][0]["smoothed"] = list(PROBS)
+    fields[b"m"] = json.dumps(meta).encode()
+    assert EventsMsg.decode(fields) == msg

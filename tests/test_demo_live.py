@@ -96,11 +96,11 @@ def test_a_wrong_path_ends_the_live_run_instead_of_retrying(rtsp_server, redis_c
     """A typo in a demo's URL is an error at once (the runner alone would retry it every minute)."""
     from fervid.bus import Bus
     from fervid.errors import SourceError
-    from ingest.runner import run_live
+    from ingest.runner import run_source
 
     started = time.monotonic()
     with pytest.raises(
         SourceError, match=r"rtsp://\*\*\*@127.0.0.1:\d+/nope: no such stream path on the camera \(404 Not Found\)"
     ):
-        run_live(Bus(redis_client, "ingest"), SourceSpec("typo", rtsp_server.url("nope")), settings)
+        run_source(Bus(redis_client, "ingest"), SourceSpec("typo", rtsp_server.url("nope")), settings)
     assert time.monotonic() - started < 30

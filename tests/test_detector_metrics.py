@@ -13,10 +13,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from detector.registry import create_detector
 from detector.worker import DetectorStage
 from fervid.bus import Bus
-from fervid.contracts import CAMERAS_KEY, DETECTOR_GROUP, FACES_STREAM, FacesMsg, FrameMsg, FrameRef, frames_stream
+from fervid.contracts import DETECTOR_GROUP, FacesMsg, FrameMsg, FrameRef, Keys
 from fervid.sample import render_frames
 from fervid.settings import load_settings
 from fervid.worker import run_stage
+
+KEYS = Keys()  # the default namespace
 
 
 def scrape() -> dict[tuple[str, str], float]:
@@ -33,13 +35,13 @@ def test_per_camera_detector_metrics(redis_client: redis.Redis, tmp_path: Path) 
     cameras = ["metrics-one", "metrics-two"]  # names no other test uses: the registry is per process
     frames, truth = render_frames(seconds=4 / 30, fps=30, faces=2)
     producer = Bus(redis_client, "ingest")
-    redis_client.sadd(CAMERAS_KEY, *cameras)
+    redis_client.sadd(KEYS.cameras, *cameras)
     for camera, faces in zip(cameras, (2, 0)):
         for seq, image in enumerate(frames):
             image = image if faces else np.full_like(image, 100)  # the second camera sees a grey wall
             ok, jpeg = cv2.imencode(".jpg", image)
             producer.publish(
-                frames_stream(camera),
+                KEYS.frames(camera),
                 FrameMsg(FrameRef(camera, seq, 100.0 + seq / 30, 640, 480), jpeg.tobytes()),
                 downstream_group=DETECTOR_GROUP,
                 backlog=64,
@@ -53,7 +55,7 @@ def test_per_camera_detector_metrics(redis_client: redis.Redis, tmp_path: Path) 
     def delta(name: str, camera: str) -> float:
         return after.get((name, camera), 0.0) - before.get((name, camera), 0.0)
 
-    msgs = [FacesMsg.decode(f) for _, f in redis_client.xrange(FACES_STREAM)]
+    msgs = [FacesMsg.decode(f) for _, f in redis_client.xrange(KEYS.faces)]
     faces = {c: sum(len(m.faces) for m in msgs if m.frame.camera == c) for c in cameras}
     assert faces == {"metrics-one": 8, "metrics-two": 0}
     for camera in cameras:

@@ -12,6 +12,7 @@ from synth import astronaut_bgr
 from detector.base import Detection
 from detector.registry import DETECTORS, DetectorUnavailableError, create_detector
 from detector.weights import WeightsError
+from fervid.errors import ConfigError
 
 
 def test_names():
@@ -19,7 +20,7 @@ def test_names():
 
 
 def test_unknown_name_lists_known_ones():
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ConfigError) as err:
         create_detector("yolo")
     for name in DETECTORS:
         assert name in str(err.value)

@@ -13,23 +13,18 @@ import pytest
 import redis
 from waiting import wait_for
 
-from detector.leases import CameraLeases, lease_key
+from detector.leases import CameraLeases
 from detector.registry import create_detector
 from detector.tracking import EPOCH_STRIDE
 from detector.worker import DetectorStage
 from fervid.bus import Bus
-from fervid.contracts import (
-    CAMERAS_KEY,
-    DEAD_LETTER_STREAM,
-    DETECTOR_GROUP,
-    FACES_STREAM,
-    FacesMsg,
-    frames_stream,
-)
+from fervid.contracts import DETECTOR_GROUP, FacesMsg, Keys
 from fervid.sample import GroundTruth
 from fervid.settings import Settings, load_settings
 from fervid.worker import StopFlag, run_stage
 from ingest.runner import SourceSpec, run_source
+
+KEYS = Keys()  # the default namespace
 
 FPS = 15  # the 30 fps sample clip analysed at 15 fps: 30 frames per camera
 
@@ -40,11 +35,11 @@ def replica_settings(tmp_path: Path) -> Settings:
 
 
 def published(client: redis.Redis) -> list[FacesMsg]:
-    return [FacesMsg.decode(fields) for _, fields in client.xrange(FACES_STREAM)]
+    return [FacesMsg.decode(fields) for _, fields in client.xrange(KEYS.faces)]
 
 
 def owners(client: redis.Redis, cameras: list[str]) -> dict[str, str | None]:
-    return {c: (v.decode() if (v := client.get(lease_key(c))) else None) for c in cameras}
+    return {c: (v.decode() if (v := client.get(Keys().lease(c))) else None) for c in cameras}
 
 
 def start(stage: DetectorStage, stop: StopFlag, errors: list[BaseException]) -> threading.Thread:
@@ -89,7 +84,7 @@ def test_two_replicas_neither_lose_nor_duplicate_and_keep_tracks(
     clip, truth = sample_clip
     cameras = ["cam-a", "cam-b", "cam-c"]
     settings = replica_settings(tmp_path)
-    redis_client.sadd(CAMERAS_KEY, *cameras)
+    redis_client.sadd(KEYS.cameras, *cameras)
     stop, errors = StopFlag(), []
     stages = [
         DetectorStage(Bus(redis_client, DETECTOR_GROUP), create_detector("retinaface"), settings, stop.is_set)
@@ -107,7 +102,7 @@ def test_two_replicas_neither_lose_nor_duplicate_and_keep_tracks(
         )
         total = ingest(redis_client, clip, cameras, settings)
         assert total == len(cameras) * len(truth.boxes) // 2
-        wait_for("every frame published", lambda: redis_client.xlen(FACES_STREAM) >= total, 300, threads)
+        wait_for("every frame published", lambda: redis_client.xlen(KEYS.faces) >= total, 300, threads)
     finally:
         stop.set()
         for t in threads:
@@ -154,7 +149,7 @@ def test_a_crashed_replicas_cameras_are_taken_over(
     clip, truth = sample_clip
     cameras = ["cam-x", "cam-y"]
     settings = replica_settings(tmp_path)
-    redis_client.sadd(CAMERAS_KEY, *cameras)
+    redis_client.sadd(KEYS.cameras, *cameras)
     survivor_stop, crash_stop, errors = StopFlag(), StopFlag(), []
     survivor = DetectorStage(
         Bus(redis_client, DETECTOR_GROUP), create_detector("retinaface"), settings, survivor_stop.is_set
@@ -173,11 +168,11 @@ def test_a_crashed_replicas_cameras_are_taken_over(
         threads[1].join(timeout=120)
         assert [type(e) for e in errors] == [Crash]
         held = redis_client.xpending_range(
-            frames_stream(victims_camera), DETECTOR_GROUP, "-", "+", 100, consumername=victim.bus.consumer
+            KEYS.frames(victims_camera), DETECTOR_GROUP, "-", "+", 100, consumername=victim.bus.consumer
         )
         assert held, "the crashed replica should have died holding frames"
         # Its lease expires; the survivor takes the camera, adopts the frames the victim held, and carries on.
-        wait_for("every frame published", lambda: redis_client.xlen(FACES_STREAM) >= total, 300, threads[:1])
+        wait_for("every frame published", lambda: redis_client.xlen(KEYS.faces) >= total, 300, threads[:1])
     finally:
         survivor_stop.set()
         crash_stop.set()
@@ -186,9 +181,9 @@ def test_a_crashed_replicas_cameras_are_taken_over(
     assert [type(e) for e in errors] == [Crash]
     msgs = published(redis_client)
     assert_each_frame_once(msgs, cameras, total // len(cameras))
-    assert not redis_client.xlen(DEAD_LETTER_STREAM)
+    assert not redis_client.xlen(KEYS.dead)
     for camera in cameras:
-        assert redis_client.xpending(frames_stream(camera), DETECTOR_GROUP)["pending"] == 0
+        assert redis_client.xpending(KEYS.frames(camera), DETECTOR_GROUP)["pending"] == 0
     # Fresh tracks after the takeover: a new epoch, so no id of the victim's is reused, and the epochs follow
     # the frame order (the victim's frames first).
     epochs = [

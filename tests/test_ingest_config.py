@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from fervid.contracts import validate_camera_name
 from fervid.errors import ConfigError, SourceError
 from ingest.cameras import load_cameras, parse_cameras
-from ingest.source import open_container, redact_text, source_kind, v4l2_device
+from ingest.source import open_container, redact_text, source_type, v4l2_device
 
 GOOD = """
 cameras:
@@ -85,9 +86,13 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_source_kinds_and_v4l2_paths() -> None:
-    assert source_kind("rtsp://h/x") == source_kind("rtsps://h/x") == "rtsp"
-    assert source_kind("0") == source_kind("/dev/video2") == source_kind("v4l2:///dev/video1") == "v4l2"
-    assert source_kind("clip.mp4") == "file"
+    def kind(url: str) -> str:
+        return source_type(url).kind
+
+    assert kind("rtsp://h/x") == kind("rtsps://h/x") == kind("RTSP://h/x") == "rtsp"
+    assert kind("0") == kind("/dev/video2") == kind("v4l2:///dev/video1") == "v4l2"
+    assert kind("clip.mp4") == kind("file:///data/clip.mp4") == kind("c:/videos/clip.mp4") == "file"
+    assert [source_type(u).live for u in ("rtsp://h/x", "0", "clip.mp4")] == [True, True, False]
     assert v4l2_device("0") == "/dev/video0"
     assert v4l2_device("12") == "/dev/video12"
     assert v4l2_device("v4l2:///dev/video3") == "/dev/video3"
@@ -109,3 +114,70 @@ def test_webcam_path_that_is_not_a_device(tmp_path: Path) -> None:
 def test_redact_text_hides_every_credential() -> None:
     text = "Server returned 401: 'rtsp://admin:hunter2@10.0.0.1/a' then rtsps://tok@h/b"
     assert redact_text(text) == "Server returned 401: 'rtsp://***@10.0.0.1/a' then rtsps://***@h/b"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("rtsp://", r"rtsp:// has no host: use rtsp://\[user:password@\]host\[:port\]/path"),
+        ("rtsps://u:pw@:322/live", r"rtsps://\*\*\*@:322/live has no host"),
+        ("rtsp://h:99999/x", r"rtsp://h:99999/x: the port must be a number from 0 to 65535"),
+        ("rtsp://h:port/x", r"rtsp://h:port/x: the port must be a number"),
+        ("v4l2://", r"v4l2:// names no device"),
+        ("http://u:pw@h/x.mjpg", r"unknown kind of source 'http://\*\*\*@h/x.mjpg': use a video file, .* rtsp://"),
+    ],
+)
+def test_a_url_that_can_never_work_is_rejected_at_load(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"cameras\.0\.url \(a\): Value error, {message}") as exc:
+        parse_cameras(f"cameras: [{{name: a, url: '{url}'}}]", env={})
+    assert "pw" not in str(exc.value)
+
+
+def test_start_time_for_files_only_and_in_iso_8601() -> None:
+    (cam,) = parse_cameras("cameras: [{name: a, url: x.mp4, start_time: '2024-05-01T09:30:00'}]")
+    assert cam.start_time is not None and cam.start_time.isoformat() == "2024-05-01T09:30:00+00:00"  # no zone: UTC
+    (cam,) = parse_cameras("cameras: [{name: a, url: x.mp4, start_time: 2024-05-01 11:30:00+02:00}]")  # YAML's own
+    assert cam.start_time is not None and cam.start_time.timestamp() == 1714555800
+    with pytest.raises(ConfigError, match=r"start_time applies to video files only"):
+        parse_cameras("cameras: [{name: a, url: 'rtsp://h/x', start_time: '2024-05-01T09:30:00Z'}]")
+    with pytest.raises(ConfigError, match=r"start time 'May 1st' is not ISO 8601: use e.g. 2024-05-01T09:30:00Z"):
+        parse_cameras("cameras: [{name: a, url: x.mp4, start_time: May 1st}]")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"cameras:\n  - name: caf\xe9\n    url: x.mp4\n",
+            r":2:14: not UTF-8 text \(byte 0xe9\); save the file as UTF-8",
+        ),
+        (
+            b"cameras:\n  - {name: a, url: x.mp4\n  - {name: b}\n",
+            r":3:5: not valid YAML: expected ',' or '}', but got '{' \(while parsing a flow mapping\)",
+        ),
+        (
+            b"cameras:\n  - name: a\n   url: x.mp4\n",
+            r":3:4: not valid YAML: expected <block end>, but found '<block mapping start>'",
+        ),
+        (b"cameras:\n  - name: \x07bell\n", r":2:11: not valid YAML: special characters are not allowed"),
+    ],
+    ids=["latin-1", "unclosed-flow", "bad-indent", "control-character"],
+)
+def test_unreadable_files_are_one_line_with_line_and_column(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "cameras.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as exc:
+        load_cameras(path)
+    assert str(exc.value).startswith(f"{path}:") and "\n" not in str(exc.value)
+
+
+def test_long_names_and_values_are_cut_in_errors() -> None:
+    name = "n" * 5000
+    with pytest.raises(ConfigError) as exc:
+        parse_cameras(f"cameras: [{{name: '{name} x', url: x.mp4, hwaccel: '{'h' * 5000}'}}]", env={})
+    text = str(exc.value)
+    # The name (5002 characters; 5004 quoted) and the decoder's name (5002 quoted), each cut to 100.
+    assert len(text) < 1000 and "… (5002 characters)" in text and "… (5004 characters)" in text, text
+    with pytest.raises(ValueError) as exc2:
+        validate_camera_name("m" * 5000)
+    assert len(str(exc2.value)) < 250 and "(5002 characters)" in str(exc2.value)

@@ -14,10 +14,12 @@ import redis
 
 from detector.worker import decode_jpeg
 from fervid.bus import Bus, iter_entries
-from fervid.contracts import FrameMsg, FrameRef, camera_key, frames_stream
+from fervid.contracts import FrameMsg, FrameRef, Keys
 from fervid.settings import Settings
 from ingest.jpeg import encode_frame, target_size
 from ingest.publisher import FramePublisher
+
+KEYS = Keys()  # the default namespace
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +85,10 @@ def test_publisher_keeps_order_and_sequence_with_helper_threads(
         pub.flush()
     finally:
         pub.close()
-    refs = [FrameMsg.decode(f).frame for _, f in iter_entries(redis_client, frames_stream("order"))]
+    refs = [FrameMsg.decode(f).frame for _, f in iter_entries(redis_client, KEYS.frames("order"))]
     assert [r.seq for r in refs] == list(range(40))
     assert [r.capture_ts for r in refs] == [1000.0 + k for k in range(40)]
-    assert redis_client.hget(camera_key("order", "stats"), "last_seq") == b"39"
+    assert redis_client.hget(KEYS.camera("order", "stats"), "last_seq") == b"39"
     assert pub.counters.published == 40 and (pub.counters.first_seq, pub.counters.last_seq) == (0, 39)
     # A new publisher (a reconnect, a restarted process) continues the sequence.
     again = FramePublisher(Bus(redis_client, "ingest"), "order", settings, live=True, threads=threads)
@@ -110,5 +112,5 @@ def test_an_encoding_error_reaches_the_caller_and_later_frames_keep_their_order(
         pub.flush()
     finally:
         pub.close()
-    stamps = [FrameMsg.decode(f).frame.capture_ts for _, f in iter_entries(redis_client, frames_stream("errs"))]
+    stamps = [FrameMsg.decode(f).frame.capture_ts for _, f in iter_entries(redis_client, KEYS.frames("errs"))]
     assert stamps[0] == 1.0 and 2.0 not in stamps and stamps == sorted(stamps)

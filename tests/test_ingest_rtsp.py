@@ -3,6 +3,8 @@ TCP listener, a slow consumer. Every camera runs in one IngestService, as `fervi
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import random
 import socket
@@ -17,18 +19,20 @@ from waiting import wait_for
 
 from fervid.backoff import Backoff
 from fervid.bus import iter_entries
-from fervid.contracts import DETECTOR_GROUP, FrameMsg, camera_key, frames_stream
+from fervid.contracts import DETECTOR_GROUP, FrameMsg, Keys
 from fervid.settings import Settings
-from ingest.camera import CameraRunner
+from ingest.camera import STABLE_AFTER_S, CameraRunner
 from ingest.cameras import CameraConfig
 from ingest.service import IngestService
+
+KEYS = Keys()  # the default namespace
 
 PASSWORD = "s3cret-pw"
 
 
 def seqs(client: redis.Redis, camera: str) -> list[tuple[int, float]]:
     out = []
-    for _, fields in iter_entries(client, frames_stream(camera)):
+    for _, fields in iter_entries(client, KEYS.frames(camera)):
         f = FrameMsg.decode(fields).frame
         out.append((f.seq, f.capture_ts))
     return out
@@ -40,7 +44,9 @@ def service(redis_client: redis.Redis, settings: Settings) -> Iterator[IngestSer
     rng = random.Random(7)
 
     def factory(cfg: CameraConfig, client: redis.Redis, s: Settings) -> CameraRunner:
-        return CameraRunner(cfg, client, s, backoff=Backoff(initial=0.5, cap=30.0, rng=rng))
+        return CameraRunner(
+            cfg, client, s, backoff=Backoff(initial=0.5, cap=30.0, stable_after=STABLE_AFTER_S, rng=rng)
+        )
 
     svc = IngestService(redis_client, settings, runner_factory=factory)
     yield svc
@@ -86,7 +92,7 @@ def test_kill_and_restart_server_reconnects_while_other_camera_flows(
     )
     steady_frames = b.snapshot().frames
     service.tick()
-    state = {k.decode(): v.decode() for k, v in redis_client.hgetall(camera_key("flaky", "state")).items()}
+    state = {k.decode(): v.decode() for k, v in redis_client.hgetall(KEYS.camera("flaky", "state")).items()}
     assert state["state"] in ("backing_off", "connecting")
     assert state["url"] == f"rtsp://***@127.0.0.1:{flaky.port}/cam"
     time.sleep(1.0)  # the camera stays down a while; the other one keeps flowing
@@ -126,10 +132,8 @@ def silent_listener() -> Iterator[int]:
     def accept() -> None:
         sock.settimeout(0.2)
         while not done.is_set():
-            try:
+            with contextlib.suppress(OSError):
                 conns.append(sock.accept()[0])
-            except OSError:
-                pass
 
     t = threading.Thread(target=accept, daemon=True)
     t.start()
@@ -193,7 +197,7 @@ def test_broken_sources_each_get_a_clear_state(
     service.tick()
     from fervid.cli.ingest import camera_rows
 
-    rows = {r["camera"]: r for r in camera_rows(redis_client)}
+    rows = {r["camera"]: r for r in camera_rows(redis_client, Keys())}
     assert rows["notfound"]["state"] == "failed" and "404" in rows["notfound"]["last_error"]
     assert rows["good"]["state"] == "live" and int(rows["good"]["frames"]) > 0
     assert_no_secret(redis_client, PASSWORD)
@@ -208,7 +212,7 @@ def test_slow_consumer_memory_flat_and_drops_exact(
     backlog = 6
     settings = settings.model_copy(update={"bus": settings.bus.model_copy(update={"frame_backlog": backlog})})
     runner = CameraRunner(CameraConfig(name="busy", url=rtsp_server.url("cam"), fps=None), redis_client, settings)
-    stream = frames_stream("busy")
+    stream = KEYS.frames("busy")
     delivered = 0
     lengths: list[int] = []
     runner.start()
@@ -292,3 +296,81 @@ def test_fervid_demo_on_a_live_rtsp_camera_stops_after_seconds(rtsp_server, tmp_
     assert 8 <= analysed <= 12, r.stdout  # 2 s at 5 fps
     assert PASSWORD not in r.stdout + r.stderr
     assert "rtsp://***@127.0.0.1" in r.stderr
+
+
+def refused_port() -> int:
+    """A local port nobody listens on: connections are refused, as to a camera that is switched off."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OpenCounter(threading.Thread):
+    """Watches runners' full-open counters and records when each one went up."""
+
+    def __init__(self, runners: dict[str, CameraRunner]) -> None:
+        super().__init__(daemon=True)
+        self.runners = runners
+        self.times: dict[str, list[float]] = {name: [] for name in runners}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        seen = dict.fromkeys(self.runners, 0)
+        while not self.done.is_set():
+            for name, runner in self.runners.items():
+                opens = runner.snapshot().opens
+                self.times[name] += [time.monotonic()] * (opens - seen[name])
+                seen[name] = opens
+            time.sleep(0.05)
+
+
+def test_flapping_camera_is_live_within_2s_of_every_return_and_dead_ones_are_opened_gently(
+    service: IngestService,
+    rtsp_server_factory,
+    silent_listener: int,  # type: ignore[no-untyped-def]
+) -> None:
+    """20 outages of 1-2 s with 1-2 s of service between them: live again within 2 s of every return. Meanwhile
+    a camera that is switched off (connections refused) is fully opened at most once per 30 s, and one that
+    accepts connections but never answers, once it has failed for 30 s, too."""
+    flap = rtsp_server_factory(("cam",))
+    service.apply(
+        [
+            CameraConfig(name="flap", url=flap.url(), fps=5),
+            CameraConfig(name="off", url=f"rtsp://127.0.0.1:{refused_port()}/cam", fps=5),
+            CameraConfig(name="mute", url=f"rtsp://127.0.0.1:{silent_listener}/cam", fps=5, open_timeout=2),
+        ]
+    )
+    runner = service.runners["flap"]
+    opens = OpenCounter({n: service.runners[n] for n in ("off", "mute")})
+    opens.start()
+    started = time.monotonic()
+    wait_for("live", lambda: runner.snapshot().frames >= 3, 15)
+    rng = random.Random(3)
+    returns = []
+    try:
+        for _ in range(20):
+            flap.kill()
+            time.sleep(rng.uniform(1.0, 2.0))
+            frames = runner.snapshot().frames
+            flap.start()  # same port; returns once it accepts connections
+            back = time.monotonic()
+            wait_for("a frame after the return", lambda f=frames: runner.snapshot().frames > f, 10)
+            returns.append(time.monotonic() - back)
+            time.sleep(rng.uniform(1.0, 2.0))
+    finally:
+        opens.done.set()
+        opens.join()
+        print("returns (s):", " ".join(f"{r:.2f}" for r in returns))
+        print(
+            "opens of the dead cameras (s after start):",
+            {n: [round(t - started, 1) for t in ts] for n, ts in opens.times.items()},
+        )
+    assert len(returns) == 20 and max(returns) <= 2.0, returns
+    elapsed = time.monotonic() - started
+    off = opens.times["off"]
+    assert off and all(b - a >= 29.5 for a, b in itertools.pairwise(off)), off
+    assert len(off) <= 1 + elapsed / 30
+    # The silent one backs off from 0.5 s while it has failed for less than 30 s; after that, once per 30 s.
+    mute = [t - started for t in opens.times["mute"]]
+    late = [(a, b) for a, b in itertools.pairwise(mute) if b > 35]
+    assert late and all(b - a >= 29.5 for a, b in late), mute

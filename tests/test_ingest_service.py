@@ -3,6 +3,8 @@ real subprocesses (SIGHUP reload, SIGTERM stop)."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -10,14 +12,17 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis
 from waiting import wait_for
 
 from fervid.bus import iter_entries
-from fervid.contracts import FrameMsg, camera_key, frames_stream
+from fervid.contracts import FrameMsg, Keys
 from fervid.settings import Settings
 from ingest.cameras import CameraConfig
 from ingest.service import IngestService
+
+KEYS = Keys()  # the default namespace
 
 
 def test_reload_keeps_unchanged_restarts_changed_stops_removed(
@@ -43,7 +48,7 @@ def test_reload_keeps_unchanged_restarts_changed_stops_removed(
     finally:
         svc.stop()
     # b's sequence continued across its restart: one writer at a time, seq strictly increasing.
-    numbers = [FrameMsg.decode(f).frame.seq for _, f in iter_entries(redis_client, frames_stream("b"))]
+    numbers = [FrameMsg.decode(f).frame.seq for _, f in iter_entries(redis_client, KEYS.frames("b"))]
     assert numbers == sorted(set(numbers))
 
 
@@ -63,7 +68,7 @@ def test_looping_file_waits_for_room_and_keeps_time_moving(
         # Drain as a detector would, and let it loop.
         for _ in range(40):
             for stream, entries in (
-                redis_client.xreadgroup("detector", "t", {frames_stream("loop"): ">"}, count=10, block=200) or []
+                redis_client.xreadgroup("detector", "t", {KEYS.frames("loop"): ">"}, count=10, block=200) or []
             ):
                 redis_client.xack(stream, "detector", *[i for i, _ in entries])
             if r.snapshot().frames >= 45:
@@ -71,9 +76,9 @@ def test_looping_file_waits_for_room_and_keeps_time_moving(
         assert r.snapshot().frames >= 45
     finally:
         svc.stop()
-    stamps = [FrameMsg.decode(f).frame.capture_ts for _, f in iter_entries(redis_client, frames_stream("loop"))]
+    stamps = [FrameMsg.decode(f).frame.capture_ts for _, f in iter_entries(redis_client, KEYS.frames("loop"))]
     assert stamps == sorted(stamps)
-    assert int(redis_client.hget(camera_key("loop", "stats"), "dropped") or 0) == 0
+    assert int(redis_client.hget(KEYS.camera("loop", "stats"), "dropped") or 0) == 0
 
 
 def _fervid(*args: str) -> list[str]:
@@ -86,8 +91,8 @@ def test_fervid_ingest_cli_sighup_reload_and_cameras_table(
     config = tmp_path / "cameras.yaml"
     config.write_text(
         "cameras:\n"
-        "  - {name: front, url: 'rtsp://${CAM_USER}:${CAM_PASS}@127.0.0.1:%d/cam', fps: 5}\n"
-        "  - {name: gone, url: 'rtsp://127.0.0.1:1/nothing', fps: 5}\n" % rtsp_server.port
+        f"  - {{name: front, url: 'rtsp://${{CAM_USER}}:${{CAM_PASS}}@127.0.0.1:{rtsp_server.port}/cam', fps: 5}}\n"
+        "  - {name: gone, url: 'rtsp://127.0.0.1:1/nothing', fps: 5}\n"
     )
     env = {**os.environ, "CAM_USER": "viewer", "CAM_PASS": "s3cret-pw"}
     proc = subprocess.Popen(
@@ -100,22 +105,22 @@ def test_fervid_ingest_cli_sighup_reload_and_cameras_table(
     try:
 
         def state(name: str) -> str:
-            return (redis_client.hget(camera_key(name, "state"), "state") or b"").decode()
+            return (redis_client.hget(KEYS.camera(name, "state"), "state") or b"").decode()
 
         wait_for(
             "front live, gone backing off", lambda: state("front") == "live" and state("gone") == "backing_off", 15
         )
-        since = redis_client.hget(camera_key("front", "state"), "since")
+        since = redis_client.hget(KEYS.camera("front", "state"), "since")
         config.write_text(
             config.read_text()
             .replace(
-                "rtsp://127.0.0.1:1/nothing", "rtsp://${CAM_USER}:${CAM_PASS}@127.0.0.1:%d/cam2" % rtsp_server.port
+                "rtsp://127.0.0.1:1/nothing", f"rtsp://${{CAM_USER}}:${{CAM_PASS}}@127.0.0.1:{rtsp_server.port}/cam2"
             )
             .replace("name: gone", "name: added")
         )
         proc.send_signal(signal.SIGHUP)
         wait_for("reload applied", lambda: state("added") == "live" and state("gone") == "stopped", 15)
-        assert redis_client.hget(camera_key("front", "state"), "since") == since, "an unchanged camera was restarted"
+        assert redis_client.hget(KEYS.camera("front", "state"), "since") == since, "an unchanged camera was restarted"
 
         table = subprocess.run(
             _fervid("cameras", "--redis", redis_url),
@@ -136,16 +141,116 @@ def test_fervid_ingest_cli_sighup_reload_and_cameras_table(
     assert state("front") == "stopped"
 
 
-def test_fervid_ingest_bad_config_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"cameras:\n  - {name: a, url: 'rtsp://u:${NOPE_PW}@h/x'}\n",
+            "cameras.0.url: environment variable NOPE_PW is not set",
+        ),
+        (b"cameras:\n  - {name: caf\xe9, url: x.mp4}\n", "cameras.yaml:2:15: not UTF-8 text (byte 0xe9)"),
+        (b"cameras:\n  - {name: a, url: 'rtsp://'}\n", "rtsp:// has no host"),
+        (b"cameras:\n  - {name: '" + b"x" * 5000 + b"', url: x.mp4}\n", "(5002 characters) is invalid"),
+    ],
+    ids=["missing-env", "not-utf8", "no-host", "long-name"],
+)
+def test_fervid_ingest_bad_config_is_one_line(tmp_path: Path, content: bytes, message: str) -> None:
     config = tmp_path / "cameras.yaml"
-    config.write_text("cameras:\n  - {name: a, url: 'rtsp://u:${NOPE_PW}@h/x'}\n")
+    config.write_bytes(content)
     r = subprocess.run(
         _fervid("ingest", "--config", str(config)),
         capture_output=True,
         text=True,
         timeout=60,
-        env={k: v for k, v in os.environ.items() if k != "NOPE_PW"},
+        env={**{k: v for k, v in os.environ.items() if k != "NOPE_PW"}, "COLUMNS": "1000"},
     )
     assert r.returncode == 2
-    assert "cameras.0.url: environment variable NOPE_PW is not set" in r.stderr
-    assert "Traceback" not in r.stderr
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1 and len(r.stderr) < 1000
+
+
+def test_camera_state_belongs_to_its_process_and_expires_with_it(
+    redis_client: redis.Redis, settings: Settings, rtsp_clip: Path
+) -> None:
+    """A process that stops a camera another process has taken over (a rolling restart) does not overwrite the
+    new owner's state with `stopped`; a camera whose process is gone shows as unknown."""
+    from fervid.cli.ingest import camera_rows
+    from ingest.camera import STATE_TTL_S, CameraRunner
+
+    cfg = CameraConfig(name="door", url=str(rtsp_clip), loop=True, fps=5)
+    old = CameraRunner(cfg, redis_client, settings, owner="old-host-1")
+    new = CameraRunner(cfg, redis_client, settings, owner="new-host-2")
+    key = KEYS.camera("door", "state")
+
+    def state() -> tuple[str, str]:
+        h = redis_client.hgetall(key)
+        return h.get(b"state", b"").decode(), h.get(b"owner", b"").decode()
+
+    old.publish_state()
+    assert state() == ("connecting", "old-host-1")
+    new.start()
+    try:
+        wait_for("the new owner live", lambda: state() == ("live", "new-host-2"), 30, [new])
+        old.stop()
+        old._set("stopped")  # what the old runner's thread writes as it ends
+        assert state() == ("live", "new-host-2")
+        assert 0 < redis_client.pttl(key) <= STATE_TTL_S * 1000
+        (row,) = camera_rows(redis_client, KEYS)
+        assert row["state"] == "live"
+    finally:
+        new.stop()
+        new.join(10)
+    assert not new.is_alive()
+    assert state() == ("stopped", "new-host-2")  # its owner may say so
+    # Its process gone, the state is not refreshed: once the TTL has passed the camera is unknown.
+    (row,) = camera_rows(redis_client, KEYS, now=time.time() + STATE_TTL_S + 1)
+    assert row["state"] == "unknown" and int(row["frames"]) > 0
+    redis_client.delete(key)  # what the TTL does
+    (row,) = camera_rows(redis_client, KEYS)
+    assert row["state"] == "unknown" and row["age"] == "-" and int(row["frames"]) > 0
+
+
+def test_a_file_read_again_after_a_failure_goes_on_where_it_was(
+    redis_client: redis.Redis, settings: Settings, rtsp_clip: Path
+) -> None:
+    """Redis refusing writes (out of memory) mid-file fails the pass; the file is read again and publishes only
+    what it had not published yet: each frame once, sequence numbers and capture times increasing."""
+    settings = settings.model_copy(update={"bus": settings.bus.model_copy(update={"frame_backlog": 4})})
+    svc = IngestService(redis_client, settings)
+    stream = KEYS.frames("door")
+    seen: list[tuple[int, float]] = []
+
+    def consume() -> None:  # a detector at ~20 frames/s: ingest waits for room, mid-file for a while
+        with contextlib.suppress(redis.ResponseError):  # before ingest has made the group
+            for _, entries in redis_client.xreadgroup("detector", "t", {stream: ">"}, count=1, block=50) or []:
+                for entry_id, fields in entries:
+                    f = FrameMsg.decode(fields).frame
+                    seen.append((f.seq, f.capture_ts))
+                    redis_client.xack(stream, "detector", entry_id)
+        time.sleep(0.05)
+
+    try:
+        svc.apply([CameraConfig(name="door", url=str(rtsp_clip), fps=10)])  # 2 s clip: 20 frames
+        runner = svc.runners["door"]
+        while len(seen) < 5:
+            consume()
+        redis_client.config_set("maxmemory", 1)  # with the default noeviction: every write is refused
+        try:
+            deadline = time.monotonic() + 10
+            while runner.snapshot().reconnects < 1:  # consuming makes room: the next frame's write fails
+                consume()
+                assert time.monotonic() < deadline, "the pass did not fail"
+        finally:
+            redis_client.config_set("maxmemory", 0)
+        deadline = time.monotonic() + 30
+        while runner.is_alive() or len(seen) < 20:
+            consume()
+            assert time.monotonic() < deadline, "the file did not finish"
+        for _ in range(10):
+            consume()  # anything published twice would be here
+    finally:
+        svc.stop()
+    assert runner.snapshot().reconnects >= 1 and runner.snapshot().state == "stopped"
+    seqs, stamps = [s for s, _ in seen], [t for _, t in seen]
+    assert seqs == list(range(20)), seqs
+    assert [round(b - a, 3) for a, b in itertools.pairwise(stamps)] == [0.1] * 19  # no frame twice, none skipped

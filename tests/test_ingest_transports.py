@@ -14,10 +14,12 @@ from test_ingest_rtsp import service  # noqa: F401  (the IngestService fixture)
 from waiting import wait_for
 
 from fervid.bus import iter_entries
-from fervid.contracts import FrameMsg, frames_stream
+from fervid.contracts import FrameMsg, Keys
 from fervid.errors import ConfigError
 from ingest.cameras import CameraConfig, parse_cameras
 from ingest.service import IngestService
+
+KEYS = Keys()  # the default namespace
 
 
 def udp_sockets_of_this_process() -> int:
@@ -79,7 +81,7 @@ def test_rtsps_with_a_self_signed_certificate(
     wait_for(f"state {state}", lambda: runner.snapshot().state == state and message in runner.snapshot().last_error, 15)
     if state == "live":
         wait_for("frames over TLS", lambda: runner.snapshot().frames >= 3, 10)
-        frame = FrameMsg.decode(next(iter_entries(redis_client, frames_stream("tls")))[1]).frame
+        frame = FrameMsg.decode(next(iter_entries(redis_client, KEYS.frames("tls")))[1]).frame
         assert (frame.width, frame.height) == (640, 480)
     else:
         assert runner.snapshot().frames == 0

@@ -71,17 +71,18 @@ def test_stream_lag_counts_undelivered_entries_after_drops(redis7: Any) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     from fervid.bus import Bus
-    from fervid.contracts import CAMERAS_KEY, DETECTOR_GROUP, FrameMsg, FrameRef, camera_key, frames_stream
+    from fervid.contracts import DETECTOR_GROUP, FrameMsg, FrameRef, Keys
 
-    stream = frames_stream("cam")
+    keys = Keys()
+    stream = keys.frames("cam")
     producer, detector = Bus(redis7, "ingest"), Bus(redis7, DETECTOR_GROUP, "replica-1")
-    redis7.sadd(CAMERAS_KEY, "cam")
+    redis7.sadd(keys.cameras, "cam")
     detector.ensure_group(stream)
 
     def publish(seq: int) -> None:
         msg = FrameMsg(FrameRef("cam", seq, 1000.0 + seq, 2, 2), b"x")
         producer.publish(stream, msg, downstream_group=DETECTOR_GROUP, backlog=4, policy="drop_oldest",
-                         stats_key=camera_key("cam", "stats"))  # fmt: skip
+                         stats_key=keys.camera("cam", "stats"))  # fmt: skip
 
     for seq in range(10):  # 6 of them dropped
         publish(seq)
@@ -92,14 +93,14 @@ def test_stream_lag_counts_undelivered_entries_after_drops(redis7: Any) -> None:
     truth = len(redis7.xrange(stream, f"({group['last-delivered-id'].decode()}", "+"))
 
     registry = CollectorRegistry()
-    registry.register(BusCollector(redis7))
+    registry.register(BusCollector(redis7, keys))
     families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
     (lag,) = [s.value for s in families["fervid_stream_lag_entries"].samples if s.labels["stream"] == stream]
     (pending,) = [s.value for s in families["fervid_stream_pending_entries"].samples if s.labels["stream"] == stream]
     assert (lag, pending) == (truth, 2)
     assert group["lag"] != truth  # Redis' own field is off here: the reason fervid counts
     counters = {s.name: s.value for f in families.values() for s in f.samples if s.labels.get("camera") == "cam"}
-    dropped = int(redis7.hget(camera_key("cam", "stats"), "dropped"))
+    dropped = int(redis7.hget(keys.camera("cam", "stats"), "dropped"))
     assert counters == {"fervid_camera_frames_published_total": 13, "fervid_camera_frames_dropped_total": dropped}
     # Dead letters: a series per consuming group from the start (0), counters by name.
     dead = {s.labels["group"]: s.value for s in families["fervid_dead_letters"].samples}
@@ -109,12 +110,15 @@ def test_stream_lag_counts_undelivered_entries_after_drops(redis7: Any) -> None:
 def test_only_the_bus_exporter_serves_the_bus_series(redis_client: Any) -> None:
     """Every process serves its own metrics; the bus's (shared state) come from one process only, so sum() is
     right: serve_health registers the bus collector only when asked to (the storage service)."""
+    from fervid.contracts import Keys
     from fervid.metrics import BusCollector, serve_health
+    from fervid.stages import STAGES
 
     before = [c for c in REGISTRY._collector_to_names if isinstance(c, BusCollector)]
-    health = serve_health("probe", 0, redis_client)
+    health = serve_health("probe", 0, redis_client, Keys())
     assert [c for c in REGISTRY._collector_to_names if isinstance(c, BusCollector)] == before
     health.close()
+    assert [e.name for e in STAGES if e.exports_bus] == ["storage"]
 
 
 def test_metric_names_follow_prometheus_conventions() -> None:

@@ -25,7 +25,9 @@ import redis as redislib
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_for
 
-from fervid.contracts import DETECTOR_GROUP, frames_stream
+from fervid.contracts import DETECTOR_GROUP, Keys
+
+KEYS = Keys()  # the default namespace
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +154,7 @@ def test_stage_processes_sigterm_metrics(
         assert published == 15
 
         # SIGTERM while the detector holds a batch: it finishes (or returns) the batch and exits 0 within 10 s.
-        stream = frames_stream("cam1")
+        stream = KEYS.frames("cam1")
         det = procs["detect"]
         wait_for(
             "the detector to hold a batch", lambda: any(pending_by_consumer(redis_client, stream).values()), 60, [det]
@@ -237,7 +239,7 @@ def test_up_two_detectors_one_sigkilled(
     up = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         status_file = data / "up.json"
-        stream = frames_stream("cam2")
+        stream = KEYS.frames("cam2")
 
         def victim() -> tuple[str, int] | None:
             """Whichever replica holds frames first (the other may still be loading its model)."""

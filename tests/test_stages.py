@@ -11,36 +11,26 @@ from classifier.worker import ClassifierStage
 from detector.registry import create_detector
 from detector.worker import DetectorStage
 from fervid.bus import Bus
-from fervid.contracts import (
-    CAMERAS_KEY,
-    DEAD_LETTER_STREAM,
-    EVENTS_STREAM,
-    FACES_STREAM,
-    Box,
-    EventsMsg,
-    Face,
-    FacesMsg,
-    FrameMsg,
-    FrameRef,
-    frames_stream,
-)
+from fervid.contracts import Box, EventsMsg, Face, FacesMsg, FrameMsg, FrameRef, Keys
 from fervid.sample import render_frames
 from fervid.settings import Settings
 from fervid.worker import run_stage
 from storage.db import create_schema, insert_idempotent, make_engine
 from storage.worker import StorageStage
 
+KEYS = Keys()  # the default namespace
+
 
 def dead_reasons(client: redis.Redis) -> list[str]:
-    return [f[b"dl_reason"].decode() for _, f in client.xrange(DEAD_LETTER_STREAM)]
+    return [f[b"dl_reason"].decode() for _, f in client.xrange(KEYS.dead)]
 
 
 def test_detector_dead_letters_bad_frames_and_keeps_going(redis_client: redis.Redis, settings: Settings) -> None:
     frames, truth = render_frames(seconds=0.1, fps=30, faces=2)
     ok, jpeg = cv2.imencode(".jpg", frames[0])
-    stream = frames_stream("cam")
+    stream = KEYS.frames("cam")
     producer = Bus(redis_client, "ingest")
-    redis_client.sadd(CAMERAS_KEY, "cam")
+    redis_client.sadd(KEYS.cameras, "cam")
     ref = FrameRef("cam", 0, 1.0, 640, 480)
     for msg in [
         FrameMsg(FrameRef("cam", 0, 1.0, 640, 480), b"\xff\xd8 not a jpeg"),
@@ -60,7 +50,7 @@ def test_detector_dead_letters_bad_frames_and_keeps_going(redis_client: redis.Re
     assert any("absurd frame size" in r for r in reasons)
     assert any("message says 320x240" in r for r in reasons)
     assert any("malformed" in r for r in reasons)
-    ((_, fields),) = redis_client.xrange(FACES_STREAM)
+    ((_, fields),) = redis_client.xrange(KEYS.faces)
     faces = FacesMsg.decode(fields)
     assert faces.frame.seq == 4 and len(faces.faces) == 2
     assert redis_client.xpending(stream, "detector")["pending"] == 0  # everything acked
@@ -72,14 +62,16 @@ def test_classifier_dead_letters_a_corrupt_crop(redis_client: redis.Redis, setti
     ok, crop = cv2.imencode(".jpg", frames[0][y1:y2, x1:x2])
     producer = Bus(redis_client, "detector")
     ref = FrameRef("cam", 0, 1.0, 640, 480)
-    good = FacesMsg(ref, "mtcnn", (Face(0, Box(x1, y1, x2 - x1, y2 - y1), 0.99, crop.tobytes()),))
-    bad = FacesMsg(FrameRef("cam", 1, 1.0, 640, 480), "mtcnn", (Face(0, Box(1, 1, 5, 5), 0.99, b"junk"),))
+    face = Face(index=0, box=Box(x1, y1, x2 - x1, y2 - y1), score=0.99, crop=crop.tobytes())
+    good = FacesMsg(frame=ref, detector="mtcnn", faces=(face,))
+    junk = Face(index=0, box=Box(1, 1, 5, 5), score=0.99, crop=b"junk")
+    bad = FacesMsg(frame=FrameRef("cam", 1, 1.0, 640, 480), detector="mtcnn", faces=(junk,))
     for msg in (bad, good):
-        producer.publish(FACES_STREAM, msg, downstream_group="classifier", backlog=100)
+        producer.publish(KEYS.faces, msg, downstream_group="classifier", backlog=100)
     stage = ClassifierStage(Bus(redis_client, "classifier"), load_classifier("mini_xception"), settings)
     run_stage(stage, stage.bus, max_messages=2, idle_timeout=2, block_ms=50)
     assert any("corrupt crop" in r for r in dead_reasons(redis_client))
-    ((_, fields),) = redis_client.xrange(EVENTS_STREAM)
+    ((_, fields),) = redis_client.xrange(KEYS.events)
     events = EventsMsg.decode(fields)
     assert events.frame.seq == 0 and events.emotions[0].label == "happy"
 
@@ -92,20 +84,20 @@ def test_storage_redelivery_never_duplicates(redis_client: redis.Redis, settings
 
     msgs = [
         EventsMsg(
-            FrameRef("cam", i, 100.0 + i, 64, 64),
-            "mtcnn",
-            "m",
-            tuple(Emotion(k, Box(1, 1, 5, 5), 0.9, probs) for k in range(i % 3)),
+            frame=FrameRef("cam", i, 100.0 + i, 64, 64),
+            detector="mtcnn",
+            model="m",
+            emotions=tuple(Emotion(index=k, box=Box(1, 1, 5, 5), score=0.9, probs=probs) for k in range(i % 3)),
         )
         for i in range(10)
     ]
     producer = Bus(redis_client, "classifier")
     for m in msgs + msgs[:4]:  # the first four delivered twice, as after a crash before the ack
-        producer.publish(EVENTS_STREAM, m, downstream_group="storage", backlog=100)
+        producer.publish(KEYS.events, m, downstream_group="storage", backlog=100)
     stage = StorageStage(engine, settings)
     run_stage(stage, Bus(redis_client, "storage"), max_messages=14, idle_timeout=2, block_ms=50)
     insert_idempotent(engine, msgs)  # and once more directly
     with engine.connect() as conn:
         assert conn.execute(text("select count(*) from frames")).scalar_one() == 10
         assert conn.execute(text("select count(*) from events")).scalar_one() == sum(i % 3 for i in range(10))
-    assert redis_client.xpending(EVENTS_STREAM, "storage")["pending"] == 0
+    assert redis_client.xpending(KEYS.events, "storage")["pending"] == 0

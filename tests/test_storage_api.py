@@ -18,9 +18,11 @@ from storage_data import make_messages
 from typer.testing import CliRunner
 
 from fervid.cli import app as cli_app
-from fervid.contracts import FrameMsg, FrameRef, frames_stream
+from fervid.contracts import FrameMsg, FrameRef, Keys
 from storage.api import create_app
 from storage.db import create_schema, insert_idempotent, make_engine
+
+KEYS = Keys()  # the default namespace
 
 TOKEN = "s3cret-token"
 
@@ -76,6 +78,14 @@ def test_cameras_events_paging_and_filters(client: TestClient) -> None:
     assert ranged and all("2025-11-25T00:00:10" <= e["ts"] < "2025-11-25T00:00:20" for e in ranged)
 
 
+def test_events_carry_quality_and_filter_on_it(client: TestClient) -> None:
+    every = client.get("/events", params={"camera": "cam1", "limit": 1000}).json()["events"]
+    known = [e["quality"] for e in every if e["quality"] is not None]
+    assert known and len(known) < len(every)  # make_messages leaves some faces' quality unknown
+    good = client.get("/events", params={"camera": "cam1", "limit": 1000, "min_quality": 0.5}).json()["events"]
+    assert good and [e["id"] for e in good] == [e["id"] for e in every if (e["quality"] or -1) >= 0.5]
+
+
 @pytest.mark.parametrize(
     "path, params, status, message",
     [
@@ -102,6 +112,8 @@ def test_cameras_events_paging_and_filters(client: TestClient) -> None:
         ("/cameras/cam1/snapshot.jpg", {}, 404, "no frames"),
         ("/events", {"after_id": str(2**70)}, 422, "less than or equal"),  # beyond BIGINT
         ("/events", {"limit": str(10**12)}, 422, "less than or equal"),
+        ("/events", {"min_quality": "1.5"}, 422, "less than or equal"),
+        ("/events", {"min_quality": "nan"}, 422, ""),
         ("/cameras/cam1/timeline", {"bucket": "9" * 40 + "d"}, 422, "at most"),
         ("/cameras/cam1/timeline", {"bucket": "1e308s"}, 400, "invalid duration"),
         ("/cameras/cam1/timeline", {"since": "2025-11-25T00:00:00+99:00"}, 400, "invalid time"),
@@ -206,7 +218,7 @@ def test_snapshot_draws_the_newest_frame_with_faces(client: TestClient, redis_cl
         image = np.full((480, 640, 3), 40, np.uint8)
         ok, jpeg = cv2.imencode(".jpg", image)
         msg = FrameMsg(FrameRef("cam1", seq, 1.0 + seq, 640, 480), jpeg.tobytes())
-        redis_client.xadd(frames_stream("cam1"), msg.encode())
+        redis_client.xadd(KEYS.frames("cam1"), msg.encode())
     r = client.get("/cameras/cam1/snapshot.jpg")
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     img = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
@@ -294,7 +306,7 @@ def test_schemathesis_finds_nothing_in_the_published_schema(
     # refuses. The app is called in-process (ASGI): there are no pooled connections to count.
     monkeypatch.setattr(st_requests, "_count_opened_connections", lambda session: 0)
     ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 40, np.uint8))
-    redis_client.xadd(frames_stream("cam1"), FrameMsg(FrameRef("cam1", 199, 200.0, 64, 48), jpeg.tobytes()).encode())
+    redis_client.xadd(KEYS.frames("cam1"), FrameMsg(FrameRef("cam1", 199, 200.0, 64, 48), jpeg.tobytes()).encode())
     engine = make_engine(db_url)
     app = create_app(engine, token=TOKEN, redis_url=redis_url)
     operation = schemathesis.openapi.from_asgi("/openapi.json", app, config=SCHEMATHESIS_CONFIG)[path]["GET"]

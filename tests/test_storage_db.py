@@ -7,14 +7,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, inspect, select
-from storage_data import T0, make_messages
+from sqlalchemy import func, inspect, select, text
+from storage_data import T0, event_row, make_messages
 
 from fervid.contracts import EMOTIONS
 from fervid.errors import ConfigError, NotFound, ServiceUnavailable
-from storage.db import CameraRow, EventRow, FrameRow, TrackRow, create_schema, insert_idempotent, make_engine, prune
+from storage.db import (
+    CameraRow,
+    EventRow,
+    FrameRow,
+    TrackRow,
+    create_schema,
+    events_table,
+    insert_idempotent,
+    make_engine,
+    prune,
+)
 from storage.migrate import current_revision, head_revision
-from storage.timeline import parse_bucket_ms, parse_time, timeline
+from storage.timeline import events, parse_bucket_ms, parse_time, timeline
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -24,6 +34,9 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path):
     create_schema(eng)
     yield eng
     eng.dispose()
+
+
+ev = events_table.c
 
 
 def count(engine, table) -> int:
@@ -51,18 +64,14 @@ def test_redelivery_never_duplicates_rows_or_track_counts(engine) -> None:
     with engine.connect() as conn:
         tracks = {r.track_id: r for r in conn.execute(select(TrackRow.__table__))}
         cam = conn.execute(select(CameraRow.__table__)).one()
-        per_track = dict(conn.execute(select(EventRow.track_id, func.count()).group_by(EventRow.track_id)).all())
-        mean_happy = dict(
-            conn.execute(select(EventRow.track_id, func.avg(EventRow.p_happy)).group_by(EventRow.track_id)).all()
-        )
+        per_track = dict(conn.execute(select(ev.track_id, func.count()).group_by(ev.track_id)).all())
+        mean_happy = dict(conn.execute(select(ev.track_id, func.avg(ev.p_happy)).group_by(ev.track_id)).all())
     assert {t: r.n_faces for t, r in tracks.items()} == per_track
     for t, r in tracks.items():
         assert r.mean_happy == pytest.approx(mean_happy[t], abs=1e-9)
         assert r.dominant in EMOTIONS
     assert (
-        cam.name == "cam1"
-        and cam.first_seen_ms == int(T0 * 1000)
-        and cam.last_seen_ms == int(round((T0 + 39 / 5) * 1000))
+        cam.name == "cam1" and cam.first_seen_ms == int(T0 * 1000) and cam.last_seen_ms == round((T0 + 39 / 5) * 1000)
     )
 
 
@@ -81,7 +90,7 @@ def test_timeline_buckets_dominant_and_smoothed(engine) -> None:
     since = datetime.fromtimestamp(T0 + 5, UTC)
     until = datetime.fromtimestamp(T0 + 15, UTC)
     part = timeline(engine, "cam1", 1000, since=since, until=until)
-    assert [b["start"] for b in part][0] == "2025-11-25T00:00:05Z" and len(part) == 10
+    assert next(b["start"] for b in part) == "2025-11-25T00:00:05Z" and len(part) == 10
 
 
 def test_prune_deletes_only_old_rows(engine) -> None:
@@ -90,7 +99,7 @@ def test_prune_deletes_only_old_rows(engine) -> None:
     deleted = prune(engine, 30 * 86_400_000, now_ms=now_ms)
     assert deleted["frames"] == 50 and deleted["events"] > 0
     with engine.connect() as conn:
-        assert set(conn.execute(select(EventRow.camera).distinct()).scalars()) == {"cam2"}
+        assert set(conn.execute(select(ev.camera).distinct()).scalars()) == {"cam2"}
 
 
 @pytest.mark.parametrize(
@@ -116,6 +125,14 @@ def test_unknown_camera_and_injection_are_not_found(engine) -> None:
         with pytest.raises(NotFound, match="unknown camera"):
             timeline(engine, name, 1000)
     assert count(engine, EventRow) > 0
+
+
+@pytest.mark.parametrize("min_quality", [-0.1, 1.5, float("nan")])
+def test_events_min_quality_is_within_zero_and_one(tmp_path: Path, min_quality: float) -> None:
+    eng = make_engine(f"sqlite:///{tmp_path / 'q.db'}")
+    create_schema(eng)
+    with pytest.raises(ConfigError, match=r"min_quality must be within 0\.\.1"):
+        events(eng, min_quality=min_quality)
 
 
 @pytest.mark.parametrize("text", ["0s", "1x", "-5m", "", "1 m", "10ms"])
@@ -164,16 +181,14 @@ def test_sqlite_and_postgresql_give_identical_timeline_json(tmp_path: Path, pg_u
 
 
 def test_pre_migration_database_is_stamped_and_upgraded(tmp_path: Path) -> None:
-    from storage.db import Base
+    from storage.migrate import FIRST, upgrade
 
     eng = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
-    Base.metadata.tables["frames"].create(eng)
-    Base.metadata.tables["events"].create(eng)
+    upgrade(eng, FIRST)  # the tables that create_all made before migrations existed (0001 is exactly those)
     with eng.begin() as conn:
-        conn.execute(
-            FrameRow.__table__.insert(),
-            [dict(camera="old", seq=0, ts_ms=1_700_000_000_000, width=1, height=1, faces=0)],
-        )
+        conn.execute(text("DROP TABLE alembic_version"))
+        frame = "('old', 0, 1700000000000, 1, 1, 0)"
+        conn.execute(text(f"INSERT INTO frames (camera, seq, ts_ms, width, height, faces) VALUES {frame}"))
     create_schema(eng)
     assert current_revision(eng) == head_revision()
     with eng.connect() as conn:
@@ -221,32 +236,99 @@ def test_rows_round_trip_exactly_with_awkward_strings_and_interleaved_cameras(en
     cams = [make_messages(30, camera=c, seed=i + 3, faces=3) for i, c in enumerate(("cam1", "cam.2", "Cam_3"))]
     msgs = [
         dataclasses.replace(m, model=odd[i % 4], detector=odd[(i + 1) % 4])
-        for i, m in enumerate(x for trio in zip(*cams) for x in trio)
+        for i, m in enumerate(x for trio in zip(*cams, strict=True) for x in trio)
     ]
     n = sum(len(m.emotions) for m in msgs)
     assert insert_idempotent(engine, msgs) == n
     expected = {
-        (m.frame.camera, m.frame.seq, e.index): (round(m.frame.capture_ts * 1000), e.box.x, e.box.y, e.box.w, e.box.h, e.score, e.track_id,
-                                                 *e.probs, e.label, e.smoothed_label, m.model, m.detector)
+        (m.frame.camera, m.frame.seq, e.index): dict(
+            ts_ms=round(m.frame.capture_ts * 1000), x=e.box.x, y=e.box.y, w=e.box.w, h=e.box.h, det_score=e.score,
+            track_id=e.track_id, **{f"p_{name}": p for name, p in zip(EMOTIONS, e.probs, strict=True)},
+            label=e.label, label_smoothed=e.smoothed_label, quality=e.quality, model=m.model, detector=m.detector,
+        )
         for m in msgs for e in m.emotions
     }  # fmt: skip
-    cols = [EventRow.__table__.c[c] for c in ("camera", "frame_seq", "face_index", "ts_ms", "x", "y", "w", "h", "det_score", "track_id",
-                                               *[f"p_{e}" for e in EMOTIONS], "label", "label_smoothed", "model", "detector")]  # fmt: skip
+    compared = list(next(iter(expected.values())))
     with engine.connect() as conn:
-        stored = {tuple(r[:3]): tuple(r[3:]) for r in conn.execute(select(*cols))}
+        stored = {
+            (r["camera"], r["frame_seq"], r["face_index"]): {k: r[k] for k in compared}
+            for r in conn.execute(select(events_table)).mappings()
+        }
         tracks = {(r.camera, r.track_id): r for r in conn.execute(select(TrackRow.__table__))}
         cameras = {r.name: (r.first_seen_ms, r.last_seen_ms) for r in conn.execute(select(CameraRow.__table__))}
     assert stored == expected
+    assert any(v["quality"] is None for v in expected.values()) and any(v["quality"] for v in expected.values())
     assert cameras == {
         c[0].frame.camera: (round(c[0].frame.capture_ts * 1000), round(c[-1].frame.capture_ts * 1000)) for c in cams
     }
     for (camera, track), row in tracks.items():
-        faces = [v for k, v in expected.items() if k[0] == camera and v[6] == track]
-        means = [sum(f[7 + i] for f in faces) / len(faces) for i in range(len(EMOTIONS))]
+        faces = [v for k, v in expected.items() if k[0] == camera and v["track_id"] == track]
+        means = [sum(f[f"p_{e}"] for f in faces) / len(faces) for e in EMOTIONS]
         assert row.n_faces == len(faces) and (row.first_ts_ms, row.last_ts_ms) == (
-            min(f[0] for f in faces),
-            max(f[0] for f in faces),
+            min(f["ts_ms"] for f in faces),
+            max(f["ts_ms"] for f in faces),
         )
         assert [getattr(row, f"mean_{e}") for e in EMOTIONS] == pytest.approx(means, abs=1e-12)
         assert row.dominant == EMOTIONS[means.index(max(means))]
     assert sum(r.n_faces for r in tracks.values()) == n
+
+
+def test_migrations_build_exactly_the_tables_the_code_defines(engine) -> None:
+    """The migrations (history) and the ORM (built from fervid.contracts.EVENT_COLUMNS) must agree: a column
+    added to the contract without a migration, or a migration without the contract, fails here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from storage.db import Base
+
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
+
+
+@pytest.mark.parametrize("unknown_quality", [False, True])
+def test_every_column_stores_what_the_contract_names(engine, unknown_quality: bool) -> None:
+    """Each events row equals `event_row` (EVENT_COLUMNS read plainly, by name) of its face, whichever way the
+    writer sends a column (PostgreSQL: binary arrays, or a text literal when a batch holds a NULL)."""
+    import dataclasses
+
+    msgs = [
+        dataclasses.replace(
+            m,
+            emotions=tuple(
+                dataclasses.replace(e, quality=None if unknown_quality and e.index == 0 else (m.frame.seq % 10) / 9)
+                for e in m.emotions
+            ),
+        )
+        for m in make_messages(60, faces=3, seed=5)
+    ]
+    insert_idempotent(engine, msgs)
+    with engine.connect() as conn:
+        stored = {
+            (r["camera"], r["frame_seq"], r["face_index"]): {k: v for k, v in r.items() if k != "id"}
+            for r in conn.execute(select(events_table)).mappings()
+        }
+    expected = {(m.frame.camera, m.frame.seq, e.index): event_row(m, e) for m in msgs for e in m.emotions}
+    assert stored == expected
+    assert any(v["quality"] is None for v in expected.values()) == unknown_quality
+
+
+def test_migration_0004_adds_quality_beside_existing_rows(engine) -> None:
+    """Rows written before 0004 keep everything and read quality NULL; downgrading drops the column again."""
+    from alembic import command
+
+    from storage.migrate import alembic_config, upgrade
+
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003_events_1m")
+    columns = {c["name"] for c in inspect(engine).get_columns("events")}
+    assert "quality" not in columns
+    msg = next(m for m in make_messages(10) if m.emotions)
+    old = {c: v for c, v in event_row(msg, msg.emotions[0]).items() if c in columns}
+    with engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO events ({', '.join(old)}) VALUES ({', '.join(':' + c for c in old)})"), old)
+    assert upgrade(engine) == ("0003_events_1m", head_revision())
+    with engine.connect() as conn:
+        row = conn.execute(select(events_table)).mappings().one()
+    assert {c: row[c] for c in old} == old and row["quality"] is None

@@ -22,7 +22,7 @@ from storage_data import T0, make_messages
 from typer.testing import CliRunner
 
 from fervid.cli import app as cli_app
-from fervid.contracts import EMOTIONS
+from fervid.contracts import EMOTIONS, Keys
 from storage import grafana
 from storage.db import create_schema, insert_idempotent, make_engine
 from storage.timeline import timeline
@@ -174,7 +174,7 @@ def test_provision_is_idempotent(fake_grafana: tuple[str, dict[str, Any]]) -> No
         url,
         "--token",
         "glsa_test",
-        "--db-url",
+        "--db",
         "postgresql+psycopg://grafana:pw@db:5432/fervid",
     ]
     first = CliRunner().invoke(cli_app, args)
@@ -262,7 +262,7 @@ def test_operations_dashboard_covers_the_pipeline_and_queries_exported_series() 
         def hgetall(self, key: str) -> dict[bytes, bytes]:
             return {}
 
-    families = list(BusCollector(_Redis()).collect())
+    families = list(BusCollector(_Redis(), Keys()).collect())
     assert len(families) > 1, "the bus collector failed on the fake Redis"
     bus = {m.name for m in families}
     exported |= bus | {f"{n}_total" for n in bus}

@@ -22,10 +22,10 @@ def faces_feeling(emotion: str, seqs: range) -> list[EventsMsg]:
     probs = tuple(0.88 if e == emotion else 0.02 for e in EMOTIONS)
     return [
         EventsMsg(
-            FrameRef("plotcam", s, T0 + s, 640, 480),
-            "haar",
-            "mini_xception",
-            (Emotion(0, Box(1, 1, 20, 20), 0.9, probs, track_id=1),),
+            frame=FrameRef("plotcam", s, T0 + s, 640, 480),
+            detector="haar",
+            model="mini_xception",
+            emotions=(Emotion(index=0, box=Box(1, 1, 20, 20), score=0.9, probs=probs, track_id=1),),
         )
         for s in seqs
     ]

@@ -19,18 +19,22 @@ from typer.testing import CliRunner
 
 from fervid.bus import Bus, iter_entries
 from fervid.cli import app as cli_app
-from fervid.contracts import DEAD_LETTER_STREAM, EVENTS_STREAM, STORAGE_GROUP
+from fervid.contracts import STORAGE_GROUP, Keys
 from fervid.worker import run_stage
-from storage.db import EventRow, FrameRow, MinuteRow, TrackRow, create_schema, make_engine
+from storage.db import EventRow, FrameRow, MinuteRow, TrackRow, create_schema, events_table, make_engine
+from storage.migrate import head_revision
 from storage.worker import StorageStage
 
+KEYS = Keys()  # the default namespace
+
 ROOT = Path(__file__).resolve().parents[1]
+ev = events_table.c
 
 
 def publish(client: redis.Redis, msgs) -> None:
     bus = Bus(client, "producer")
     for m in msgs:
-        bus.publish(EVENTS_STREAM, m, downstream_group=STORAGE_GROUP, backlog=100_000)
+        bus.publish(KEYS.events, m, downstream_group=STORAGE_GROUP, backlog=100_000)
 
 
 def counts(url: str) -> tuple[int, int, int]:
@@ -38,9 +42,7 @@ def counts(url: str) -> tuple[int, int, int]:
     with engine.connect() as conn:
         n_events = conn.execute(select(func.count()).select_from(EventRow)).scalar_one()
         distinct = conn.execute(
-            select(func.count()).select_from(
-                select(EventRow.camera, EventRow.frame_seq, EventRow.face_index).distinct().subquery()
-            )
+            select(func.count()).select_from(select(ev.camera, ev.frame_seq, ev.face_index).distinct().subquery())
         ).scalar_one()
         n_frames = conn.execute(select(func.count()).select_from(FrameRow)).scalar_one()
     engine.dispose()
@@ -48,7 +50,7 @@ def counts(url: str) -> tuple[int, int, int]:
 
 
 def pending(client: redis.Redis) -> int:
-    return int(client.xpending(EVENTS_STREAM, STORAGE_GROUP)["pending"])
+    return int(client.xpending(KEYS.events, STORAGE_GROUP)["pending"])
 
 
 def summaries_agree(url: str) -> None:
@@ -58,8 +60,8 @@ def summaries_agree(url: str) -> None:
         faces = conn.execute(select(func.count()).select_from(EventRow)).scalar_one()
         rollup = conn.execute(select(func.sum(MinuteRow.faces))).scalar_one()
         tracked = conn.execute(select(func.sum(TrackRow.n_faces))).scalar_one()
-        tracked_events = select(EventRow.camera, EventRow.track_id, func.count()).where(EventRow.track_id.is_not(None))
-        per_track = {(c, t): n for c, t, n in conn.execute(tracked_events.group_by(EventRow.camera, EventRow.track_id))}
+        tracked_events = select(ev.camera, ev.track_id, func.count()).where(ev.track_id.is_not(None))
+        per_track = {(c, t): n for c, t, n in conn.execute(tracked_events.group_by(ev.camera, ev.track_id))}
         track_rows = {
             (c, t): n for c, t, n in conn.execute(select(TrackRow.camera, TrackRow.track_id, TrackRow.n_faces))
         }
@@ -109,7 +111,7 @@ def test_sigkill_mid_run_and_restart_leaves_one_row_per_face(
     assert (n_events, distinct, n_frames) == (faces, faces, total)
     summaries_agree(db)  # the redelivered batches were not folded into the rollup or the tracks twice
     assert pending(redis_client) == 0
-    assert redis_client.xlen(DEAD_LETTER_STREAM) == 0
+    assert redis_client.xlen(KEYS.dead) == 0
 
 
 def test_sigterm_mid_run_acks_what_it_committed_and_exits_within_10s(
@@ -134,10 +136,10 @@ def test_sigterm_mid_run_acks_what_it_committed_and_exits_within_10s(
     assert 200 <= stored < total, f"SIGTERM landed outside the run ({stored} frames stored)"
     # Ack after commit: nothing it committed is left pending, and nothing is left pending that is not committed.
     assert pending(redis_client) == 0
-    last = next(g for g in redis_client.xinfo_groups(EVENTS_STREAM) if g["name"] == STORAGE_GROUP.encode())[
+    last = next(g for g in redis_client.xinfo_groups(KEYS.events) if g["name"] == STORAGE_GROUP.encode())[
         "last-delivered-id"
     ]
-    unread = len(redis_client.xrange(EVENTS_STREAM, b"(" + last, "+"))
+    unread = len(redis_client.xrange(KEYS.events, b"(" + last, "+"))
     assert total - unread == stored  # every entry it read was committed (Redis 6 has no entries-read field)
     # The rest is still there for the next worker.
     done = subprocess.run([*cmd, "--idle-timeout", "1"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -153,17 +155,17 @@ def test_malformed_messages_are_dead_lettered_with_reason(
     good = make_messages(5)
     publish(redis_client, good[:2])
     bus = Bus(redis_client, STORAGE_GROUP, claim_idle_ms=200)
-    bus.ensure_group(EVENTS_STREAM)
-    redis_client.xadd(EVENTS_STREAM, {"v": "1", "t": "events", "m": "{not json"})
-    redis_client.xadd(EVENTS_STREAM, {"v": "9", "t": "events", "m": "{}"})
+    bus.ensure_group(KEYS.events)
+    redis_client.xadd(KEYS.events, {"v": "1", "t": "events", "m": "{not json"})
+    redis_client.xadd(KEYS.events, {"v": "9", "t": "events", "m": "{}"})
     bad_probs = good[2].encode()
     bad_probs["m"] = bad_probs["m"].replace(b'"probs": [', b'"probs": [7.0, ')
-    redis_client.xadd(EVENTS_STREAM, bad_probs)
-    redis_client.xadd(EVENTS_STREAM, {"v": "1", "t": "frame", "m": "{}"})
+    redis_client.xadd(KEYS.events, bad_probs)
+    redis_client.xadd(KEYS.events, {"v": "1", "t": "frame", "m": "{}"})
     publish(redis_client, good[3:])
     stats = run_stage(StorageStage(engine, settings), bus, block_ms=50, idle_timeout=0.5)
     assert stats.dead == 4
-    reasons = [f[b"dl_reason"].decode() for _, f in iter_entries(redis_client, DEAD_LETTER_STREAM)]
+    reasons = [f[b"dl_reason"].decode() for _, f in iter_entries(redis_client, KEYS.dead)]
     assert any("malformed" in r for r in reasons) and any("schema version" in r for r in reasons)
     assert any("expected a 'events' message" in r for r in reasons) and any("probabilities" in r for r in reasons)
     with engine.connect() as conn:
@@ -207,7 +209,7 @@ def test_cli_migrate_prune_timeline_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     db = f"sqlite:///{tmp_path / 'cli.db'}"
     r = runner.invoke(cli_app, ["migrate", "--db", db])
-    assert r.exit_code == 0 and "schema at 0003_events_1m" in r.stdout
+    assert r.exit_code == 0 and f"schema at {head_revision()}" in r.stdout
     assert "already up to date" in runner.invoke(cli_app, ["migrate", "--db", db]).stdout
     from storage.db import insert_idempotent
 
@@ -266,7 +268,7 @@ def test_connection_lost_inside_the_transaction_is_retried(pg_url: str, settings
     monkeypatch.setattr(psycopg.Cursor, "execute", flaky)
     msgs = make_messages(30)
     outcome = StorageStage(engine, settings).handle(
-        [(Delivery(EVENTS_STREAM, f"{i}-0", {}), m) for i, m in enumerate(msgs)]
+        [(Delivery(KEYS.events, f"{i}-0", {}), m) for i, m in enumerate(msgs)]
     )
     assert failures == [1] and len(outcome.done) == 30
     n = sum(len(m.emotions) for m in msgs)
@@ -282,7 +284,7 @@ def test_two_workers_writing_the_same_messages_concurrently_on_postgresql(pg_url
     create_schema(make_engine(pg_url))
     msgs = make_messages(400, faces=3) + make_messages(200, camera="cam2", seed=5, faces=3)
     batches = [
-        [(Delivery(EVENTS_STREAM, f"{i}-{j}", {}), m) for j, m in enumerate(msgs[i : i + 16])]
+        [(Delivery(KEYS.events, f"{i}-{j}", {}), m) for j, m in enumerate(msgs[i : i + 16])]
         for i in range(0, len(msgs), 16)
     ]
     errors: list[BaseException] = []

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import importlib.util
 import json
+import re
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,7 @@ from classifier.data import CLASSES, FaceDataset, eval_transform, load_splits
 from classifier.evaluate import evaluate_checkpoint
 from classifier.models import head_parameter_names
 from classifier.train import TrainConfig, train
+from fervid.errors import ConfigError
 
 CHANCE = 1 / len(CLASSES)
 
@@ -59,6 +64,7 @@ def test_artefacts_are_complete_and_real(trained) -> None:
     for name in (
         "best.pt",
         "last.pt",
+        "metrics.csv",
         "metrics.json",
         "curves.png",
         "confusion_matrix.png",
@@ -80,6 +86,11 @@ def test_artefacts_are_complete_and_real(trained) -> None:
     assert metrics["epoch"] == [1, 2, 3, 4, 5]
     assert metrics["best_val_accuracy"] == max(metrics["val_accuracy"])
     assert metrics["val_accuracy"][metrics["best_epoch"] - 1] == metrics["best_val_accuracy"]
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == metrics["epoch"]
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"):
+        assert [float(r[key]) for r in rows] == pytest.approx(metrics[key], rel=1e-12), key
     report = json.loads((out / "report.json").read_text())
     assert set(report["test"]["recall"]) == set(CLASSES)
     assert "| happy |" in (out / "report.md").read_text()
@@ -117,8 +128,18 @@ def test_checkpoint_round_trip_identical_outputs(trained, faces: Path) -> None:
 
 def test_resume_continues_from_saved_epoch(faces: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    first = train(_config(faces, out, epochs=2))
+    lines: list[str] = []
+    first = train(_config(faces, out, epochs=2), echo=lines.append)
     assert first.epochs_run == 2
+    # One line per epoch: losses, accuracies, the epoch's time and what is left.
+    number = r"\d+\.\d{4}"
+    epoch_line = rf"epoch (\d)/2: train loss {number} acc {number} \| val loss {number} acc {number}( \(best\))? \| "
+    assert len(lines) == 2 and all(re.fullmatch(epoch_line + r"\d+\.\d s, ETA [\dhms ]+", line) for line in lines), (
+        lines
+    )
+    assert "(best)" in lines[0] and lines[1].endswith("ETA 0 s")
+    assert first.summary().startswith(f"vgg1: best val accuracy {first.best_val_accuracy:.4f} at epoch ")
+    assert f"artefacts in {out}" in first.summary()
     last = read_checkpoint(out / "last.pt")
     assert last["epoch"] == 2 and {"optimizer", "scheduler", "rng", "history"} <= set(last)
     # A fresh run into the same directory is refused...
@@ -231,11 +252,19 @@ def test_compare_two_models(faces: Path, tmp_path: Path) -> None:
     from classifier.compare import compare
 
     base = _config(faces, tmp_path, epochs=1)
-    md = compare(["vgg1", "vgg2"], faces, epochs=1, out=tmp_path / "cmp", base=base, throughput_seconds=0.2)
-    text = md.read_text()
+    lines: list[str] = []
+    result = compare(
+        ["vgg1", "vgg2"], faces, epochs=1, out=tmp_path / "cmp", base=base, throughput_seconds=0.2, echo=lines.append
+    )
+    text = result.report.read_text()
     assert "| vgg1 |" in text and "| vgg2 |" in text and "img/s CPU" in text
     data = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert [m["model"] for m in data["models"]] == ["vgg1", "vgg2"]
+    assert lines[0] == "model 1 of 2: vgg1" and "model 2 of 2: vgg2" in lines
+    assert any(line.startswith("[2/2 vgg2] epoch 1/1: train loss") for line in lines)
+    best = max(data["models"], key=lambda m: m["accuracy"])
+    assert result.best_model == best["model"] and result.best_accuracy == best["accuracy"]
+    assert result.summary().startswith("2 model(s) compared in ") and f"best {best['model']}" in result.summary()
     assert all(m["images_per_second"]["cpu"] > 0 and m["parameters"] > 0 for m in data["models"])
     with Image.open(tmp_path / "cmp" / "curves_overlay.png") as im:
         assert im.format == "PNG" and im.width > 600
@@ -272,10 +301,65 @@ def test_resume_after_crash_matches_uninterrupted_run(
     with pytest.raises(KeyboardInterrupt):
         train(_config(faces, tmp_path / "crashed", epochs=2))
     monkeypatch.setattr(train_mod, "evaluate", real)
-    assert not (tmp_path / "crashed" / "best.pt").exists()
+    crashed = tmp_path / "crashed"
+    assert not (crashed / "best.pt").exists()
+    # What the crash could not take: epoch 1's row, and the options the run was started with.
+    assert (crashed / "metrics.csv").read_text().splitlines()[1].startswith("1,")
+    assert len((crashed / "metrics.csv").read_text().splitlines()) == 2
+    assert json.loads((crashed / "config.json").read_text())["epochs"] == 2
     resumed = train(_config(faces, tmp_path / "x", epochs=2, resume=str(tmp_path / "crashed" / "last.pt")))
     for key in ("train_loss", "val_loss", "val_accuracy", "lr"):
         assert resumed.history[key] == pytest.approx(straight.history[key], rel=1e-5), key
     a = read_checkpoint(straight.best_checkpoint)["state_dict"]
     b = read_checkpoint(resumed.best_checkpoint)["state_dict"]
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+def test_compare_checks_every_name_before_training(faces: Path, tmp_path: Path) -> None:
+    from classifier.compare import compare
+
+    with pytest.raises(ConfigError, match="unknown model 'vgg9'; known models"):
+        compare(["vgg1", "vgg9"], faces, epochs=1, out=tmp_path / "cmp")
+    assert not (tmp_path / "cmp" / "vgg1").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({}, None),
+        ({"model": "mini_xception", "device": "cuda:1", "weights": "imagenet", "input_size": None}, None),
+        ({"model": "resnet9000"}, r"model must be one of densenet161, .*mini_xception; got 'resnet9000'"),
+        ({"optimizer": "adam"}, "optimizer must be one of adamw, sgd; got 'adam'"),
+        ({"eval_tta": "fivecrop"}, "eval_tta must be one of none, flip, tencrop"),
+        ({"device": "gpu"}, "device must be auto, cpu, cuda or cuda:N; got 'gpu'"),
+        ({"epochs": 0}, "epochs must be >= 1; got 0"),
+        ({"val_fraction": 1.0}, "val_fraction must be >= 0.0 and <= 0.9; got 1.0"),
+        ({"input_size": 8}, "input_size must be >= 16; got 8"),
+    ],
+)
+def test_train_config_rejects_what_train_cannot_use(options: dict[str, object], error: str | None) -> None:
+    if error is None:
+        assert TrainConfig(**options).to_dict().items() >= options.items()
+        return
+    with pytest.raises(ConfigError, match=error):
+        TrainConfig(**options)
+
+
+def test_export_in_the_runtime_install(trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fervid export` needs only runtime dependencies: onnx is one; without onnxruntime (dev only) the graph is
+    still written and structurally checked, and the result says the numeric check was skipped."""
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    runtime = {re.split(r"[<>=\[ ;]", d)[0] for d in project["dependencies"]}
+    assert "onnx" in runtime and "onnxruntime" not in runtime
+    import onnx
+
+    from classifier.export import export_onnx
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a)
+    )
+    result = export_onnx(trained.best_checkpoint, tmp_path / "vgg1.onnx")
+    assert result.structural_check and not result.numeric_check and result.max_abs_diff is None
+    assert "skipped" in result.note and "onnxruntime" in result.note
+    onnx.checker.check_model(onnx.load(str(result.path)))

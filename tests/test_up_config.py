@@ -18,7 +18,9 @@ import redis as redislib
 from test_services import FERVID, assert_every_face_once, sigterm_within, stored
 from waiting import wait_for
 
-from fervid.contracts import camera_key, frames_stream
+from fervid.contracts import Keys
+
+KEYS = Keys()  # the default namespace
 
 pytestmark = pytest.mark.slow
 
@@ -46,10 +48,10 @@ def test_up_with_a_cameras_file_stores_every_face_once(
         )
 
         def published() -> int:
-            return int(redis_client.hget(camera_key("hall", "stats"), "published") or 0)
+            return int(redis_client.hget(KEYS.camera("hall", "stats"), "published") or 0)
 
         def state() -> str:
-            return (redis_client.hget(camera_key("hall", "state"), "state") or b"").decode()
+            return (redis_client.hget(KEYS.camera("hall", "state"), "state") or b"").decode()
 
         wait_for("the file camera to reach its end", lambda: state() == "stopped" and published() > 0, 120, [up])
         n = published()
@@ -78,11 +80,11 @@ def test_ingest_exits_within_10s_of_sigterm_while_publishing(
         [*FERVID, "ingest", "--config", str(config), "--redis", redis_url], env=env, stderr=subprocess.PIPE, text=True
     )
     try:
-        wait_for("frames published", lambda: redis_client.xlen(frames_stream("loopy")) >= 5, 60, [proc])  # type: ignore[list-item]
+        wait_for("frames published", lambda: redis_client.xlen(KEYS.frames("loopy")) >= 5, 60, [proc])  # type: ignore[list-item]
         _, err = sigterm_within(proc, 10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err[-2000:]
-    assert (redis_client.hget(camera_key("loopy", "state"), "state") or b"").decode() == "stopped"
+    assert (redis_client.hget(KEYS.camera("loopy", "state"), "state") or b"").decode() == "stopped"

@@ -303,15 +303,17 @@ def bring_up(run: Run) -> None:
         run.phase("up: " + ", ".join(stage), t)
 
 
-def device_lines(run: Run) -> list[str]:
-    """The start-up line of every worker naming its device (and the classifier's model)."""
+def device_lines(run: Run, checkpoint: str) -> list[str]:
+    """Each model stage's start-up line names its device (and the classifier the checkpoint it serves)."""
     lines = []
     for service in ("detector", "classifier"):
         logs = container_logs(run.container(service))
-        found = [m.group(0) for m in re.finditer(rf"\b{service}: \S+ on (cpu|cuda\S*)$", logs, re.M)]
-        if not found:
+        m = re.search(rf"\b{service}: starting with .*\b{service}\.device=(\S+)", logs)
+        if not m:
             raise SmokeError(f"{service} logged no device at start")
-        lines.append(found[0])
+        if service == "classifier" and f"classifier.checkpoint={checkpoint}" not in m.group(0):
+            raise SmokeError(f"the classifier's start-up line names no checkpoint {checkpoint}: {m.group(0)}")
+        lines.append(f"{service}: device {m.group(1)}")
     return lines
 
 
@@ -498,7 +500,7 @@ def main() -> int:
         camera = start_camera(run)
         since = datetime.now(UTC) - timedelta(minutes=1)
         bring_up(run)
-        for line in device_lines(run):
+        for line in device_lines(run, f"/models/{RUN_NAME}/best.pt"):
             run.log(f"start-up line: {line}")
         t = time.monotonic()
         for line in checkpoint_errors(run):

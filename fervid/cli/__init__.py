@@ -1,19 +1,23 @@
 """`fervid`: the one command line. Each command wires stages lazily, so `fervid --help` stays fast.
 
-Commands live in the modules of this package by area; each registers itself on :data:`app`.
+Commands live in the modules of this package by area; each registers itself on :data:`app`. Usage errors
+(unknown command or option, missing argument, bad value or choice) are Typer's: a short usage message and exit
+status 2. A :class:`FervidError` raised by a command is one line on stderr and its exit status. Neither is ever
+a traceback.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from fervid.choices import DetectorBackend, Device
 from fervid.errors import FervidError
+from fervid.logs import LEVEL_ENV, LogLevel, configure, log_format
 
 app = typer.Typer(
     name="fervid",
@@ -26,37 +30,61 @@ console = Console(stderr=True)
 out = Console()
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        out.print(f"fervid {version('fervid')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Streaming facial-expression analytics: cameras in, per-camera emotion timelines out."""
 
 
 def main() -> None:
-    """Entry point: a FervidError becomes one line on stderr and its exit code, never a traceback."""
+    """Entry point: Typer reports usage errors itself; a FervidError becomes one line and its exit code."""
     try:
-        app(standalone_mode=False)
+        app()
     except FervidError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        if _json_logging():
+            logging.getLogger("fervid").error("%s", exc)
+        else:
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    except typer.Exit as exc:
-        raise SystemExit(exc.exit_code) from None
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        if isinstance(exc, click.exceptions.Abort):
-            raise SystemExit(1) from None
-        raise
 
 
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress of every stage to stderr.")]
+def _json_logging() -> bool:
+    try:
+        return log_format() == "json"
+    except FervidError:
+        return False
+
+
+def setup_logging(log_level: LogLevel | None, verbose: bool = False, *, service: bool = False) -> None:
+    """Configure logging for a command: ``--log-level`` (or FERVID_LOG_LEVEL), ``-v`` for info, else INFO for
+    services (they say what they loaded and do) and WARNING for the rest."""
+    configure(log_level or ("info" if verbose or service else "warning"))
+
+
+LogLevelOption = Annotated[
+    LogLevel | None,
+    typer.Option(
+        "--log-level",
+        envvar=LEVEL_ENV,
+        case_sensitive=False,
+        help="Default: info for services, warning otherwise. FERVID_LOG_FORMAT=json logs JSON lines.",
+        show_default=False,
+    ),
+]
+Verbose = Annotated[bool, typer.Option("-v", help="Short for --log-level info.")]
 DbUrl = Annotated[
     str | None,
     typer.Option("--db", help="Database URL (default: SQLite under the data dir; env FERVID_DB_URL)."),
@@ -69,6 +97,43 @@ RedisUrl = Annotated[
 ]
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Where embedded Redis and SQLite live (default ./fervid-data).")
+]
+DetectorOption = Annotated[
+    DetectorBackend | None, typer.Option("--detector", help="Face detector backend (env FERVID_DETECTOR__BACKEND).")
+]
+DeviceOption = Annotated[Device | None, typer.Option("--device", help="Where the model runs (auto: CUDA if present).")]
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="Serve /metrics, /health and /ready on this port; 0 = off (env FERVID_METRICS_PORT).",
+    ),
+]
+
+
+def positive(value: float | None) -> float | None:
+    """Option callback: a rate or a duration must be above zero."""
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"{value:g} is not above 0")
+    return value
+
+
+Fps = Annotated[
+    float | None,
+    typer.Option(callback=positive, help="Analysis rate in frames/s (default: every frame of a file)."),
+]
+Seconds = Annotated[float | None, typer.Option(callback=positive, help="Stop after this many seconds of video.")]
+StartTime = Annotated[
+    str | None,
+    typer.Option(
+        "--start-time",
+        metavar="ISO-8601",
+        help="When the video files were recorded, e.g. 2024-05-01T09:30:00Z (no zone: UTC): capture time = this + "
+        "the frame's PTS. Default: each file's creation_time tag when it has one, else the time of this run; "
+        "the log (-v) says which, per file.",
+    ),
 ]
 
 

@@ -1,8 +1,9 @@
 """`fervid demo --annotate OUT.mp4`: after the run, the source video again, with each analysed frame's faces drawn.
 
 The simplest correct join: the pipeline has stored every face of every frame with (camera, seq), and ingest's
-sequence numbers follow the frames it kept. Decoding the file again through the same sampler and the same
-target size gives frame ``first_seq + k`` for the k-th kept frame, in the same pixel coordinates as the boxes.
+sequence numbers follow the frames it kept. Reading the file again through ingest's own decode → sample loop
+(:func:`ingest.frames.sampled`) and at the same target size gives frame ``first_seq + k`` for the k-th kept
+frame, in the same pixel coordinates as the boxes.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ def write_annotated(spec: Any, first_seq: int, settings: Any, out: Path) -> int:
 
     from detector.annotate import FaceLabel, FrameAnnotator
     from fervid.contracts import EMOTIONS
+    from ingest.frames import sampled
     from ingest.jpeg import fit
-    from ingest.source import Sampler, decode, open_container
+    from ingest.source import open_container
     from storage.db import EventRow, make_engine
 
     faces: dict[int, list[FaceLabel]] = {}
@@ -58,15 +60,10 @@ def write_annotated(spec: Any, first_seq: int, settings: Any, out: Path) -> int:
             faces.setdefault(seq, []).append(FaceLabel((x, y, x + w, y + h), track_id, label, tuple(probs)))
     annotator = FrameAnnotator()
     written = 0
-    sampler = Sampler(spec.fps)
     with open_container(spec.url) as container, av.open(str(out), "w") as sink:
         rate = Fraction(spec.fps or float(container.streams.video[0].average_rate or 30)).limit_denominator(1001)
         stream = None
-        for frame in decode(container, spec.url):
-            if spec.seconds is not None and frame.pts >= spec.seconds:
-                break
-            if not sampler.keep(frame.pts):
-                continue
+        for frame in sampled(container, spec.url, fps=spec.fps, seconds=spec.seconds):
             image = fit(frame.image, settings.ingest.max_size)  # ingest's geometry: the boxes' pixel coordinates
             image = annotator.annotate(image, faces.get(first_seq + written, []))
             image = image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]  # H.264 4:2:0 needs even sides

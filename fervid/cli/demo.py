@@ -4,15 +4,36 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
+from rich import box
 from rich.table import Table
 
-from fervid.cli import DataDir, DbUrl, RedisUrl, Verbose, _setup_logging, app, console, out
+from fervid.choices import TimelineLabels
+from fervid.cli import (
+    DataDir,
+    DbUrl,
+    DetectorOption,
+    Fps,
+    LogLevelOption,
+    RedisUrl,
+    Seconds,
+    StartTime,
+    Verbose,
+    app,
+    console,
+    out,
+    setup_logging,
+)
 from fervid.errors import FervidError
+
+if TYPE_CHECKING:
+    from ingest.runner import SourceSpec
 
 
 @app.command()
@@ -23,33 +44,40 @@ def demo(
     camera: Annotated[
         list[str] | None, typer.Option("--camera", help="Camera name per source (default: file stem).")
     ] = None,
-    fps: Annotated[
-        float | None, typer.Option(help="Analysis rate in frames/s (default: every frame of a file).")
-    ] = None,
-    seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds of video.")] = None,
+    fps: Fps = None,
+    seconds: Seconds = None,
+    start_time: StartTime = None,
     db: DbUrl = None,
     redis: RedisUrl = None,
     data_dir: DataDir = None,
-    detector: Annotated[str | None, typer.Option(help="Face detector backend.")] = None,
-    model: Annotated[str | None, typer.Option(help="Emotion classifier model.")] = None,
+    detector: DetectorOption = None,
+    model: Annotated[str | None, typer.Option(help="Emotion classifier model (env FERVID_CLASSIFIER__MODEL).")] = None,
     annotate: Annotated[
         Path | None,
         typer.Option(
             "--annotate", help="Also write the (first) video with faces, track ids, labels and probabilities drawn."
         ),
     ] = None,
+    log_level: LogLevelOption = None,
     verbose: Verbose = False,
 ) -> None:
     """Run the whole pipeline on video files (or cameras) in one process, then print a summary."""
-    _setup_logging(verbose)
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    setup_logging(log_level, verbose)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    from fervid.bus import EmbeddedRedis
-    from fervid.contracts import EMOTIONS, validate_camera_name
+    from fervid.bus import redis_url_for
+    from fervid.contracts import EMOTIONS
     from fervid.pipeline import run_pipeline
     from fervid.settings import load_settings
     from fervid.worker import StopFlag
-    from ingest.runner import SourceSpec
+    from ingest.runner import source_specs
 
     settings = load_settings(
         data_dir=data_dir, db_url=db, redis_url=redis, detector__backend=detector, classifier__model=model
@@ -58,20 +86,11 @@ def demo(
         from fervid.sample import make_sample_clip
 
         clip = settings.data_dir / "sample.mp4"
-        console.print(f"No source given: making a sample clip with two real faces at {clip}")
+        console.print(f"No source given: making a sample clip with two real faces at {clip}", soft_wrap=True)
         make_sample_clip(clip, seconds=4.0)
         sources = [str(clip)]
-    names = list(camera or [])
-    if names and len(names) != len(sources):
-        raise FervidError(f"{len(names)} --camera names for {len(sources)} sources: give one per source or none")
-    specs = []
-    for i, url in enumerate(sources):
-        name = names[i] if names else _default_camera_name(url, i)
-        try:
-            validate_camera_name(name)
-        except ValueError as exc:
-            raise FervidError(str(exc)) from None
-        specs.append(SourceSpec(name, url, fps=fps, seconds=seconds))
+    specs = source_specs(sources, camera, fps=fps, seconds=seconds, start_time=start_time)
+    expected = expected_frames(specs)  # also fails on a missing or unreadable file, before anything starts
 
     if annotate is not None:
         from fervid.cli.annotate import check_output
@@ -83,24 +102,28 @@ def demo(
 
     stop = StopFlag()
     stop.install_signal_handlers()
-    embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir)
-    redis_url = settings.redis_url or embedded.url  # type: ignore[union-attr]
-    try:
-        with Progress(
+    with (
+        redis_url_for(settings) as redis_url,
+        Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            TextColumn("{task.completed} frames stored"),
+            MofNCompleteColumn(),
+            TextColumn("frames"),
             TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
             console=console,
             transient=True,
-        ) as bar:
-            task = bar.add_task("analysing", total=None)
-            summary = run_pipeline(
-                specs, settings, redis_url, stop=stop, on_progress=lambda p: bar.update(task, completed=p.stored)
-            )
-    finally:
-        if embedded:
-            embedded.close()
+        ) as bar,
+    ):
+        task = bar.add_task("loading models", total=expected)
+        summary = run_pipeline(
+            specs,
+            settings,
+            redis_url,
+            stop=stop,
+            on_progress=lambda p: bar.update(task, completed=p.stored, description="analysing"),
+        )
 
     table = Table(title=f"fervid demo: {', '.join(summary.cameras)}", show_header=False)
     table.add_column("what")
@@ -126,15 +149,50 @@ def demo(
     )
 
 
-def _default_camera_name(url: str, index: int) -> str:
-    import re
+def expected_frames(specs: list[SourceSpec]) -> int | None:
+    """Frames the files will give at their analysis rates (for a progress bar's total), None when a source is
+    live or a file does not say how long it is. Opening each file also fails early on a missing or bad one."""
+    from ingest.source import is_live, open_container, probe_file
 
-    from ingest.source import source_kind
+    total: int | None = 0
+    for spec in specs:
+        if is_live(spec.url):
+            total = None
+            continue
+        duration = probe_file(spec.url)
+        with open_container(spec.url) as container:
+            rate = float(container.streams.video[0].average_rate or 0)
+        if spec.seconds is not None:
+            duration = min(duration, spec.seconds) if duration else spec.seconds
+        rate = min(rate, spec.fps) if spec.fps and rate else (spec.fps or rate)
+        if total is not None and duration > 0 and rate > 0:
+            total += math.ceil(duration * rate)
+        else:
+            total = None
+    return total or None
 
-    if source_kind(url) == "file":
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(url).stem).lstrip("._-")
-        return stem[:64] or f"camera{index}"
-    return f"camera{index}"
+
+TimelineFormat = Literal["table", "json", "csv"]
+
+
+def _bucket(text: str | None) -> int | None:
+    """Option parser: a bucket size is checked as the command line is read, before any database is opened."""
+    from storage.timeline import parse_bucket_ms
+
+    return None if text is None else _parsed(parse_bucket_ms, text)
+
+
+def _time(text: str | None) -> datetime | None:
+    from storage.timeline import parse_time
+
+    return None if text is None else _parsed(parse_time, text)
+
+
+def _parsed(parse: Any, text: str) -> Any:
+    try:
+        return parse(text)
+    except FervidError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @app.command()
@@ -142,41 +200,58 @@ def timeline(
     camera: Annotated[str, typer.Argument(help="Camera name.")],
     db: DbUrl = None,
     data_dir: DataDir = None,
-    since: Annotated[str | None, typer.Option(help="Start: ISO-8601 or a duration ago (30m, 2h).")] = None,
-    until: Annotated[str | None, typer.Option(help="End (exclusive): ISO-8601 or a duration ago.")] = None,
-    bucket: Annotated[str, typer.Option(help="Bucket size: 1s, 10s, 1m, 1h, 1d, ...")] = "10s",
-    format: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
-    labels: Annotated[str, typer.Option(help="raw (per frame) or smoothed (per track) labels.")] = "raw",
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            parser=_time,
+            metavar="TIME",
+            help="Start: ISO-8601 or a duration ago (30m, 2h). Default: 24 h before --until.",
+        ),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        typer.Option(
+            parser=_time,
+            metavar="TIME",
+            help="End (exclusive): ISO-8601 or a duration ago. Default: just after the camera's newest face.",
+        ),
+    ] = None,
+    bucket: Annotated[
+        int | None,
+        typer.Option(
+            parser=_bucket,
+            metavar="DURATION",
+            help="Bucket size, 1s to 1d (1s, 10s, 1m, 1h, ...). Default: the finest of 1s, 2s, 5s, ... 1d that "
+            "gives at most 500 buckets.",
+        ),
+    ] = None,
+    format: Annotated[TimelineFormat, typer.Option("--format", help="Output format.")] = "table",
+    labels: Annotated[
+        TimelineLabels, typer.Option(help="raw (each face's own label) or smoothed (its track's label).")
+    ] = "raw",
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Also write a stacked-area PNG of emotion shares here.")
     ] = None,
+    log_level: LogLevelOption = None,
+    verbose: Verbose = False,
 ) -> None:
     """Emotion timeline of one camera: faces, label counts and mean probabilities per time bucket."""
+    setup_logging(log_level, verbose)
+    from fervid.cli.storage import existing_database
     from fervid.contracts import EMOTIONS
     from fervid.settings import load_settings
-    from storage.db import create_schema, make_engine
-    from storage.timeline import parse_bucket_ms, parse_time
+    from storage.timeline import choose_window, format_duration
     from storage.timeline import timeline as query
 
-    if format not in ("table", "json", "csv"):
-        raise FervidError(f"unknown format {format!r}: use table, json or csv")
-    settings = load_settings(data_dir=data_dir, db_url=db)
-    if labels not in ("raw", "smoothed"):
-        raise FervidError(f"unknown labels {labels!r}: use raw or smoothed")
-    engine = make_engine(settings.resolved_db_url)
-    create_schema(engine)
-    buckets = query(
-        engine,
-        camera,
-        parse_bucket_ms(bucket),
-        since=parse_time(since) if since else None,
-        until=parse_time(until) if until else None,
-        labels=labels,  # type: ignore[arg-type]
-    )
+    engine = existing_database(load_settings(data_dir=data_dir, db_url=db).resolved_db_url)
+    window = choose_window(engine, camera, since, until, bucket)
+    first, end = window.data_range
+    buckets = query(engine, camera, window.bucket_ms, since=first, until=end, labels=labels)
+    per = format_duration(window.bucket_ms)
     if plot is not None:
         from storage.plot import plot_timeline
 
-        plot_timeline(buckets, plot, f"{camera}: share of {labels} emotion labels per {bucket}")
+        plot_timeline(buckets, plot, f"{camera}: share of {labels} emotion labels per {per}")
         console.print(f"plot written to {plot}")
     if format == "json":
         out.print_json(json.dumps(buckets)) if sys.stdout.isatty() else print(json.dumps(buckets))
@@ -187,20 +262,41 @@ def timeline(
         for b in buckets:
             writer.writerow([b["start"], b["faces"], *b["counts"].values(), *b["mean"].values(), b["dominant"]])
         return
+    span = f"{_when(window.since)} to {_when(window.until)} UTC"
     if not buckets:
-        console.print(f"No faces for camera {camera!r} in that range.")
+        console.print(f"No faces for camera {camera!r} from {span}.")
         return
-    table = Table(title=f"{camera}: emotions per {bucket}")
-    table.add_column("start")
-    table.add_column("faces", justify="right")
+    table = timeline_table(buckets, f"{camera}: {labels} labels per {per}", window.bucket_ms)
+    table.caption = f"from {span}"
+    out.print(table)
+
+
+def _when(t: datetime) -> str:
+    return t.isoformat(sep=" ", timespec="seconds").removesuffix("+00:00")
+
+
+def timeline_table(buckets: list[dict[str, Any]], title: str, bucket_ms: int) -> Table:
+    """At most 80 columns: the start without its date when every bucket falls on one day (the date is in the
+    title) and without seconds for whole-minute buckets; emotions by their first three letters."""
+    from fervid.contracts import EMOTIONS
+
+    one_day = len({b["start"][:10] for b in buckets}) == 1
+    start = slice(11 if one_day else 5, 16 if bucket_ms % 60_000 == 0 else 19)
+    if one_day:
+        title += f" on {buckets[0]['start'][:10]}"
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title_justify="left", caption_justify="left"
+    )
+    table.add_column("time" if one_day else "date time", no_wrap=True)
+    table.add_column("faces", justify="right", no_wrap=True)
     for e in EMOTIONS:
-        table.add_column(e[:4], justify="right")
-    table.add_column("dominant")
+        table.add_column(e[:3], justify="right", no_wrap=True)
+    table.add_column("dominant", no_wrap=True)
     for b in buckets:
         table.add_row(
-            b["start"].replace("T", " ").removesuffix("Z"),
+            b["start"].replace("T", " ")[start],
             str(b["faces"]),
             *[str(b["counts"][e]) for e in EMOTIONS],
-            b["dominant"],
+            b["dominant"] or "-",
         )
-    out.print(table)
+    return table

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from fervid.cli import DataDir, RedisUrl, Verbose, _setup_logging, app, console, out
+from fervid.cli import DataDir, LogLevelOption, MetricsPort, RedisUrl, Verbose, app, console, out, setup_logging
+from fervid.logs import format_config
 
-# A state not refreshed for this long belongs to a dead (or hung) ingest process.
-STALE_AFTER_S = 10.0
+if TYPE_CHECKING:
+    import redis
+
+    from fervid.contracts import Keys
 
 
 @app.command()
@@ -20,15 +24,14 @@ def ingest(
     config: Annotated[Path, typer.Option("--config", "-c", help="cameras.yaml: the cameras to run.")],
     redis: RedisUrl = None,
     data_dir: DataDir = None,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option("--metrics-port", help="Serve /metrics, /health, /ready here; 0 = off (env FERVID_METRICS_PORT)."),
-    ] = None,
+    metrics_port: MetricsPort = None,
+    log_level: LogLevelOption = None,
     verbose: Verbose = False,
 ) -> None:
     """Run every enabled camera of a cameras.yaml, one thread each, reconnecting with backoff. SIGHUP reloads it."""
-    _setup_logging(verbose)
-    from fervid.bus import EmbeddedRedis, connect, redact_url
+    setup_logging(log_level, verbose, service=True)
+    from fervid.bus import connect, redact_url, redis_url_for
+    from fervid.metrics import serve_health
     from fervid.settings import load_settings
     from fervid.worker import StopFlag
     from ingest.cameras import load_cameras
@@ -36,79 +39,83 @@ def ingest(
 
     settings = load_settings(data_dir=data_dir, redis_url=redis, metrics_port=metrics_port)
     cameras = load_cameras(config)  # fail fast, before connecting to anything
-    embedded = None
-    if not settings.redis_url:
-        embedded = EmbeddedRedis(settings.data_dir)
-        console.print(f"No --redis given: embedded Redis at {embedded.url}")
-    url = settings.redis_url or embedded.url  # type: ignore[union-attr]
-    client = connect(url)
-    enabled = [c.name for c in cameras if c.enabled]
-    console.print(f"ingest: {len(enabled)} camera(s) from {config} → {redact_url(url)}; SIGHUP reloads, Ctrl-C stops")
-    stop = StopFlag()
-    stop.install_signal_handlers()
-    from fervid.metrics import serve_health
+    startup = {**settings.describe("ingest"), "config": str(config), "cameras": len(cameras)}
+    logging.getLogger(__name__).info("ingest: starting with %s", format_config(startup), extra={"config": startup})
 
-    health = serve_health("ingest", settings.metrics_port, client)
-    try:
-        serve(client, settings, config, should_stop=stop.is_set)
-    finally:
-        health.close()
-        if embedded:
-            embedded.close()
+    def announce(url: str) -> None:
+        console.print(f"No --redis given: embedded Redis at {url}")
+
+    with redis_url_for(settings, announce) as url:
+        client = connect(url)
+        enabled = [c.name for c in cameras if c.enabled]
+        console.print(
+            f"ingest: {len(enabled)} camera(s) from {config} → {redact_url(url)}; SIGHUP reloads, Ctrl-C stops"
+        )
+        stop = StopFlag()
+        stop.install_signal_handlers()
+        health = serve_health("ingest", settings.metrics_port, client, settings.keys)
+        try:
+            serve(client, settings, config, should_stop=stop.is_set)
+        finally:
+            health.close()
 
 
 @app.command()
-def cameras(redis: RedisUrl = None, data_dir: DataDir = None) -> None:
-    """State of every camera an ingest process has published: state, fps, frames, drops, reconnects, last error, age."""
-    from fervid.bus import EmbeddedRedis, connect
+def cameras(
+    redis: RedisUrl = None, data_dir: DataDir = None, log_level: LogLevelOption = None, verbose: Verbose = False
+) -> None:
+    """State of every camera an ingest process has published: state, fps, frames, drops, reconnects, last error, age.
+
+    A camera whose ingest process is gone (its state was not refreshed for 10 s) shows as unknown.
+    """
+    setup_logging(log_level, verbose)
+    from fervid.bus import connect, redis_url_for
     from fervid.settings import load_settings
 
     settings = load_settings(data_dir=data_dir, redis_url=redis)
-    embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir)
-    try:
-        client = connect(settings.redis_url or embedded.url)  # type: ignore[union-attr]
-        rows = camera_rows(client)
-    finally:
-        if embedded:
-            embedded.close()
+    with redis_url_for(settings) as url:
+        rows = camera_rows(connect(url), settings.keys)
     if not rows:
         console.print("No cameras have been published yet.")
         return
     table = Table(title="cameras")
-    for col in ("camera", "state", "fps", "frames", "drops", "reconnects", "last error", "age"):
-        table.add_column(col, justify="right" if col in ("fps", "frames", "drops", "reconnects", "age") else "left")
+    numbers = ("fps", "frames", "drops", "offline", "reconnects", "age")
+    for col in ("camera", "state", *numbers[:-1], "last error", "age"):
+        table.add_column(col, justify="right" if col in numbers else "left")
     for r in rows:
-        table.add_row(
-            r["camera"], r["state"], r["fps"], r["frames"], r["drops"], r["reconnects"], r["last_error"], r["age"]
-        )
+        table.add_row(*[r[k] for k in ("camera", "state", *numbers[:-1], "last_error", "age")])
     out.print(table)
 
 
-def camera_rows(client, now: float | None = None) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
-    """One row per known camera; a camera whose state expired or was not refreshed shows as stale."""
-    from fervid.contracts import CAMERAS_KEY, camera_key
+def camera_rows(client: redis.Redis, keys: Keys, now: float | None = None) -> list[dict[str, str]]:
+    """One row per known camera. A camera whose state has expired, or was not refreshed within the state's TTL,
+    is ``unknown``: the ingest process that ran it is gone (or hung). Its counters are then the last ones the
+    bus recorded. ``offline``: frames dropped while Redis was unreachable."""
+    from ingest.camera import STATE_TTL_S
 
     now = time.time() if now is None else now
     rows = []
-    for raw in sorted(client.smembers(CAMERAS_KEY)):
-        name = raw.decode()
-        h = {k.decode(): v.decode() for k, v in client.hgetall(camera_key(name, "state")).items()}
-        stats = {k.decode(): v.decode() for k, v in client.hgetall(camera_key(name, "stats")).items()}
+    for name in sorted(_text(c) for c in client.smembers(keys.cameras)):
+        h = {_text(k): _text(v) for k, v in client.hgetall(keys.camera(name, "state")).items()}
+        stats = {_text(k): _text(v) for k, v in client.hgetall(keys.camera(name, "stats")).items()}
         updated = float(h.get("updated", 0) or 0)
         age = now - updated if updated else None
-        state = h.get("state", "unknown")
-        if age is None or age > STALE_AFTER_S:
-            state = f"stale ({state})" if h else "stale"
+        owned = age is not None and age <= STATE_TTL_S
         rows.append(
             {
                 "camera": name,
-                "state": state,
-                "fps": f"{float(h.get('fps', 0) or 0):.1f}",
+                "state": h.get("state", "unknown") if owned else "unknown",
+                "fps": f"{float(h.get('fps', 0) or 0):.1f}" if owned else "-",
                 "frames": h.get("frames", stats.get("published", "0")),
                 "drops": h.get("drops", stats.get("dropped", "0")),
+                "offline": h.get("offline_drops", stats.get("offline_drops", "0")),
                 "reconnects": h.get("reconnects", "0"),
                 "last_error": h.get("last_error", ""),
                 "age": "-" if age is None else f"{age:.0f}s",
             }
         )
     return rows
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

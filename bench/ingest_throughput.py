@@ -11,7 +11,7 @@
    tests/rtsp_server.py under /usr/bin/python3) at 5 fps analysis for ~20 s in one IngestService, with a
    consumer acking frames as a detector would; CPU of the ingest process (psutil), published and dropped.
 
-    uv run python bench/ingest.py [--seconds 20] [--cameras 8] [--repeat 3]
+    uv run python bench/ingest_throughput.py [--seconds 20] [--cameras 8] [--repeat 3] [--files-only]
 """
 
 from __future__ import annotations
@@ -28,20 +28,20 @@ import numpy as np
 import psutil
 import redis
 
-# This file is named like the `ingest` package: keep its own folder off the path, and add tests/ for the server.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the RTSP server and its fixtures
 
-from fervid.bus import Bus, EmbeddedRedis  # noqa: E402
-from fervid.contracts import DETECTOR_GROUP, FrameMsg, FrameRef, frames_stream  # noqa: E402
-from fervid.sample import render_frames, write_video  # noqa: E402
-from fervid.settings import Settings, load_settings  # noqa: E402
-from ingest.cameras import CameraConfig  # noqa: E402
-from ingest.jpeg import encode_bgr, encode_frame  # noqa: E402
-from ingest.publisher import FramePublisher  # noqa: E402
-from ingest.service import IngestService  # noqa: E402
-from ingest.source import Sampler, decode, open_container  # noqa: E402
+from fervid.bus import Bus, EmbeddedRedis
+from fervid.contracts import DETECTOR_GROUP, FrameMsg, FrameRef, Keys
+from fervid.sample import render_frames, write_video
+from fervid.settings import Settings, load_settings
+from ingest.cameras import CameraConfig
+from ingest.frames import Sampler
+from ingest.jpeg import encode_bgr, encode_frame
+from ingest.publisher import FramePublisher
+from ingest.service import IngestService
+from ingest.source import decode, open_container
+
+KEYS = Keys()  # the default namespace
 
 
 def make_clip(path: Path, width: int, height: int, seconds: float = 4.0, fps: int = 30) -> Path:
@@ -97,7 +97,7 @@ def profile(client: redis.Redis, settings: Settings, path: Path) -> dict[str, fl
             t2 = time.perf_counter()
             msg = FrameMsg(FrameRef("prof", n, 0.0, w, h), jpeg, live=False)
             bus.publish(
-                frames_stream("prof"),
+                KEYS.frames("prof"),
                 msg,
                 downstream_group=DETECTOR_GROUP,
                 backlog=1_000_000,
@@ -121,7 +121,7 @@ def jpeg_check(client: redis.Redis, path: Path) -> tuple[float, float, float]:
     psnrs, ours, theirs = [], [], []
     with open_container(str(path)) as c:
         originals = [f.to_ndarray(format="bgr24") for f in c.decode(c.streams.video[0])]
-    entries = client.xrange(frames_stream("bench"), "-", "+")
+    entries = client.xrange(KEYS.frames("bench"), "-", "+")
     for (_, fields), original in zip(entries, originals):
         msg = FrameMsg.decode(fields)
         image = cv2.imdecode(np.frombuffer(msg.jpeg, np.uint8), cv2.IMREAD_COLOR)
@@ -140,7 +140,7 @@ def drain(client: redis.Redis, streams: list[str], stop: threading.Event) -> Non
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--cameras", type=int, default=8)
     ap.add_argument("--clip-seconds", type=float, default=8.0)
@@ -219,7 +219,7 @@ def main() -> None:
         settings = load_settings(data_dir=tmp / "data")
         svc = IngestService(client, settings)
         names = [f"cam{i}" for i in range(args.cameras)]
-        streams = [frames_stream(n) for n in names]
+        streams = [KEYS.frames(n) for n in names]
         for s in streams:
             Bus(client, "x").ensure_group(s, DETECTOR_GROUP)
         stop = threading.Event()

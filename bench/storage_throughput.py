@@ -14,7 +14,7 @@
    per-minute rollup is built from those rows as migration 0003 does. Also shown: unaligned ranges (edge
    minutes read from raw events) and the raw-events-only path the rollup replaces.
 
-Usage: uv run python bench/storage.py [--events 40000] [--rows 1000000]
+Usage: uv run python bench/storage_throughput.py [--events 40000] [--rows 1000000]
 """
 
 from __future__ import annotations
@@ -30,21 +30,21 @@ import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-# This file is named storage.py: drop its own folder from the path so `storage` is the package, not this script.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the storage tests' message generator
 
-import redis  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-from storage_data import make_messages  # noqa: E402
+import redis
+from sqlalchemy import text
+from storage_data import make_messages
 
-from fervid.bus import Bus, EmbeddedRedis  # noqa: E402
-from fervid.contracts import EMOTIONS, EVENTS_STREAM, STORAGE_GROUP  # noqa: E402
-from fervid.settings import load_settings  # noqa: E402
-from fervid.worker import run_stage  # noqa: E402
-from storage.db import create_schema, insert_idempotent, make_engine  # noqa: E402
-from storage.timeline import timeline  # noqa: E402
-from storage.worker import StorageStage  # noqa: E402
+from fervid.bus import Bus, EmbeddedRedis
+from fervid.contracts import EMOTIONS, STORAGE_GROUP, Keys
+from fervid.settings import load_settings
+from fervid.worker import run_stage
+from storage.db import create_schema, insert_idempotent, make_engine
+from storage.timeline import timeline
+from storage.worker import StorageStage
+
+KEYS = Keys()  # the default namespace
 
 BATCH = 256
 
@@ -75,6 +75,7 @@ def rows_for(messages) -> tuple[list[dict], list[dict]]:
                 camera=f.camera, frame_seq=f.seq, face_index=e.index, ts_ms=ts_ms,
                 x=e.box.x, y=e.box.y, w=e.box.w, h=e.box.h, det_score=e.score, track_id=e.track_id,
                 label=e.label, label_smoothed=e.smoothed_label, model=msg.model, detector=msg.detector,
+                quality=e.quality,
             )  # fmt: skip
             row.update({f"p_{name}": p for name, p in zip(EMOTIONS, e.probs)})
             events.append(row)
@@ -168,14 +169,14 @@ def worker_loop(engine, client, msgs, profile: bool = False):
     """The real storage worker (``run_stage`` + ``StorageStage``) draining ``fervid:events`` from Redis: read,
     decode, insert, ack. The messages are published before the clock starts."""
     reset(engine)
-    client.delete(EVENTS_STREAM)
+    client.delete(KEYS.events)
     pipe = client.pipeline(transaction=False)
     for m in msgs:
-        pipe.xadd(EVENTS_STREAM, m.encode())
+        pipe.xadd(KEYS.events, m.encode())
     pipe.execute()
     settings = load_settings(data_dir=Path(tempfile.gettempdir()) / "fervid-bench")
     bus = Bus(client, STORAGE_GROUP)
-    bus.ensure_group(EVENTS_STREAM)
+    bus.ensure_group(KEYS.events)
     stage = StorageStage(engine, settings)
     prof = cProfile.Profile() if profile else None
     t = time.perf_counter()
@@ -218,7 +219,7 @@ def breakdown(prof: cProfile.Profile) -> list[tuple[str, float]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=40_000, help="approximate events for the insert test")
     ap.add_argument("--rows", type=int, default=1_000_000, help="events for the timeline test")
     args = ap.parse_args()
