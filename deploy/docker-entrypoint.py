@@ -2,8 +2,8 @@
 """The fervid image's entrypoint: settle the environment, then exec the command (``fervid ...``), so the
 command is PID 1's program and gets SIGTERM directly.
 
-1. ``FERVID_X_FILE=path`` sets ``FERVID_X`` to the file's content (trailing newlines stripped): compose and
-   Kubernetes put secrets in files (``/run/secrets/<name>``), out of the environment listing.
+1. ``FERVID_<SETTING>_FILE=path`` sets ``FERVID_<SETTING>`` to the file's content (trailing newlines stripped):
+   compose and Kubernetes put secrets in files (``/run/secrets/<name>``), out of the environment listing.
 2. ``${VAR}`` inside a ``FERVID_*`` value is replaced by ``VAR``'s value, or the content of the file named by
    ``VAR_FILE``, percent-encoded when the value is a URL, so that
    ``FERVID_REDIS_URL=redis://:${REDIS_PASSWORD}@redis:6379/0`` with ``REDIS_PASSWORD_FILE`` works with any

@@ -122,7 +122,7 @@ def test_env_example_documents_every_variable() -> None:
 
 
 def test_every_fervid_variable_is_a_setting() -> None:
-    """FERVID_X_FILE is read by the image's entrypoint into FERVID_X (deploy/docker-entrypoint.py)."""
+    """FERVID_<SETTING>_FILE is read by the image's entrypoint into FERVID_<SETTING> (deploy/docker-entrypoint.py)."""
     known = settings_env_names()
     services = fervid_services(load("compose.yaml")) | load("compose.cpu.yaml")["services"]
     assert {"migrate", "ingest", "detector", "classifier", "storage", "api"} <= set(services)
