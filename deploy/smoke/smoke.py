@@ -330,8 +330,8 @@ def checkpoint_errors(run: Run) -> list[str]:
              "--checkpoint", path, "--metrics-port", "0"],
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
-        # The error is the last thing printed (rich may wrap it at 80 columns: joined here).
-        message = " ".join(out.stderr.strip().split("\n\n")[-1].split())
+        # The error is the last thing printed, after the start-up line (rich may wrap it: joined here).
+        message = " ".join(out.stderr[out.stderr.rfind("error:") :].split())
         if out.returncode == 0 or path not in message or "Traceback" in out.stderr:
             raise SmokeError(f"classify --checkpoint {path}: exit {out.returncode}, {out.stderr[-800:]!r}")
         lines.append(message)
