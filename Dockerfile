@@ -5,7 +5,8 @@
 # so the `cuda` image needs only the host's NVIDIA driver and the container toolkit, not a CUDA base image.
 # The `cpu` image installs the lock without torch, torchvision, triton and the nvidia-* wheels, then the CPU
 # builds of the same torch/torchvision versions (several GB smaller).
-# NOTE: not built in CI (no Docker engine there); reviewed by reading.
+# Built and run by deploy/smoke.sh on every CI run (podman, the `cuda` target; see deploy/README.md).
+# Bind-mount targets are absolute: BuildKit reads a relative one against WORKDIR, buildah rejects it.
 
 ARG PYTHON_VERSION=3.12
 ARG UV_VERSION=0.9
@@ -22,8 +23,8 @@ WORKDIR /app
 # --- dependencies (the big, rarely changing layer), then the project ---------------------------------------
 FROM base AS build-cuda
 RUN --mount=type=cache,target=/root/.cache/uv \
-    --mount=type=bind,source=uv.lock,target=uv.lock \
-    --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
+    --mount=type=bind,source=uv.lock,target=/app/uv.lock \
+    --mount=type=bind,source=pyproject.toml,target=/app/pyproject.toml \
     uv sync --frozen --no-dev --no-install-project
 COPY pyproject.toml uv.lock README.md ./
 COPY fervid ./fervid
@@ -31,12 +32,14 @@ COPY ingest ./ingest
 COPY detector ./detector
 COPY classifier ./classifier
 COPY storage ./storage
-RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable
+# --reinstall-package fervid: uv caches the wheel it built from a local directory and rebuilds it only when
+# pyproject.toml changes, so without it an edited source file would not reach the image.
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --reinstall-package fervid
 
 FROM base AS build-cpu
 RUN --mount=type=cache,target=/root/.cache/uv \
-    --mount=type=bind,source=uv.lock,target=uv.lock \
-    --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
+    --mount=type=bind,source=uv.lock,target=/app/uv.lock \
+    --mount=type=bind,source=pyproject.toml,target=/app/pyproject.toml \
     set -eu; \
     skip=$(grep -oE '^name = "(torch|torchvision|triton|nvidia-[a-z0-9-]+)"$' uv.lock | cut -d'"' -f2 | sed 's/^/--no-install-package /'); \
     uv sync --frozen --no-dev --no-install-project $skip; \
@@ -54,11 +57,11 @@ COPY storage ./storage
 RUN --mount=type=cache,target=/root/.cache/uv \
     set -eu; \
     skip=$(grep -oE '^name = "(torch|torchvision|triton|nvidia-[a-z0-9-]+)"$' uv.lock | cut -d'"' -f2 | sed 's/^/--no-install-package /'); \
-    uv sync --frozen --no-dev --no-editable --inexact $skip
+    uv sync --frozen --no-dev --no-editable --inexact --reinstall-package fervid $skip
 
 # --- runtime: the venv only, non-root ---------------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/app/.venv/bin:$PATH FERVID_DATA_DIR=/data FERVID_METRICS_PORT=9100
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/app/.venv/bin:$PATH FERVID_DATA_DIR=/data FERVID_METRICS_PORT=9070
 # A C++ compiler for torch.compile (FERVID_CLASSIFIER__COMPILE): inductor builds its CPU kernels, and Triton
 # its GPU launcher, with it at run time.
 RUN apt-get update \
@@ -66,18 +69,23 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 fervid \
  && useradd --system --uid 10001 --gid fervid --home-dir /app --shell /usr/sbin/nologin fervid \
- && mkdir -p /data && chown fervid:fervid /data
+ && mkdir -p /data /models && chown fervid:fervid /data
 WORKDIR /app
 USER fervid
-EXPOSE 9100
+# Metrics, /health and /ready of every worker: outside Prometheus' exporter range (9100-9999, all allocated).
+EXPOSE 9070
 # Workers exit within 10 s of SIGTERM (the batch in hand is finished or returned); exec form so they get it.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["fervid"]
+# The entrypoint reads secrets from files (VAR_FILE), then execs `fervid` (deploy/docker-entrypoint.py).
+ENTRYPOINT ["fervid-entrypoint", "fervid"]
 CMD ["--help"]
 
 FROM runtime AS cpu
 COPY --from=build-cpu --chown=fervid:fervid /app/.venv /app/.venv
+# After the venv: editing the entrypoint rebuilds one small layer, not the venv's.
+COPY deploy/docker-entrypoint.py /usr/local/bin/fervid-entrypoint
 
 FROM runtime AS cuda
 ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
 COPY --from=build-cuda --chown=fervid:fervid /app/.venv /app/.venv
+COPY deploy/docker-entrypoint.py /usr/local/bin/fervid-entrypoint

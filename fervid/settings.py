@@ -32,9 +32,9 @@ NOT_SETTINGS: dict[str, str] = {
     "FERVID_TARGET": "compose.yaml (Dockerfile target)",
     "FERVID_PG_HOST": "Grafana's provisioned datasource (deploy/grafana)",
     "FERVID_PG_USER": "Grafana's provisioned datasource (deploy/grafana)",
-    "FERVID_PG_PASSWORD": "Grafana's provisioned datasource (deploy/grafana)",
     "FERVID_PG_DB": "Grafana's provisioned datasource (deploy/grafana)",
     "FERVID_GST_PYTHON": "tests/rtsp_fixtures.py (the python that runs GStreamer)",
+    "FERVID_API_TOKEN_FILE": "deploy/docker-entrypoint.py (the image reads FERVID_API_TOKEN from this file)",
 }
 
 

@@ -9,9 +9,11 @@ spine imports no stage.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import signal
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +33,9 @@ class StageEntry:
     command: str  # the fervid command that serves this stage alone
     group: str  # its consumer group
     factory: str  # "module:Class"; the class has from_settings(settings, bus, should_stop)
+    # Its service also exports the bus's series (stream lag, dead letters, frames dropped): exactly one stage does,
+    # so that a sum() over them counts each stream once (fervid/metrics.py).
+    exports_bus: bool = False
 
     def build(self, settings: Settings, bus: Any, should_stop: Callable[[], bool]) -> Stage[Any]:
         module, _, cls = self.factory.partition(":")
@@ -41,7 +46,7 @@ class StageEntry:
 STAGES: tuple[StageEntry, ...] = (
     StageEntry("detector", "detect", DETECTOR_GROUP, "detector.worker:DetectorStage"),
     StageEntry("classifier", "classify", CLASSIFIER_GROUP, "classifier.worker:ClassifierStage"),
-    StageEntry("storage", "store", STORAGE_GROUP, "storage.worker:StorageStage"),
+    StageEntry("storage", "store", STORAGE_GROUP, "storage.worker:StorageStage", exports_bus=True),
 )
 
 
@@ -77,8 +82,6 @@ def serve_stages(
     worker loop on a thread of its own, the models share the process's one torch pool (fervid/threads.py), and one
     health server answers for all (``/ready`` once every stage is built). On a machine with few cores that is the
     in-process pipeline's efficiency, with the services' supervision. A stage that fails stops the others."""
-    import threading
-
     from fervid.bus import Bus, connect_waiting
     from fervid.metrics import serve_health
     from fervid.worker import run_stage
@@ -94,7 +97,12 @@ def serve_stages(
     client = connect_waiting(settings.redis_url, name)
     built: list[Stage[Any]] = []
     health = serve_health(
-        name, settings.metrics_port, client, settings.keys, {"model": lambda: None if built else "loading"}
+        name,
+        settings.metrics_port,
+        client,
+        settings.keys,
+        {"model": lambda: None if built else "loading"},
+        bus_metrics=any(e.exports_bus for e in entries),
     )
     try:
         buses = [Bus.from_settings(client, e.group, settings) for e in entries]
@@ -103,8 +111,9 @@ def serve_stages(
         stop.install_signal_handlers()  # from the first read on: finish the batch in hand, then stop
         log.info("%s: ready", name)
 
-        def loop(stage: Stage[Any], bus: Bus) -> LoopStats:
-            return run_stage(
+        loops = [
+            functools.partial(
+                run_stage,
                 stage,
                 bus,
                 stop=stop,
@@ -112,35 +121,42 @@ def serve_stages(
                 max_messages=max_messages,
                 idle_timeout=idle_timeout,
             )
-
-        if len(stages) == 1:
-            return [loop(stages[0], buses[0])], stages
-        results: dict[int, LoopStats] = {}
-        errors: list[BaseException] = []
-
-        def run(i: int) -> None:
-            try:
-                results[i] = loop(stages[i], buses[i])
-            except BaseException as exc:
-                errors.append(exc)
-                log.error("%s: failed: %s", entries[i].name, exc)
-            finally:
-                stop.set()  # one stage ending (stopped, bounded, failed) ends the others
-
-        threads = [
-            threading.Thread(target=run, args=(i,), name=f"{e.name}-worker", daemon=True)  # a second signal exits now
-            for i, e in enumerate(entries)
+            for stage, bus in zip(stages, buses, strict=True)
         ]
-        for t in threads:
-            t.start()
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(0.5)  # wakes up for signals, which the main thread handles
-        if errors:
-            raise errors[0]
-        return [results[i] for i in range(len(stages))], stages
+        return _run_together(loops, [e.name for e in entries], stop), stages
     finally:
         health.close()
+
+
+def _run_together(loops: Sequence[Callable[[], LoopStats]], names: Sequence[str], stop: StopFlag) -> list[LoopStats]:
+    """Run the stages' worker loops, each on a thread of its own (one runs on this thread). One loop ending
+    (stopped, bounded, failed) ends the others; the first failure is raised once all have stopped."""
+    if len(loops) == 1:
+        return [loops[0]()]
+    results: dict[int, LoopStats] = {}
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = loops[i]()
+        except BaseException as exc:
+            errors.append(exc)
+            log.error("%s: failed: %s", names[i], exc)
+        finally:
+            stop.set()
+
+    threads = [
+        threading.Thread(target=run, args=(i,), name=f"{name}-worker", daemon=True)  # a second signal exits now
+        for i, name in enumerate(names)
+    ]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        for t in threads:
+            t.join(0.5)  # wakes up for signals, which the main thread handles
+    if errors:
+        raise errors[0]
+    return [results[i] for i in range(len(loops))]
 
 
 def startup_config(entry: StageEntry, settings: Settings) -> dict[str, Any]:

@@ -309,7 +309,10 @@ def open_container(
         container.close()
         raise PermanentSourceError(f"{redact_url(url)} has no video stream")
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"  # frame + slice threads: decoding is otherwise single-core
+    # Files: frame + slice threads (decoding is otherwise single-core). Live streams: slice threads only; frame
+    # threading decoded a live RTSP H.264 stream (x264 zerolatency) into frames missing their lower half, in
+    # bursts, where the same stream decoded clean single-threaded or slice-threaded (found by deploy/smoke.sh).
+    stream.thread_type = "SLICE" if source.live else "AUTO"
     if decoder_threads:
         stream.codec_context.thread_count = decoder_threads
     if accel is not None and not stream.codec_context.is_hwaccel:

@@ -1,9 +1,12 @@
 """The HTTP API: cameras, timelines (the same JSON as ``fervid timeline --format json``), paged events,
 snapshots with boxes drawn, health/readiness and Prometheus metrics.
 
-Auth: when a token is configured (``FERVID_API_TOKEN``), every path but ``/health`` needs
-``Authorization: Bearer <token>`` (compared in constant time). Errors are JSON ``{"detail": message}``:
-400 bad input, 401 auth, 404 unknown camera or no frame, 422 malformed parameters, 503 database unreachable.
+Auth: when a token is configured (``FERVID_API_TOKEN``), every path but :data:`OPEN_PATHS` needs
+``Authorization: Bearer <token>`` (compared in constant time). Open: liveness, readiness and the API's own
+description (``/docs``, ``/openapi.json``), which hold no data, so that probes (compose healthchecks, Kubernetes)
+need no secret. Errors are JSON ``{"detail": message}``: 400 bad input, 401 auth, 404 unknown camera or no
+frame, 422 malformed parameters, 503 database unreachable. The OpenAPI schema publishes each of these per
+operation, the camera-name pattern and the label values (a bounded schemathesis run checks it).
 """
 
 from __future__ import annotations
@@ -13,21 +16,39 @@ import logging
 import time
 from typing import Any, Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from fervid.contracts import FrameMsg, Keys, validate_camera_name
+from fervid.contracts import EMOTIONS, FrameMsg, Keys, validate_camera_name
 from fervid.errors import ConfigError, NotFound, ServiceUnavailable
 from storage import timeline as tl
 from storage.db import events_table
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = {"/health"}
+OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+# contracts.validate_camera_name's rule, published in the schema (the check itself stays there: a 400 that says
+# what is valid, not a bare 422).
+CAMERA_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text_ = {
+        400: "Bad input: the message says what is valid",
+        404: "Unknown camera, or no frame to show",
+        503: "Database (or Redis) unreachable",
+    }
+    return {code: {"model": Problem, "description": text_[code]} for code in codes}
 
 
 def create_app(
@@ -39,8 +60,15 @@ def create_app(
         description="Per-camera facial-expression timelines. Send `Authorization: Bearer <token>` when the server has a token.",
     )
     registry = CollectorRegistry()
-    requests = Counter("fervid_api_requests", "HTTP requests", ["route", "status"], registry=registry)
-    latency = Histogram("fervid_api_request_seconds", "HTTP request latency", ["route"], registry=registry)
+    requests = Counter(
+        "fervid_api_requests", "HTTP requests, per route and status.", ["route", "status"], registry=registry
+    )
+    latency = Histogram(
+        "fervid_api_request_duration_seconds",
+        "Seconds to answer an HTTP request, per route.",
+        ["route"],
+        registry=registry,
+    )
     redis_client: list[Any] = []
 
     def redis() -> Any:
@@ -95,11 +123,18 @@ def create_app(
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
+    def camera_path() -> Any:
+        return Path(description="Camera name", json_schema_extra={"pattern": CAMERA_PATTERN})
+
     @app.get("/health", summary="Liveness (always open, no auth)")
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="Readiness: the database answers")
+    @app.get(
+        "/ready",
+        summary="Readiness: the database answers (open, no auth)",
+        responses={503: {"description": "Database unreachable"}},
+    )
     def ready() -> JSONResponse:
         try:
             with engine.connect() as conn:
@@ -108,19 +143,26 @@ def create_app(
             return JSONResponse({"status": "unavailable", "detail": str(exc.orig).strip()[:200]}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", summary="Prometheus text exposition")
+    @app.get(
+        "/metrics",
+        summary="Prometheus text exposition",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/cameras", summary="Cameras that produced frames, with first/last seen")
+    @app.get("/cameras", summary="Cameras that produced frames, with first/last seen", responses=_errors(503))
     def list_cameras() -> list[dict[str, Any]]:
         return tl.cameras(engine)
 
     @app.get(
-        "/cameras/{name}/timeline", summary="Bucketed emotion timeline (same JSON as `fervid timeline --format json`)"
+        "/cameras/{name}/timeline",
+        summary="Bucketed emotion timeline (same JSON as `fervid timeline --format json`)",
+        responses=_errors(400, 404, 503),
     )
     def camera_timeline(
-        name: str,
+        name: str = camera_path(),
         since: str | None = Query(None, max_length=64, description="ISO-8601 or a duration ago (30m)"),
         until: str | None = Query(None, max_length=64, description="exclusive end: ISO-8601 or a duration ago"),
         bucket: str = Query("10s", max_length=16, description="1s .. 1d"),
@@ -135,12 +177,17 @@ def create_app(
             labels=labels,
         )
 
-    @app.get("/events", summary="Event rows, oldest first; page with after_id = next_after_id")
+    @app.get(
+        "/events",
+        summary="Event rows, oldest first; page with after_id = next_after_id",
+        responses=_errors(400, 404, 503),
+    )
     def list_events(
-        camera: str | None = Query(None, max_length=64),
+        camera: str | None = Query(None, max_length=64, json_schema_extra={"pattern": CAMERA_PATTERN}),
         since: str | None = Query(None, max_length=64),
         until: str | None = Query(None, max_length=64),
-        label: str | None = Query(None, max_length=16),
+        # Checked by storage.timeline.events (a 400 naming the valid labels); published here as an enum.
+        label: str | None = Query(None, max_length=16, json_schema_extra={"enum": list(EMOTIONS)}),
         limit: int = Query(100, ge=1, le=1000),
         after_id: int | None = Query(None, ge=0, le=2**63 - 1),  # a BIGINT: larger would overflow the driver, a 500
         min_quality: float | None = Query(None, ge=0.0, le=1.0),
@@ -161,12 +208,46 @@ def create_app(
         "/cameras/{name}/snapshot.jpg",
         summary="Newest frame with faces (or the newest frame), boxes and labels drawn",
         response_class=Response,
-        responses={200: {"content": {"image/jpeg": {}}}},
+        responses={200: {"content": {"image/jpeg": {}}}, **_errors(400, 404, 503)},
     )
-    def snapshot(name: str) -> Response:
+    def snapshot(name: str = camera_path()) -> Response:
         return Response(render_snapshot(engine, redis(), camera_name(name), keys or Keys()), media_type="image/jpeg")
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for ops in schema["paths"].values():
+                for op in ops.values():
+                    for param in op.get("parameters", []):
+                        param["schema"] = _present(param["schema"])
+            if token:  # publish the bearer scheme and the 401 of every protected operation
+                schema.setdefault("components", {})["securitySchemes"] = {
+                    "bearer": {"type": "http", "scheme": "bearer"}
+                }
+                for path, ops in schema["paths"].items():
+                    if path in OPEN_PATHS:
+                        continue
+                    for op in ops.values():
+                        op["security"] = [{"bearer": []}]
+                        op["responses"]["401"] = {
+                            "description": "Missing or wrong bearer token",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                        }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _present(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema of a parameter's value when it is given: an optional query parameter is absent or a string,
+    never JSON null, so ``anyOf: [X, null]`` is X (keeping the pattern, enum, title and default beside it)."""
+    variants = [v for v in schema.get("anyOf", []) if v.get("type") != "null"]
+    if len(variants) != 1 or len(schema["anyOf"]) != 2:
+        return schema
+    rest = {k: v for k, v in schema.items() if k != "anyOf" and not (k == "default" and v is None)}
+    return {**variants[0], **rest}
 
 
 def render_snapshot(engine: Engine, client: Any, camera: str, keys: Keys, scan: int = 64) -> bytes:

@@ -1,6 +1,12 @@
 """Grafana dashboards as code, and provisioning through the HTTP API with grafana-client.
 
-The panels query PostgreSQL directly with Grafana's SQL macros on the integer epoch-ms ``ts_ms`` column:
+Two kinds of dashboards. The timelines ("emotions", "pipeline health") query PostgreSQL; "operations" queries
+Prometheus for the pipeline's own health (per-camera fps and drops, stream lag, dead letters, batch latency,
+storage commit rate, workers up and restarts), from the series in fervid/metrics.py. deploy/smoke.sh runs every
+operations query (:func:`promql_queries`, macros expanded by :func:`expand_promql`) against the compose stack's
+real Prometheus.
+
+The SQL panels query PostgreSQL directly with Grafana's SQL macros on the integer epoch-ms ``ts_ms`` column:
 ``$__unixEpochGroupAlias(ts_ms/1000, $__interval)`` buckets, and the range filter is written as
 ``ts_ms >= $__unixEpochFrom()::bigint * 1000 AND ts_ms < $__unixEpochTo()::bigint * 1000`` so the
 (camera, ts_ms) indexes are used. :func:`expand_macros` performs the same substitution Grafana does for a fixed
@@ -23,6 +29,9 @@ DATASOURCE_TYPE = "grafana-postgresql-datasource"
 FOLDER_UID = "fervid"
 FOLDER_TITLE = "fervid"
 DS = {"type": DATASOURCE_TYPE, "uid": DATASOURCE_UID}
+PROMETHEUS_UID = "fervid-prometheus"
+PROMETHEUS_NAME = "fervid Prometheus"
+PROM = {"type": "prometheus", "uid": PROMETHEUS_UID}
 
 _RANGE = "ts_ms >= $__unixEpochFrom()::bigint * 1000 AND ts_ms < $__unixEpochTo()::bigint * 1000"
 _EMOTION_ARRAY = "ARRAY[" + ", ".join(f"'{e}'" for e in EMOTIONS) + "]"
@@ -51,6 +60,63 @@ SQL = {
 }
 
 
+# The operations dashboard: (title, unit, [(PromQL, legend)]). `$camera` is a multi-value variable (Grafana
+# writes it as a regex for Prometheus); `$__rate_interval` is Grafana's rate window for the scrape interval.
+_CAM = 'camera=~"$camera"'
+_RATE = "[$__rate_interval]"
+_LATENCY = f"sum by (le, stage) (rate(fervid_inference_seconds_bucket{_RATE}))"
+PROMQL: list[tuple[str, str, list[tuple[str, str]]]] = [
+    (
+        "Frames per second — published by ingest, analysed by the detector",
+        "fps",
+        [
+            (f"sum by (camera) (rate(fervid_camera_frames_published_total{{{_CAM}}}{_RATE}))", "{{camera}} published"),
+            (
+                f'sum by (camera) (rate(fervid_camera_frames_total{{stage="detector", {_CAM}}}{_RATE}))',
+                "{{camera}} analysed",
+            ),
+        ],
+    ),
+    (
+        "Frames dropped per second (the detector fell behind)",
+        "fps",
+        [(f"sum by (camera) (rate(fervid_camera_frames_dropped_total{{{_CAM}}}{_RATE}))", "{{camera}}")],
+    ),
+    (
+        "Stream lag — entries not yet read, and read but not acked",
+        "short",
+        [
+            ("sum by (stream, group) (fervid_stream_lag_entries)", "{{stream}} → {{group}} unread"),
+            ("sum by (stream, group) (fervid_stream_pending_entries)", "{{stream}} → {{group}} pending"),
+        ],
+    ),
+    (
+        "Dead letters per group (over the rate window)",
+        "short",
+        [(f"sum by (group) (increase(fervid_dead_letters_total{_RATE}))", "{{group}}")],
+    ),
+    (
+        "Batch latency — detector and classifier forward pass (p50, p95)",
+        "s",
+        [
+            (f"histogram_quantile(0.5, {_LATENCY})", "{{stage}} p50"),
+            (f"histogram_quantile(0.95, {_LATENCY})", "{{stage}} p95"),
+        ],
+    ),
+    (
+        "Storage commit rate — frames committed per second",
+        "short",
+        [(f'sum(rate(fervid_stage_messages_total{{stage="storage"}}{_RATE}))', "frames/s")],
+    ),
+    ("Workers up", "short", [('sum by (service) (up{job=~"fervid|fervid-api"})', "{{service}}")]),
+    (
+        "Worker restarts (last hour)",
+        "short",
+        [('sum by (service) (changes(process_start_time_seconds{job="fervid"}[1h]))', "{{service}}")],
+    ),
+]
+
+
 def _camera_variable() -> dict[str, Any]:
     return {
         "name": "camera",
@@ -64,6 +130,45 @@ def _camera_variable() -> dict[str, Any]:
         "includeAll": True,
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
         "sort": 1,
+    }
+
+
+def _prometheus_camera_variable() -> dict[str, Any]:
+    query = "label_values(fervid_camera_frames_published_total, camera)"
+    return {
+        "name": "camera",
+        "label": "Camera",
+        "type": "query",
+        "datasource": PROM,
+        "query": {"query": query, "refId": "cameras"},
+        "definition": query,
+        "refresh": 2,
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+    }
+
+
+def _prometheus_panel(pid: int, title: str, unit: str, queries: list[tuple[str, str]], y: int) -> dict[str, Any]:
+    x = 0 if pid % 2 else 12
+    targets = [
+        {"refId": chr(ord("A") + i), "datasource": PROM, "expr": expr, "legendFormat": legend, "range": True}
+        for i, (expr, legend) in enumerate(queries)
+    ]
+    return {
+        "id": pid,
+        "type": "timeseries",
+        "title": title,
+        "datasource": PROM,
+        "gridPos": {"x": x, "y": y, "w": 12, "h": 8},
+        "targets": targets,
+        "options": {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi"},
+        },
+        "fieldConfig": {"defaults": {"unit": unit, "custom": {"fillOpacity": 10}}, "overrides": []},
     }
 
 
@@ -90,7 +195,9 @@ def _panel(pid: int, title: str, kind: str, sql: str, grid: tuple[int, int, int,
     return panel
 
 
-def _dashboard(uid: str, title: str, panels: list[dict[str, Any]], description: str) -> dict[str, Any]:
+def _dashboard(
+    uid: str, title: str, panels: list[dict[str, Any]], description: str, camera: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "uid": uid,
         "title": title,
@@ -102,7 +209,7 @@ def _dashboard(uid: str, title: str, panels: list[dict[str, Any]], description: 
         "editable": True,
         "refresh": "30s",
         "time": {"from": "now-6h", "to": "now"},
-        "templating": {"list": [_camera_variable()]},
+        "templating": {"list": [camera or _camera_variable()]},
         "panels": panels,
     }
 
@@ -137,6 +244,13 @@ def dashboards() -> dict[str, dict[str, Any]]:
         "fervid-pipeline": _dashboard(
             "fervid-pipeline", "fervid — pipeline health", [frames], "Throughput of the analysis pipeline."
         ),
+        "fervid-operations": _dashboard(
+            "fervid-operations",
+            "fervid — operations",
+            [_prometheus_panel(i + 1, t, unit, q, 8 * (i // 2)) for i, (t, unit, q) in enumerate(PROMQL)],
+            "The pipeline's own health from Prometheus: fps, drops, lag, dead letters, latency, commits, workers.",
+            camera=_prometheus_camera_variable(),
+        ),
     }
 
 
@@ -156,13 +270,33 @@ def export(directory: Path) -> list[Path]:
 
 
 def panel_queries() -> Iterator[tuple[str, str, str]]:
-    """(dashboard uid, panel title, SQL) for every panel target and template variable."""
+    """(dashboard uid, panel title, SQL) for every SQL panel target and template variable."""
     for uid, d in dashboards().items():
         for var in d["templating"]["list"]:
-            yield uid, f"${var['name']}", var["query"]
+            if var["datasource"] == DS:
+                yield uid, f"${var['name']}", var["query"]
         for panel in d["panels"]:
             for t in panel["targets"]:
-                yield uid, panel["title"], t["rawSql"]
+                if "rawSql" in t:
+                    yield uid, panel["title"], t["rawSql"]
+
+
+def promql_queries() -> Iterator[tuple[str, str, str]]:
+    """(dashboard uid, panel title, PromQL) for every Prometheus panel target."""
+    for uid, d in dashboards().items():
+        for panel in d["panels"]:
+            for t in panel["targets"]:
+                if "expr" in t:
+                    yield uid, panel["title"], t["expr"]
+
+
+def expand_promql(expr: str, *, rate_interval: str = "1m", cameras: list[str] | None = None) -> str:
+    """Substitute what Grafana does before sending a query to Prometheus: ``$__rate_interval`` and the
+    multi-value ``$camera`` (a regex of the chosen cameras, escaped as Grafana does inside a PromQL string; All
+    is ``.*``)."""
+    escaped = (re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\\\1", c) for c in cameras or [])
+    camera = "(" + "|".join(escaped) + ")" if cameras else ".*"
+    return expr.replace("$__rate_interval", rate_interval).replace("$camera", camera)
 
 
 def _interval_seconds(text: str) -> int:
@@ -225,8 +359,23 @@ def datasource_payload(db_url: str) -> dict[str, Any]:
     }
 
 
-def provision(grafana_url: str, token: str, db_url: str) -> list[str]:
-    """Create or update the datasource, the folder and every dashboard. Idempotent: fixed uids, overwrite."""
+def prometheus_datasource_payload(prometheus_url: str) -> dict[str, Any]:
+    """Grafana's datasource JSON for the Prometheus that scrapes the fervid workers."""
+    return {
+        "uid": PROMETHEUS_UID,
+        "name": PROMETHEUS_NAME,
+        "type": "prometheus",
+        "access": "proxy",
+        "url": prometheus_url,
+        "isDefault": False,
+        "jsonData": {"timeInterval": "15s"},
+    }
+
+
+def provision(grafana_url: str, token: str, db_url: str, prometheus_url: str | None = None) -> list[str]:
+    """Create or update the datasources, the folder and every dashboard. Idempotent: fixed uids, overwrite.
+
+    Without `prometheus_url` the operations dashboard (which needs Prometheus) is left out."""
     from grafana_client import GrafanaApi
     from grafana_client.client import GrafanaClientError, GrafanaException
 
@@ -234,17 +383,20 @@ def provision(grafana_url: str, token: str, db_url: str) -> list[str]:
 
     api = GrafanaApi.from_url(grafana_url, credential=token)
     done = []
-    ds = datasource_payload(db_url)
+    sources = [datasource_payload(db_url)]
+    if prometheus_url:
+        sources.append(prometheus_datasource_payload(prometheus_url))
     try:
-        try:
-            api.datasource.get_datasource_by_uid(DATASOURCE_UID)
-            api.datasource.update_datasource_by_uid(DATASOURCE_UID, ds)
-            done.append(f"datasource {DATASOURCE_UID}: updated")
-        except GrafanaClientError as exc:
-            if exc.status_code != 404:
-                raise
-            api.datasource.create_datasource(ds)
-            done.append(f"datasource {DATASOURCE_UID}: created")
+        for ds in sources:
+            try:
+                api.datasource.get_datasource_by_uid(ds["uid"])
+                api.datasource.update_datasource_by_uid(ds["uid"], ds)
+                done.append(f"datasource {ds['uid']}: updated")
+            except GrafanaClientError as exc:
+                if exc.status_code != 404:
+                    raise
+                api.datasource.create_datasource(ds)
+                done.append(f"datasource {ds['uid']}: created")
         try:
             api.folder.get_folder(FOLDER_UID)
             done.append(f"folder {FOLDER_UID}: exists")
@@ -254,6 +406,8 @@ def provision(grafana_url: str, token: str, db_url: str) -> list[str]:
             api.folder.create_folder(FOLDER_TITLE, uid=FOLDER_UID)
             done.append(f"folder {FOLDER_UID}: created")
         for uid, d in dashboards().items():
+            if d["templating"]["list"][0]["datasource"] == PROM and not prometheus_url:
+                continue
             body = {
                 "dashboard": {**d, "id": None},
                 "folderUid": FOLDER_UID,

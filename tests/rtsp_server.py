@@ -82,6 +82,7 @@ class LoopingFactory(GstRtspServer.RTSPMediaFactory):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--address", default="127.0.0.1", help="bind address (deploy/smoke.sh: containers' gateway)")
     parser.add_argument("--clip", required=True)
     parser.add_argument("--mount", action="append", default=[], help="mount name (repeatable); default 'cam'")
     parser.add_argument("--user")
@@ -95,7 +96,7 @@ def main() -> None:
     Gst.init(None)
     frames, width, height, fps = load_clip(args.clip)
     server = GstRtspServer.RTSPServer()
-    server.set_address("127.0.0.1")
+    server.set_address(args.address)
     server.set_service(str(args.port))
     mounts = server.get_mount_points()
     auth_role = "fervid-test"

@@ -60,11 +60,11 @@ def test_per_camera_detector_metrics(redis_client: redis.Redis, tmp_path: Path) 
     assert faces == {"metrics-one": 8, "metrics-two": 0}
     for camera in cameras:
         assert delta("fervid_camera_frames_total", camera) == 4
-        assert after[("fervid_camera_fps", camera)] > 0
+        assert after[("fervid_camera_frames_per_second", camera)] > 0
         assert delta("fervid_camera_faces_per_frame_count", camera) == 4
         assert delta("fervid_camera_faces_per_frame_sum", camera) == faces[camera]
         assert delta("fervid_camera_faces_total", camera) == faces[camera]
         # One batch of 8 carried both cameras' 4 frames: each camera sees that batch, its size and its time.
         assert delta("fervid_camera_inference_seconds_count", camera) == 1
         assert delta("fervid_camera_inference_seconds_sum", camera) > 0
-        assert delta("fervid_camera_batch_size_sum", camera) == 8
+        assert delta("fervid_camera_batch_images_sum", camera) == 8

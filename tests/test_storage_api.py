@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+import schemathesis
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from storage_data import make_messages
 from typer.testing import CliRunner
@@ -167,6 +171,13 @@ def test_bearer_token(db_url: str) -> None:
         assert c.get("/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}).json()["paths"][
             "/cameras/{name}/timeline"
         ]
+        # Probes and the API's description need no token (compose healthcheck, k8s readinessProbe, /docs).
+        assert c.get("/ready").json() == {"status": "ready"}
+        assert c.get("/docs").status_code == 200
+        schema = c.get("/openapi.json").json()
+        assert schema["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+        assert schema["paths"]["/cameras"]["get"]["security"] == [{"bearer": []}]
+        assert "security" not in schema["paths"]["/ready"]["get"]
 
 
 def test_metrics_health_ready_docs(client: TestClient) -> None:
@@ -183,7 +194,8 @@ def test_metrics_health_ready_docs(client: TestClient) -> None:
         if s.name.endswith("_total")
     }
     assert samples[("/cameras", "200")] == 1 and samples[("/cameras/{name}/timeline", "404")] == 1
-    assert "fervid_api_request_seconds" in families
+    assert "fervid_api_request_duration_seconds" in families
+    assert client.get("/metrics").headers["content-type"].startswith("text/plain; version=")
 
 
 def test_ready_is_503_when_postgresql_is_gone(pg_url: str, pg_server: str) -> None:
@@ -251,3 +263,85 @@ def test_fervid_api_serves_and_warns_on_public_bind_without_token(db_url: str) -
             proc.kill()
             proc.communicate()
     assert "WARNING" in err and "without FERVID_API_TOKEN" in err
+
+
+# -- the published schema tells the truth: a bounded schemathesis run over it, every check --------------------
+
+# The bearer token comes from the published security scheme (so schemathesis also sends requests without it).
+# Timeline and events document a 400 for what OpenAPI cannot express across parameters (since after until, more
+# than 10,000 buckets, a date outside 2000..2200, a zero duration): schema-valid data may get it.
+SCHEMATHESIS_CONFIG = schemathesis.config.SchemathesisConfig.from_str(f"""
+[auth.openapi.bearer]
+bearer = "{TOKEN}"
+
+[[operations]]
+include-path-regex = "^/(events|cameras/.*/timeline)$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404"]
+""")
+_PATHS = create_app(make_engine("sqlite://"), token=TOKEN).openapi()["paths"]
+# Negative cases need something to break: parameters or the token (an open operation without parameters has none).
+CASES = [
+    (path, mode)
+    for path, ops in sorted(_PATHS.items())
+    for mode in ("positive", "negative")
+    if mode == "positive" or ops["get"].get("parameters") or ops["get"].get("security")
+]
+
+
+@pytest.mark.parametrize(("path", "mode"), CASES, ids=[f"{p}-{m}" for p, m in CASES])
+def test_schemathesis_finds_nothing_in_the_published_schema(
+    db_url: str, redis_url: str, redis_client, path: str, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each operation, cases that fit the schema and cases that do not, every one of schemathesis' checks (status
+    codes and content types documented, response schemas, auth enforced, invalid data rejected, valid data
+    accepted). Bounded: 40 examples per operation and mode, derandomized. Camera names are generated, and half
+    the time a known camera's, so that the answers with data are checked too."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+    from schemathesis.generation import GenerationMode
+    from schemathesis.transport import requests as st_requests
+
+    # grafana-client's niquests brings urllib3-future, which replaces the `urllib3` module; schemathesis counts
+    # urllib3's pooled connections (to resend on a dropped keep-alive) in a way urllib3-future's pool container
+    # refuses. The app is called in-process (ASGI): there are no pooled connections to count.
+    monkeypatch.setattr(st_requests, "_count_opened_connections", lambda session: 0)
+    ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 40, np.uint8))
+    redis_client.xadd(KEYS.frames("cam1"), FrameMsg(FrameRef("cam1", 199, 200.0, 64, 48), jpeg.tobytes()).encode())
+    engine = make_engine(db_url)
+    app = create_app(engine, token=TOKEN, redis_url=redis_url)
+    operation = schemathesis.openapi.from_asgi("/openapi.json", app, config=SCHEMATHESIS_CONFIG)[path]["GET"]
+    strategy = operation.as_strategy(GenerationMode(mode))
+    if "{name}" in path:
+        strategy = st.one_of(strategy, operation.as_strategy(GenerationMode(mode), path_parameters={"name": "cam1"}))
+    statuses: list[int] = []
+
+    @given(case=strategy)
+    @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    def run(case: Any) -> None:
+        statuses.append(case.call_and_validate().status_code)
+
+    try:
+        run()
+    finally:
+        engine.dispose()
+    if mode == "positive":  # the token was sent: data came back, not only 401s
+        assert 200 in statuses, sorted(set(statuses))
+
+
+def test_schema_publishes_errors_camera_pattern_and_labels() -> None:
+    from fervid.contracts import EMOTIONS, validate_camera_name
+    from storage.api import CAMERA_PATTERN
+
+    paths = create_app(make_engine("sqlite://")).openapi()["paths"]
+    timeline = paths["/cameras/{name}/timeline"]["get"]
+    assert {"400", "404", "503"} <= set(timeline["responses"])
+    name = next(p for p in timeline["parameters"] if p["name"] == "name")
+    assert name["schema"]["pattern"] == CAMERA_PATTERN
+    validate_camera_name("a" * 64)  # the published pattern is contracts' rule
+    import re
+
+    assert re.fullmatch(CAMERA_PATTERN, "a" * 64) and not re.fullmatch(CAMERA_PATTERN, "a" * 65)
+    events = {p["name"]: p["schema"] for p in paths["/events"]["get"]["parameters"]}
+    assert events["label"]["enum"] == list(EMOTIONS) and events["label"]["type"] == "string"
+    assert events["camera"]["pattern"] == CAMERA_PATTERN
+    assert list(paths["/metrics"]["get"]["responses"]["200"]["content"]) == [CONTENT_TYPE_LATEST]

@@ -22,7 +22,7 @@ from storage_data import T0, make_messages
 from typer.testing import CliRunner
 
 from fervid.cli import app as cli_app
-from fervid.contracts import EMOTIONS
+from fervid.contracts import EMOTIONS, Keys
 from storage import grafana
 from storage.db import create_schema, insert_idempotent, make_engine
 from storage.timeline import timeline
@@ -35,7 +35,7 @@ def test_committed_dashboards_equal_generated(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     generated = sorted(p.name for p in tmp_path.iterdir())
     committed = sorted(p.name for p in (ROOT / "deploy/grafana/dashboards").iterdir())
-    assert generated == committed == ["fervid-emotions.json", "fervid-pipeline.json"]
+    assert generated == committed == ["fervid-emotions.json", "fervid-operations.json", "fervid-pipeline.json"]
     for name in generated:
         assert (tmp_path / name).read_text() == (ROOT / "deploy/grafana/dashboards" / name).read_text(), (
             "re-run fervid grafana export deploy/grafana/dashboards"
@@ -44,7 +44,7 @@ def test_committed_dashboards_equal_generated(tmp_path: Path) -> None:
 
 def test_dashboards_have_camera_variable_and_expected_panels() -> None:
     boards = grafana.dashboards()
-    titles = [p["title"] for d in boards.values() for p in d["panels"]]
+    titles = [p["title"] for uid in ("fervid-emotions", "fervid-pipeline") for p in boards[uid]["panels"]]
     assert titles == [
         "Emotion share — $camera",
         "Faces per minute",
@@ -184,7 +184,7 @@ def test_provision_is_idempotent(fake_grafana: tuple[str, dict[str, Any]]) -> No
     assert second.exit_code == 0, second.output
     assert "datasource fervid-pg: updated" in second.stdout and "folder fervid: exists" in second.stdout
     assert list(state["datasources"]) == ["fervid-pg"] and list(state["folders"]) == ["fervid"]
-    assert sorted(state["dashboards"]) == ["fervid-emotions", "fervid-pipeline"]
+    assert sorted(state["dashboards"]) == ["fervid-emotions", "fervid-pipeline"]  # no Prometheus: no operations
     ds = state["datasources"]["fervid-pg"]
     assert (
         ds["url"] == "db:5432"
@@ -210,3 +210,66 @@ def test_provision_errors_are_one_line(fake_grafana: tuple[str, dict[str, Any]])
         grafana.provision(url, "glsa_test", "sqlite:///x.db")
     with pytest.raises(ServiceUnavailable, match="cannot reach"):
         grafana.provision("http://127.0.0.1:9", "glsa_test", "postgresql://g:pw@db/fervid")
+
+
+def test_provision_with_prometheus_adds_its_datasource_and_the_operations_dashboard(
+    fake_grafana: tuple[str, dict[str, Any]],
+) -> None:
+    url, state = fake_grafana
+    lines = grafana.provision(url, "glsa_test", "postgresql://g:pw@db/fervid", "http://prometheus:9090")
+    assert "datasource fervid-prometheus: created" in lines
+    assert state["datasources"]["fervid-prometheus"]["url"] == "http://prometheus:9090"
+    assert sorted(state["dashboards"]) == ["fervid-emotions", "fervid-operations", "fervid-pipeline"]
+
+
+def test_operations_dashboard_covers_the_pipeline_and_queries_exported_series() -> None:
+    """Every panel the issue asks for is there, on the Prometheus datasource, and every fervid_* series a query
+    names is one fervid exports (the metric registry plus the bus collector). deploy/smoke.sh runs each query on
+    the compose stack's real Prometheus and requires a series back."""
+    import re
+
+    from prometheus_client import REGISTRY, generate_latest
+
+    import fervid.metrics  # noqa: F401  (registers the metrics)
+    from fervid.metrics import BusCollector
+
+    ops = grafana.dashboards()["fervid-operations"]
+    text = " ".join(p["title"] for p in ops["panels"]).lower()
+    for topic in ("frames per second", "dropped", "lag", "dead letters", "latency", "commit", "up", "restarts"):
+        assert topic in text, topic
+    assert {p["datasource"]["uid"] for p in ops["panels"]} == {grafana.PROMETHEUS_UID}
+    assert ops["templating"]["list"][0]["datasource"]["uid"] == grafana.PROMETHEUS_UID
+    exported = {m.name for m in REGISTRY.collect()}
+    exported |= {f"{n}_total" for n in exported} | {f"{n}_bucket" for n in exported}
+    exported |= set(re.findall(r"^# TYPE (\S+)", generate_latest(REGISTRY).decode(), re.M))
+
+    class _Redis:  # the bus collector's families, from an empty bus
+        def register_script(self, script: str) -> Any:
+            return lambda keys, args: 0
+
+        def smembers(self, key: str) -> set[bytes]:
+            return set()
+
+        def xlen(self, stream: str) -> int:
+            return 0
+
+        def xinfo_groups(self, stream: str) -> list[dict[str, Any]]:
+            return [
+                {"name": g, "last-delivered-id": b"0-0", "pending": 0, "consumers": 1}
+                for g in ("classifier", "storage")
+            ]
+
+        def hgetall(self, key: str) -> dict[bytes, bytes]:
+            return {}
+
+    families = list(BusCollector(_Redis(), Keys()).collect())
+    assert len(families) > 1, "the bus collector failed on the fake Redis"
+    bus = {m.name for m in families}
+    exported |= bus | {f"{n}_total" for n in bus}
+    for _, title, expr in grafana.promql_queries():
+        for name in re.findall(r"\b(fervid_[a-z_]+)", expr):
+            assert name in exported, f"{title}: {name} is not exported"
+        assert "$" not in grafana.expand_promql(expr, cameras=["a.b", "c"])
+    # A regex inside a PromQL string: the dot escaped for the regex, the backslash for the string.
+    assert grafana.expand_promql('x{camera=~"$camera"}', cameras=["a.b", "c"]) == 'x{camera=~"(a\\\\.b|c)"}'
+    assert grafana.expand_promql('x{camera=~"$camera"}') == 'x{camera=~".*"}'

@@ -195,10 +195,17 @@ def grafana_provision(
         str | None,
         typer.Option("--db", help="PostgreSQL URL Grafana uses to reach the database (default: FERVID_DB_URL)."),
     ] = None,
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option(
+            "--prometheus-url",
+            help="Prometheus URL Grafana uses (e.g. http://prometheus:9090): adds the operations dashboard.",
+        ),
+    ] = None,
     log_level: LogLevelOption = None,
     verbose: Verbose = False,
 ) -> None:
-    """Create or update the PostgreSQL datasource, the fervid folder and the dashboards (idempotent)."""
+    """Create or update the datasources, the fervid folder and the dashboards (idempotent)."""
     setup_logging(log_level, verbose)
     from fervid.settings import load_settings
     from storage.grafana import provision
@@ -208,5 +215,5 @@ def grafana_provision(
     pg = db or load_settings().db_url
     if not pg:
         raise ConfigError("give --db postgresql://user:pw@host:5432/fervid (the database as Grafana reaches it)")
-    for line in provision(url, token, pg):
+    for line in provision(url, token, pg, prometheus_url):
         out.print(line)
