@@ -136,7 +136,7 @@ def main() -> None:
                 "keras_p_top": float(q.max()),
                 "max_abs_diff": float(np.abs(p - q).max()),
             }
-            for n, p, q in zip(names, probs, k["probs"])
+            for n, p, q in zip(names, probs, k["probs"], strict=True)
         },
     }
     text = json.dumps(result, indent=2)

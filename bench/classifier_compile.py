@@ -30,6 +30,10 @@ from classifier_serving import CPU_BATCH, CPU_CROPS, build, face_crops, raw_rate
 from fervid.bus import EmbeddedRedis
 
 
+def _median(x: np.ndarray) -> float:
+    return float(np.median(x))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="mini_xception")
@@ -63,20 +67,25 @@ def main() -> None:
             rows.append((name, batch, compile_s, e, c))
             print(f"{name}: eager {e.round(1).tolist()} compiled {c.round(1).tolist()}", file=sys.stderr, flush=True)
     print(
-        f"\ndevice {args.device}, torch threads {torch.get_num_threads()}, 1 face/frame, {args.repeats} alternating repeats\n"
+        f"\ndevice {args.device}, torch threads {torch.get_num_threads()}, 1 face/frame, "
+        f"{args.repeats} alternating repeats\n"
     )
     print(
-        "| model | batch | compile s | raw eager | raw compiled | raw compiled/eager | worker eager | worker compiled | worker compiled/eager | worker/raw eager | worker/raw compiled |"
+        "| model | batch | compile s | raw eager | raw compiled | raw compiled/eager | worker eager | worker compiled "
+        "| worker compiled/eager | worker/raw eager | worker/raw compiled |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, batch, compile_s, e, c in rows:
-        med = lambda x: float(np.median(x))  # noqa: E731
+        raw, worker = f"{e[:, 0].max():,.1f} | {c[:, 0].max():,.1f}", f"{e[:, 1].max():,.1f} | {c[:, 1].max():,.1f}"
+        ratios = [_median(c[:, 0] / e[:, 0]), _median(c[:, 1] / e[:, 1])]
+        ratios += [_median(e[:, 1] / e[:, 0]), _median(c[:, 1] / c[:, 0])]
         print(
-            f"| {name} | {batch} | {compile_s:.1f} | {e[:, 0].max():,.1f} | {c[:, 0].max():,.1f} | {med(c[:, 0] / e[:, 0]):.2f} "
-            f"| {e[:, 1].max():,.1f} | {c[:, 1].max():,.1f} | {med(c[:, 1] / e[:, 1]):.2f} | {med(e[:, 1] / e[:, 0]):.2f} | {med(c[:, 1] / c[:, 0]):.2f} |"
+            f"| {name} | {batch} | {compile_s:.1f} | {raw} | {ratios[0]:.2f} | {worker} | {ratios[1]:.2f} "
+            f"| {ratios[2]:.2f} | {ratios[3]:.2f} |"
         )
     print(
-        "\ncrops/s: best pass; ratios: medians over the repeats of each repeat's pair (eager and compiled back to back)."
+        "\ncrops/s: best pass; ratios: medians over the repeats of each repeat's pair "
+        "(eager and compiled back to back)."
     )
 
 

@@ -199,7 +199,7 @@ def main() -> None:
             for _ in range(args.repeats):
                 raws.append(raw_rate(clf, decoded, batch))
                 workers.append(worker_rate(server.url, clf, jpegs, batch, args.faces, Path(tmp)))
-            ratios = sorted(w[0] / r[0] for r, w in zip(raws, workers))
+            ratios = sorted(w[0] / r[0] for r, w in zip(raws, workers, strict=True))
             cpu_ratio = float(np.median([r[1] for r in raws]) / np.median([w[1] for w in workers]))
             rows.append(
                 (
@@ -213,7 +213,8 @@ def main() -> None:
                 )
             )
             print(
-                f"{name}: raw {['%.1f' % r[0] for r in raws]} worker {['%.1f' % w[0] for w in workers]} pair ratios {['%.2f' % x for x in ratios]}",
+                f"{name}: raw {[f'{r[0]:.1f}' for r in raws]} worker {[f'{w[0]:.1f}' for w in workers]} "
+                f"pair ratios {[f'{x:.2f}' for x in ratios]}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -221,7 +222,8 @@ def main() -> None:
     weights = "mini_xception: real FER-2013 weights; others random-init"
     fp = ("fp16" if args.fp16 else "fp32") + (", torch.compile" if args.compile else ", eager")
     print(
-        f"\ndevice {args.device} ({fp}), torch threads {torch.get_num_threads()}, {args.faces} face(s)/frame; {weights}\n"
+        f"\ndevice {args.device} ({fp}), torch threads {torch.get_num_threads()}, {args.faces} face(s)/frame; "
+        f"{weights}\n"
     )
     print(
         "| model | batch | crops/pass | raw crops/s (best) | worker crops/s (best) | ratio (median pair) | CPU ratio |"
@@ -229,11 +231,10 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, batch, n, raw, worker, ratio, cpu_ratio in rows:
         print(f"| {name} | {batch} | {n} | {raw:,.1f} | {worker:,.1f} | {ratio:.2f} | {cpu_ratio:.2f} |")
+    print("\nratio: worker/raw crops/s of back-to-back passes, median over repeats. CPU ratio: raw CPU-s per crop")
     print(
-        "\nratio: worker/raw crops/s of back-to-back passes, median over repeats. CPU ratio: raw CPU-s per crop over the"
-    )
-    print(
-        "worker's (its process, drain thread included, plus the Redis server's), medians: the overhead without the load noise."
+        "over the worker's (its process, drain thread included, plus the Redis server's), medians: the overhead "
+        "without the load noise."
     )
 
 

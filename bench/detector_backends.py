@@ -3,7 +3,8 @@
     uv run python bench/detector_backends.py [--frames 32] [--clip 48] [--device cuda] [--sizes]
 
 Frames: 640x480, the skimage astronaut face pasted at known places/scales/flips on plain and noisy backgrounds
-(ground truth known). Throughput = batch / median time of one detect call (after two warm-up calls), at least 3 calls per batch size.
+(ground truth known). Throughput = batch / median time of one detect call (after two warm-up calls), at least 3
+calls per batch size.
 Recall = ground-truth faces matched at IoU >= 0.5 on a generated clip; FP = unmatched detections.
 Backends as the pipeline builds them (detector.registry: mtcnn is facenet-pytorch's MTCNN, batched per frame
 size, min_face 20); haar (CPU only) loops frame by frame.
@@ -121,7 +122,7 @@ def recall(det, clip) -> tuple[float, int]:
     found = total = fp = 0
     for i in range(0, len(clip), 8):
         chunk = clip[i : i + 8]
-        for frame, dets in zip(chunk, det.detect([f.image for f in chunk])):
+        for frame, dets in zip(chunk, det.detect([f.image for f in chunk]), strict=True):
             k, _ = match(frame.boxes, dets)
             found += k
             total += len(frame.boxes)
@@ -143,11 +144,13 @@ def main() -> None:
     ngt = sum(len(f.boxes) for f in clip)
     dev = "cuda: " + torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)"
     print(
-        f"device {dev}, torch {torch.__version__} threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}"
+        f"device {dev}, torch {torch.__version__} threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}"
     )
     print(f"load average before start: {os.getloadavg()[0]:.2f} (other processes share these cores)")
     print(
-        f"frames/s at 640x480 (median per-call time, {len(frames)} distinct frames); recall@IoU0.5 on a {len(clip)}-frame clip with {ngt} faces\n"
+        f"frames/s at 640x480 (median per-call time, {len(frames)} distinct frames); "
+        f"recall@IoU0.5 on a {len(clip)}-frame clip with {ngt} faces\n"
     )
     header = f"| {'backend':<24} | " + " | ".join(f"b={b:<3}" for b in BATCHES) + " | recall | FP |"
     print(header)

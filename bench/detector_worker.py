@@ -12,8 +12,8 @@ round-robin over `--cameras` frame streams so batches mix cameras as in producti
 
 Each (batch size, repeat) times raw then worker back to back; the table shows medians and worker/raw (the median
 of the per-pair ratios), and the share of the worker's wall time spent inside detect(), which does not depend
-on how loaded the CPU was between the two runs. The goal is a ratio >= 0.85. The CPU is shared with other processes: read ratios, not absolute numbers, and compare
-only within one run.
+on how loaded the CPU was between the two runs. The goal is a ratio >= 0.85. The CPU is shared with other
+processes: read ratios, not absolute numbers, and compare only within one run.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import argparse
 import cProfile
 import os
 import pstats
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,16 +30,13 @@ import cv2
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
-
-from detector.registry import create_detector  # noqa: E402
-from detector.worker import DetectorStage  # noqa: E402
-from fervid.bus import Bus, EmbeddedRedis  # noqa: E402
+from detector.registry import create_detector
+from detector.worker import DetectorStage
+from fervid.bus import Bus, EmbeddedRedis
 from fervid.contracts import DETECTOR_GROUP, FrameMsg, FrameRef, Keys
-from fervid.sample import render_frames  # noqa: E402
-from fervid.settings import load_settings  # noqa: E402
-from fervid.worker import run_stage  # noqa: E402
+from fervid.sample import render_frames
+from fervid.settings import load_settings
+from fervid.worker import run_stage
 
 KEYS = Keys()  # the default namespace
 
@@ -118,10 +114,12 @@ def main() -> None:
     detector = create_detector(args.backend, device=args.device)
     dev = getattr(detector, "device", args.device)
     print(
-        f"backend {args.backend} on {dev}, torch {torch.__version__} ({torch.get_num_threads()} threads, {os.cpu_count()} cores)"
+        f"backend {args.backend} on {dev}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads, {os.cpu_count()} cores)"
     )
     print(
-        f"load average at start: {os.getloadavg()[0]:.2f}; {len(images)} frames 640x480 over {args.cameras} cameras; median of {args.repeats}\n"
+        f"load average at start: {os.getloadavg()[0]:.2f}; {len(images)} frames 640x480 over {args.cameras} cameras; "
+        f"median of {args.repeats}\n"
     )
     profile = cProfile.Profile() if args.profile else None
     rows = []
@@ -158,7 +156,8 @@ def main() -> None:
     print("|------:|----------------------:|-----------------------:|-------------:|------------:|")
     for batch, raw_fps, worker_fps, ratio, share in rows:
         print(
-            f"| {batch:>5} | {raw_fps:21.1f} | {worker_fps:22.1f} | {ratio:10.2f}{' !' if ratio < 0.85 else '  '} | {share:11.2f} |"
+            f"| {batch:>5} | {raw_fps:21.1f} | {worker_fps:22.1f} "
+            f"| {ratio:10.2f}{' !' if ratio < 0.85 else '  '} | {share:11.2f} |"
         )
     if profile:
         print()

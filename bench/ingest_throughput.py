@@ -109,7 +109,7 @@ def profile(client: redis.Redis, settings: Settings, path: Path) -> dict[str, fl
             t4 = time.perf_counter()
             encode_bgr(image, size, q)
             t5 = time.perf_counter()
-            for k, a, b in zip(steps, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
+            for k, a, b in zip(steps, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5), strict=True):
                 t[k] += b - a
             n += 1
     return {k: v / n * 1000 for k, v in t.items()}
@@ -122,7 +122,7 @@ def jpeg_check(client: redis.Redis, path: Path) -> tuple[float, float, float]:
     with open_container(str(path)) as c:
         originals = [f.to_ndarray(format="bgr24") for f in c.decode(c.streams.video[0])]
     entries = client.xrange(KEYS.frames("bench"), "-", "+")
-    for (_, fields), original in zip(entries, originals):
+    for (_, fields), original in zip(entries, originals, strict=True):
         msg = FrameMsg.decode(fields)
         image = cv2.imdecode(np.frombuffer(msg.jpeg, np.uint8), cv2.IMREAD_COLOR)
         assert image is not None and image.shape == original.shape, "the detector could not decode a frame"
@@ -194,7 +194,8 @@ def main() -> None:
                 rows.append(
                     (
                         f"{w}x{h} ingest, {label}",
-                        f"{decoded / it:7.0f} frames/s  = {(decoded / it) / dec_fps:.2f}x decode  ({published} JPEGs; Redis server {redis_ms:.2f} ms CPU/JPEG)",
+                        f"{decoded / it:7.0f} frames/s  = {(decoded / it) / dec_fps:.2f}x decode  "
+                        f"({published} JPEGs; Redis server {redis_ms:.2f} ms CPU/JPEG)",
                     )
                 )
             rows.append(
@@ -257,7 +258,8 @@ def main() -> None:
         rows.append(
             (
                 "  per camera",
-                f"{published / wall / args.cameras:.2f} frames/s; states: {sorted({s.state for s in statuses})}; reconnects {sum(s.reconnects for s in statuses)}",
+                f"{published / wall / args.cameras:.2f} frames/s; states: {sorted({s.state for s in statuses})}; "
+                f"reconnects {sum(s.reconnects for s in statuses)}",
             )
         )
         rows.append(("  drops (runner / Redis stats)", f"{drops} / {stats_drops}"))

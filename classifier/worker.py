@@ -107,7 +107,7 @@ class ClassifierStage:
             )
         except PartlyPublished as exc:
             published = exc.published  # acked: the frames published so far; the rest is returned
-        for (delivery, msg), _ in zip(frames, published):
+        for delivery, msg in frames[: len(published)]:
             outcome.done.append(delivery)
             self.fps.add(msg.frame.camera)
             CAMERA_FACES.labels(msg.frame.camera, self.name).inc(len(msg.faces))

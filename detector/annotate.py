@@ -68,7 +68,7 @@ def _draw_bars(image: np.ndarray, face: FaceLabel) -> None:
     panel_w = _BAR_W + 22
     x = x2 + 4 if x2 + 4 + panel_w <= w else max(0, x1 - 4 - panel_w)
     y = max(0, min(y1, h - len(EMOTIONS) * (_BAR_H + _BAR_GAP)))
-    for k, (name, p) in enumerate(zip(EMOTIONS, face.probabilities)):
+    for k, (name, p) in enumerate(zip(EMOTIONS, face.probabilities, strict=True)):
         top = y + k * (_BAR_H + _BAR_GAP)
         color = PALETTE.by_idx(k).as_bgr()
         cv2.putText(image, name[:2], (x, top + _BAR_H), cv2.FONT_HERSHEY_PLAIN, 0.7, (255, 255, 255), 1, cv2.LINE_AA)

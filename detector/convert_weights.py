@@ -183,8 +183,8 @@ def verify_against_onnx(onnx_bytes: bytes, model: torch.nn.Module, sizes=((480, 
             "landmarks": np.abs(lm.numpy() - ref_lm).max(),
         }
         # Both fp32 runtimes against the same graph in float64: how much of the diff is plain fp32 rounding.
-        ort_vs_64 = max(np.abs(r - e).max() for r, e in zip((ref_loc, ref_logits, ref_lm), exact))
-        pt_vs_64 = max(np.abs(t.numpy() - e).max() for t, e in zip((loc, logits, lm), exact))
+        ort_vs_64 = max(np.abs(r - e).max() for r, e in zip((ref_loc, ref_logits, ref_lm), exact, strict=True))
+        pt_vs_64 = max(np.abs(t.numpy() - e).max() for t, e in zip((loc, logits, lm), exact, strict=True))
         print(
             f"ONNX vs PyTorch at {h}x{w}: "
             + ", ".join(f"{k} {v:.3g}" for k, v in diffs.items())

@@ -87,7 +87,7 @@ class HaarDetector:
             outputRejectLevels=True,
         )
         dets = []
-        for (x, y, bw, bh), wt in zip(np.asarray(rects).reshape(-1, 4), np.asarray(weights).reshape(-1)):
+        for (x, y, bw, bh), wt in zip(np.asarray(rects).reshape(-1, 4), np.asarray(weights).reshape(-1), strict=True):
             score = weight_to_score(wt)
             if score < self.score_threshold:
                 continue

@@ -32,7 +32,7 @@ class MTCNNDetector:
         for indices in groups.values():
             rgb = np.stack([images[i][:, :, ::-1] for i in indices])
             boxes, probs, points = self._mtcnn.detect(rgb, landmarks=True)
-            for i, b, p, lm in zip(indices, boxes, probs, points):
+            for i, b, p, lm in zip(indices, boxes, probs, points, strict=True):
                 results[i] = _to_detections(b, p, lm, images[i].shape)
         return results
 
@@ -44,7 +44,7 @@ def _to_detections(
         return []
     h, w = shape[:2]
     out = []
-    for k, (box, prob) in enumerate(zip(boxes, probs)):
+    for k, (box, prob) in enumerate(zip(boxes, probs, strict=True)):
         x1, y1 = max(0.0, float(box[0])), max(0.0, float(box[1]))
         x2, y2 = min(float(w), float(box[2])), min(float(h), float(box[3]))
         if x2 <= x1 or y2 <= y1:

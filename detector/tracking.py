@@ -130,9 +130,9 @@ class FaceTracker:
         )
         tracked = tracker.update(dets, timestamp=ts)
         ids: list[int | None] = [None] * len(detections)
-        for index, tid in zip(
-            tracked.data.get("index", []), tracked.tracker_id if tracked.tracker_id is not None else []
-        ):
+        if tracked.tracker_id is None:
+            return ids
+        for index, tid in zip(tracked.data.get("index", []), tracked.tracker_id, strict=True):
             if tid >= 0:
                 ids[int(index)] = epoch * EPOCH_STRIDE + int(tid)
         return ids

@@ -82,15 +82,23 @@ INFERENCE_BATCH = Histogram(
 )
 # A batch mixes cameras: per camera, the batches that carried its frames (how long, how big) and its faces per frame.
 CAMERA_INFERENCE_SECONDS = Histogram(
-    "fervid_camera_inference_seconds", "Seconds per forward pass, of the batches carrying this camera's frames.", ["camera", "stage"],
+    "fervid_camera_inference_seconds",
+    "Seconds per forward pass, of the batches carrying this camera's frames.",
+    ["camera", "stage"],
     buckets=_SECONDS_BUCKETS,
-)  # fmt: skip
+)
 CAMERA_BATCH = Histogram(
-    "fervid_camera_batch_images", "Images per forward pass, of the batches carrying this camera's frames.", ["camera", "stage"], buckets=_BATCH_BUCKETS
-)  # fmt: skip
+    "fervid_camera_batch_images",
+    "Images per forward pass, of the batches carrying this camera's frames.",
+    ["camera", "stage"],
+    buckets=_BATCH_BUCKETS,
+)
 CAMERA_FACES_PER_FRAME = Histogram(
-    "fervid_camera_faces_per_frame", "Faces per frame, per camera.", ["camera", "stage"], buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 32)
-)  # fmt: skip
+    "fervid_camera_faces_per_frame",
+    "Faces per frame, per camera.",
+    ["camera", "stage"],
+    buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 32),
+)
 
 # -- process -----------------------------------------------------------------------------------------------
 READY = Gauge("fervid_ready", "1 when the process is ready (Redis reachable, model loaded).", ["service"])

@@ -57,7 +57,8 @@ def create_app(
     app = FastAPI(
         title="fervid",
         version="1",
-        description="Per-camera facial-expression timelines. Send `Authorization: Bearer <token>` when the server has a token.",
+        description="Per-camera facial-expression timelines. "
+        "Send `Authorization: Bearer <token>` when the server has a token.",
     )
     registry = CollectorRegistry()
     requests = Counter(

@@ -217,26 +217,64 @@ def _dashboard(
 def dashboards() -> dict[str, dict[str, Any]]:
     """Every dashboard, by file name stem."""
     share = _panel(
-        1, "Emotion share — $camera", "timeseries", SQL["emotion_share"], (0, 0, 24, 9),
-        repeat="camera", repeatDirection="v",
+        1,
+        "Emotion share — $camera",
+        "timeseries",
+        SQL["emotion_share"],
+        (0, 0, 24, 9),
+        repeat="camera",
+        repeatDirection="v",
         fieldConfig={
-            "defaults": {"custom": {"stacking": {"mode": "percent", "group": "A"}, "fillOpacity": 70, "lineWidth": 0, "drawStyle": "line"}, "unit": "percentunit"},
+            "defaults": {
+                "custom": {
+                    "stacking": {"mode": "percent", "group": "A"},
+                    "fillOpacity": 70,
+                    "lineWidth": 0,
+                    "drawStyle": "line",
+                },
+                "unit": "percentunit",
+            },
             "overrides": [],
         },
-    )  # fmt: skip
+    )
     faces = _panel(
-        2, "Faces per minute", "timeseries", SQL["faces_per_minute"], (0, 9, 24, 8),
-        fieldConfig={"defaults": {"custom": {"drawStyle": "bars", "fillOpacity": 60}, "unit": "short"}, "overrides": []},
-    )  # fmt: skip
+        2,
+        "Faces per minute",
+        "timeseries",
+        SQL["faces_per_minute"],
+        (0, 9, 24, 8),
+        fieldConfig={
+            "defaults": {"custom": {"drawStyle": "bars", "fillOpacity": 60}, "unit": "short"},
+            "overrides": [],
+        },
+    )
     state = _panel(
-        3, "Dominant emotion — $camera", "state-timeline", SQL["dominant_state"], (0, 17, 24, 5),
-        repeat="camera", repeatDirection="v", options={"showValue": "auto", "mergeValues": True, "legend": {"showLegend": True, "displayMode": "list", "placement": "bottom"}},
-    )  # fmt: skip
+        3,
+        "Dominant emotion — $camera",
+        "state-timeline",
+        SQL["dominant_state"],
+        (0, 17, 24, 5),
+        repeat="camera",
+        repeatDirection="v",
+        options={
+            "showValue": "auto",
+            "mergeValues": True,
+            "legend": {"showLegend": True, "displayMode": "list", "placement": "bottom"},
+        },
+    )
     frames = _panel(
-        1, "Analysed frames per minute", "timeseries", SQL["frames_per_minute"], (0, 0, 24, 9),
-        fieldConfig={"defaults": {"custom": {"drawStyle": "line", "fillOpacity": 10}, "unit": "short"}, "overrides": []},
-        description="Frames that reached storage, with or without faces. A camera dropping to zero has stalled upstream.",
-    )  # fmt: skip
+        1,
+        "Analysed frames per minute",
+        "timeseries",
+        SQL["frames_per_minute"],
+        (0, 0, 24, 9),
+        fieldConfig={
+            "defaults": {"custom": {"drawStyle": "line", "fillOpacity": 10}, "unit": "short"},
+            "overrides": [],
+        },
+        description="Frames that reached storage, with or without faces. "
+        "A camera dropping to zero has stalled upstream.",
+    )
     return {
         "fervid-emotions": _dashboard(
             "fervid-emotions", "fervid — emotions", [share, faces, state], "Emotion timelines per camera."

@@ -9,9 +9,14 @@ from typing import Any
 from fervid.contracts import EMOTIONS
 
 COLOURS = {
-    "angry": "#d62728", "disgust": "#8c564b", "fear": "#9467bd", "happy": "#2ca02c",
-    "sad": "#1f77b4", "surprise": "#ff7f0e", "neutral": "#7f7f7f",
-}  # fmt: skip
+    "angry": "#d62728",
+    "disgust": "#8c564b",
+    "fear": "#9467bd",
+    "happy": "#2ca02c",
+    "sad": "#1f77b4",
+    "surprise": "#ff7f0e",
+    "neutral": "#7f7f7f",
+}
 
 
 def plot_timeline(buckets: list[dict[str, Any]], path: Path, title: str) -> Path:

@@ -260,10 +260,12 @@ def _rollup_query(camera: str, bucket_ms: int, lo: int | None, hi: int | None, l
         rolled.append(m.minute_ms < hi_down)
     parts = [
         select(
-            (m.minute_ms - m.minute_ms % bucket_ms).label("start"), m.faces.label("faces"),
-            *[m[f"{prefix}_{e}"].label(f"c_{e}") for e in EMOTIONS], *[m[f"sum_{e}"].label(f"p_{e}") for e in EMOTIONS],
+            (m.minute_ms - m.minute_ms % bucket_ms).label("start"),
+            m.faces.label("faces"),
+            *[m[f"{prefix}_{e}"].label(f"c_{e}") for e in EMOTIONS],
+            *[m[f"sum_{e}"].label(f"p_{e}") for e in EMOTIONS],
         ).where(*rolled)
-    ]  # fmt: skip
+    ]
     edges: list[tuple[int, int]] = []  # [a, b) of raw events: the partial minutes at either end
     if lo is not None and lo_up is not None:
         edges.append((lo, lo_up if hi is None else min(lo_up, hi)))
@@ -275,11 +277,12 @@ def _rollup_query(camera: str, bucket_ms: int, lo: int | None, hi: int | None, l
             continue
         parts.append(
             select(
-                (_ev.ts_ms - _ev.ts_ms % bucket_ms).label("start"), literal_column("1").label("faces"),
+                (_ev.ts_ms - _ev.ts_ms % bucket_ms).label("start"),
+                literal_column("1").label("faces"),
                 *[case((label == e, 1), else_=0).label(f"c_{e}") for e in EMOTIONS],
                 *[_ev[f"p_{e}"].label(f"p_{e}") for e in EMOTIONS],
             ).where(_ev.camera == camera, _ev.ts_ms >= a, _ev.ts_ms < b)
-        )  # fmt: skip
+        )
     u = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
     faces = func.sum(u.c.faces)
     columns = [u.c.start, faces.label("faces")]

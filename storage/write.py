@@ -159,11 +159,13 @@ def _pg_minutes_sql(source: str) -> str:
     """Fold the rows of `source` (the events insert's RETURNING) into the per-minute rollup."""
     minute = "ts_ms - ts_ms %% 60000"  # %% is % for psycopg
     select = [
-        "camera", minute, "count(*)",
+        "camera",
+        minute,
+        "count(*)",
         *[f"count(*) FILTER (WHERE label = '{e}')" for e in EMOTIONS],
         *[f"count(*) FILTER (WHERE coalesce(label_smoothed, label) = '{e}')" for e in EMOTIONS],
         *[f"sum(p_{e})" for e in EMOTIONS],
-    ]  # fmt: skip
+    ]
     return (
         f"INSERT INTO events_1m ({', '.join(_MINUTE_COLS)}) SELECT {', '.join(select)} FROM {source} "
         f"GROUP BY camera, {minute} ORDER BY camera, {minute} {_conflict_clause('events_1m', True)}"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from rtsp_fixtures import *  # noqa: F403  (real RTSP server fixtures; tests/ is on sys.path)
+from pg_fixtures import *  # noqa: F403  (real PostgreSQL fixtures; tests/ is on sys.path)
+from rtsp_fixtures import *  # noqa: F403  (real RTSP server and ingest service fixtures)
 
 from fervid.bus import EmbeddedRedis
 from fervid.sample import GroundTruth, make_sample_clip
@@ -49,6 +50,3 @@ def sample_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GroundT
     path = tmp_path_factory.mktemp("clips") / "two_faces.mp4"
     truth = make_sample_clip(path, seconds=2.0, fps=30)
     return path, truth
-
-
-from pg_fixtures import *  # noqa

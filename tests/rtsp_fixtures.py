@@ -7,21 +7,30 @@ tests/rtsp_server.py; when they are missing the tests that use these fixtures FA
 from __future__ import annotations
 
 import os
+import random
 import select
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
+
+from fervid.backoff import Backoff
+from fervid.settings import Settings
+from ingest.camera import STABLE_AFTER_S, CameraRunner
+from ingest.cameras import CameraConfig
+from ingest.service import IngestService
 
 SERVER = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = os.environ.get("FERVID_GST_PYTHON", "/usr/bin/python3")
 APT_HINT = (
     "apt-get install -y --no-install-recommends python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp "
-    "gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly glib-networking openssl"
+    "gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly "
+    "glib-networking openssl"
 )
 
 
@@ -86,13 +95,13 @@ class RtspServer:
 
 
 @pytest.fixture(scope="session")
-def rtsp_clip(sample_clip) -> Path:  # type: ignore[no-untyped-def]
+def rtsp_clip(sample_clip: tuple[Path, object]) -> Path:
     """The H.264 clip (no B-frames, short GOP) the RTSP server serves, looping."""
     return sample_clip[0]
 
 
 @pytest.fixture
-def rtsp_server_factory(rtsp_clip: Path) -> Iterator:  # type: ignore[type-arg]
+def rtsp_server_factory(rtsp_clip: Path) -> Iterator[Callable[..., RtspServer]]:
     """Make and start servers; every one is killed at teardown."""
     servers: list[RtspServer] = []
 
@@ -148,3 +157,19 @@ def self_signed_pem(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pem = d / "server.pem"
     pem.write_bytes((d / "cert.pem").read_bytes() + (d / "key.pem").read_bytes())
     return pem
+
+
+@pytest.fixture
+def service(redis_client: redis.Redis, settings: Settings) -> Iterator[IngestService]:
+    """An IngestService (as `fervid ingest` runs cameras), stopped at teardown."""
+    # Seeded jitter: the real policy (0.5 s doubling to 30 s, full jitter), reproducible timings.
+    rng = random.Random(7)
+
+    def factory(cfg: CameraConfig, client: redis.Redis, s: Settings) -> CameraRunner:
+        return CameraRunner(
+            cfg, client, s, backoff=Backoff(initial=0.5, cap=30.0, stable_after=STABLE_AFTER_S, rng=rng)
+        )
+
+    svc = IngestService(redis_client, settings, runner_factory=factory)
+    yield svc
+    svc.stop(timeout=3)

@@ -2,7 +2,8 @@
 
 Runs under the system Python (``/usr/bin/python3``), because PyGObject is not importable from the venv:
 
-    /usr/bin/python3 tests/rtsp_server.py --port 8554 --clip clip.mp4 --mount cam --mount cam2 [--user u --password p] [--tls cert+key.pem]
+    /usr/bin/python3 tests/rtsp_server.py --port 8554 --clip clip.mp4 --mount cam --mount cam2 \\
+        [--user u --password p] [--tls cert+key.pem]
 
 Every mount serves the same clip, decoded once at start-up and looped forever, re-encoded live with
 ``x264enc tune=zerolatency`` (no B-frames, key frame every ``--gop`` frames) so every client gets clean,
@@ -13,13 +14,14 @@ Needs: python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-{plugins-base,plugins-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 import gi
 
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import Gio, GLib, Gst, GstRtspServer  # noqa: E402
+from gi.repository import Gio, GLib, Gst, GstRtspServer  # noqa: E402  (after require_version, as gi demands)
 
 
 def load_clip(path: str) -> tuple[list[bytes], int, int, int]:
@@ -127,10 +129,8 @@ def main() -> None:
     if server.attach(None) == 0:
         raise SystemExit(f"rtsp_server: cannot listen on 127.0.0.1:{args.port}")
     print(f"READY {server.get_bound_port()}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         GLib.MainLoop().run()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def test_demo_writes_an_annotated_video(tmp_path: Path) -> None:
     annotated = frames_of(out)
     source = frames_of(clip)[::3]  # what ingest kept at 10 fps from 30 fps
     assert len(annotated) == len(source) == 10
-    for k, (drawn, plain) in enumerate(zip(annotated, source)):
+    for k, (drawn, plain) in enumerate(zip(annotated, source, strict=True)):
         boxes = truth.boxes[3 * k]
         # Boxes drawn where the faces are...
         assert all(np.abs(ring(drawn, b) - ring(plain, b)).mean() > 15 for b in boxes), k

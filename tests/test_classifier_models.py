@@ -16,8 +16,8 @@ from classifier.models import (
     offline_mobilenet_v2_file,
     servable_by_name,
 )
-from fervid.errors import ConfigError
 from fervid.choices import CLASSIFIER_MODELS
+from fervid.errors import ConfigError
 from fervid.settings import load_settings
 
 BIG = {"densenet161", "resnet152", "vgg16"}

@@ -114,7 +114,7 @@ def test_one_call_for_a_batch_equals_one_call_per_observation(redis_client: redi
     state = {t: redis_client.hgetall(Keys().track("cam", t)) for t in (0, 1)}
     redis_client.delete(*(Keys().track("cam", t) for t in (0, 1)))
     one_by_one = [TrackSmoother(redis_client, cfg).update([o])[0] for o in sorted(stream, key=lambda o: o.seq)]
-    by_obs = dict(zip((id(o) for o in sorted(stream, key=lambda o: o.seq)), one_by_one))
+    by_obs = dict(zip((id(o) for o in sorted(stream, key=lambda o: o.seq)), one_by_one, strict=True))
     assert batched == [by_obs[id(o)] for o in stream]
     assert {t: redis_client.hgetall(Keys().track("cam", t)) for t in (0, 1)} == state
     assert sum(b.probs is not None for b in batched) > 20 and any(b.label for b in batched)
@@ -146,7 +146,7 @@ def track_frames(n: int) -> list[FacesMsg]:
     crops = [img[56:176, 177:272], cv2.flip(img[56:176, 177:272], 1), img[30:200, 150:300], img[80:176, 190:272]]
     out = []
     for seq in range(n):
-        ok, buf = cv2.imencode(".jpg", crops[(seq // 2) % len(crops)])
+        _ok, buf = cv2.imencode(".jpg", crops[(seq // 2) % len(crops)])
         faces = (
             Face(index=0, box=Box(10, 10, 60, 60), score=0.9, crop=buf.tobytes(), track_id=7),
             Face(index=1, box=Box(100, 10, 60, 60), score=0.9, crop=buf.tobytes()),

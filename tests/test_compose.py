@@ -288,14 +288,16 @@ def test_entrypoint_reads_secret_files_into_urls_and_drops_empty_settings(tmp_pa
     ep = _entrypoint()
     (tmp_path / "redis").write_text("p@ss/w:rd%\n")
     (tmp_path / "token").write_text("tok en\n")
-    env = ep.resolve({
-        "FERVID_REDIS_URL": "redis://:${REDIS_PASSWORD}@redis:6379/0",
-        "REDIS_PASSWORD_FILE": str(tmp_path / "redis"),
-        "FERVID_API_TOKEN_FILE": str(tmp_path / "token"),
-        "FERVID_CLASSIFIER__CHECKPOINT": "",
-        "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt",  # not ours: left alone
-        "PATH": "/usr/bin",
-    })  # fmt: skip
+    env = ep.resolve(
+        {
+            "FERVID_REDIS_URL": "redis://:${REDIS_PASSWORD}@redis:6379/0",
+            "REDIS_PASSWORD_FILE": str(tmp_path / "redis"),
+            "FERVID_API_TOKEN_FILE": str(tmp_path / "token"),
+            "FERVID_CLASSIFIER__CHECKPOINT": "",
+            "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt",  # not ours: left alone
+            "PATH": "/usr/bin",
+        }
+    )
     assert env["FERVID_REDIS_URL"] == "redis://:p%40ss%2Fw%3Ard%25@redis:6379/0"
     from redis.connection import parse_url
 
@@ -312,12 +314,15 @@ def test_entrypoint_reads_secret_files_into_urls_and_drops_empty_settings(tmp_pa
         ({"FERVID_API_TOKEN": "a", "FERVID_API_TOKEN_FILE": "/x"}, "both FERVID_API_TOKEN and FERVID_API_TOKEN_FILE"),
         ({"FERVID_API_TOKEN_FILE": "/nonexistent/token"}, "FERVID_API_TOKEN_FILE: cannot read /nonexistent/token"),
     ],
-)  # fmt: skip
+)
 def test_entrypoint_errors_are_one_line_naming_the_variable(env: dict[str, str], message: str) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "deploy" / "docker-entrypoint.py"), "true"],
-        env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
 
 
@@ -326,8 +331,10 @@ def test_entrypoint_execs_the_command_with_the_resolved_environment(tmp_path: Pa
     result = subprocess.run(
         [sys.executable, str(ROOT / "deploy" / "docker-entrypoint.py"), "sh", "-c", 'echo "$FERVID_DB_URL"'],
         env={"PATH": "/usr/bin:/bin", "FERVID_DB_URL": "postgresql://u:${PG}@db/f", "PG_FILE": str(tmp_path / "pw")},
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0 and result.stdout.strip() == "postgresql://u:pw@db/f"
 
 

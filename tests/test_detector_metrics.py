@@ -33,13 +33,13 @@ def scrape() -> dict[tuple[str, str], float]:
 
 def test_per_camera_detector_metrics(redis_client: redis.Redis, tmp_path: Path) -> None:
     cameras = ["metrics-one", "metrics-two"]  # names no other test uses: the registry is per process
-    frames, truth = render_frames(seconds=4 / 30, fps=30, faces=2)
+    frames, _truth = render_frames(seconds=4 / 30, fps=30, faces=2)
     producer = Bus(redis_client, "ingest")
     redis_client.sadd(KEYS.cameras, *cameras)
-    for camera, faces in zip(cameras, (2, 0)):
+    for camera, faces in zip(cameras, (2, 0), strict=True):
         for seq, image in enumerate(frames):
             image = image if faces else np.full_like(image, 100)  # the second camera sees a grey wall
-            ok, jpeg = cv2.imencode(".jpg", image)
+            _ok, jpeg = cv2.imencode(".jpg", image)
             producer.publish(
                 KEYS.frames(camera),
                 FrameMsg(FrameRef(camera, seq, 100.0 + seq / 30, 640, 480), jpeg.tobytes()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -36,7 +37,7 @@ def test_an_unimportable_backend_is_a_clear_error(monkeypatch):
     from detector.registry import DetectorSpec
 
     monkeypatch.setitem(DETECTORS, "ghost", DetectorSpec("detector.no_such_module:Ghost"))
-    with pytest.raises(DetectorUnavailableError, match="detector.no_such_module:Ghost"):
+    with pytest.raises(DetectorUnavailableError, match=re.escape("detector.no_such_module:Ghost")):
         create_detector("ghost")
 
 

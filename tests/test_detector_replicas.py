@@ -146,7 +146,7 @@ class CrashingStage(DetectorStage):
 def test_a_crashed_replicas_cameras_are_taken_over(
     redis_client: redis.Redis, sample_clip: tuple[Path, GroundTruth], tmp_path: Path
 ) -> None:
-    clip, truth = sample_clip
+    clip, _truth = sample_clip
     cameras = ["cam-x", "cam-y"]
     settings = replica_settings(tmp_path)
     redis_client.sadd(KEYS.cameras, *cameras)

@@ -301,8 +301,8 @@ def test_up_one_process_stores_every_face_once(
     clip, _ = sample_clip
     data = tmp_path / "data"
     db = f"sqlite:///{data / 'fervid.db'}"
-    cmd = [sys.executable, "-m", "fervid", "up", "--one-process", "--source", str(clip), "--camera", "one",
-           "--fps", "5", "--redis", redis_url, "--db", db, "--data-dir", str(data), "--until-drained"]  # fmt: skip
+    cmd = [sys.executable, "-m", "fervid", "up", "--one-process", "--source", str(clip), "--camera", "one"]
+    cmd += ["--fps", "5", "--redis", redis_url, "--db", db, "--data-dir", str(data), "--until-drained"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     status = json.loads((data / "up.json").read_text())

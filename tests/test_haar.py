@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from synth import ASTRONAUT_FACE, astronaut_bgr, iou, match, standard_frames
@@ -26,7 +28,7 @@ def test_astronaut(det):
 def test_recall_on_synthetic_frames(det):
     frames = standard_frames()
     results = det.detect([f.image for f in frames])
-    for frame, dets in zip(frames, results):
+    for frame, dets in zip(frames, results, strict=True):
         found, ious = match(frame.boxes, dets)
         assert found == len(frame.boxes), ious
         assert [d.score for d in dets] == sorted((d.score for d in dets), reverse=True)
@@ -39,5 +41,5 @@ def test_blank_frame(det):
 def test_score_mapping_is_monotonic_and_bounded():
     ws = np.linspace(-50, 50, 201)
     s = [weight_to_score(w) for w in ws]
-    assert all(0.0 <= v <= 1.0 for v in s) and all(a <= b for a, b in zip(s, s[1:]))
+    assert all(0.0 <= v <= 1.0 for v in s) and all(a <= b for a, b in itertools.pairwise(s))
     assert weight_to_score(1e9) == 1.0 and weight_to_score(-1e9) >= 0.0

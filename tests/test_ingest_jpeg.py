@@ -4,6 +4,7 @@ helper threads must keep frames in order and hand errors back."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import av
@@ -26,7 +27,7 @@ KEYS = Keys()  # the default namespace
 def real_frames(sample_clip: tuple[Path, object]) -> list[av.VideoFrame]:
     """Decoded frames of the sample clip (real faces, H.264, yuv420p limited range, as cameras send)."""
     with av.open(str(sample_clip[0])) as c:
-        return [f for i, f in zip(range(12), c.decode(video=0))]
+        return list(itertools.islice(c.decode(video=0), 12))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -66,10 +67,10 @@ def test_full_range_flag_is_honoured(real_frames: list[av.VideoFrame]) -> None:
     frame = real_frames[0].reformat(format="yuvj420p")
     planes = [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in frame.planes]
     flagged = av.VideoFrame(frame.width, frame.height, "yuv420p")
-    for dst, src in zip(flagged.planes, planes):
+    for dst, src in zip(flagged.planes, planes, strict=True):
         np.frombuffer(dst, np.uint8).reshape(dst.height, dst.line_size)[:, : dst.width] = src
     flagged.color_range = 2  # AVCOL_RANGE_JPEG
-    jpeg, w, h = encode_frame(flagged, 1280, 90)
+    jpeg, _w, _h = encode_frame(flagged, 1280, 90)
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert psnr(image, frame.to_ndarray(format="bgr24")) > 39.5
 

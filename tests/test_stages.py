@@ -26,12 +26,11 @@ def dead_reasons(client: redis.Redis) -> list[str]:
 
 
 def test_detector_dead_letters_bad_frames_and_keeps_going(redis_client: redis.Redis, settings: Settings) -> None:
-    frames, truth = render_frames(seconds=0.1, fps=30, faces=2)
-    ok, jpeg = cv2.imencode(".jpg", frames[0])
+    frames, _truth = render_frames(seconds=0.1, fps=30, faces=2)
+    _ok, jpeg = cv2.imencode(".jpg", frames[0])
     stream = KEYS.frames("cam")
     producer = Bus(redis_client, "ingest")
     redis_client.sadd(KEYS.cameras, "cam")
-    ref = FrameRef("cam", 0, 1.0, 640, 480)
     for msg in [
         FrameMsg(FrameRef("cam", 0, 1.0, 640, 480), b"\xff\xd8 not a jpeg"),
         FrameMsg(FrameRef("cam", 1, 1.0, 640, 480), b""),
@@ -59,7 +58,7 @@ def test_detector_dead_letters_bad_frames_and_keeps_going(redis_client: redis.Re
 def test_classifier_dead_letters_a_corrupt_crop(redis_client: redis.Redis, settings: Settings) -> None:
     frames, truth = render_frames(seconds=0.1, fps=30, faces=1)
     x1, y1, x2, y2 = (int(v) for v in truth.boxes[0][0])
-    ok, crop = cv2.imencode(".jpg", frames[0][y1:y2, x1:x2])
+    _ok, crop = cv2.imencode(".jpg", frames[0][y1:y2, x1:x2])
     producer = Bus(redis_client, "detector")
     ref = FrameRef("cam", 0, 1.0, 640, 480)
     face = Face(index=0, box=Box(x1, y1, x2 - x1, y2 - y1), score=0.99, crop=crop.tobytes())

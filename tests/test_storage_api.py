@@ -216,7 +216,7 @@ def test_ready_is_503_when_postgresql_is_gone(pg_url: str, pg_server: str) -> No
 def test_snapshot_draws_the_newest_frame_with_faces(client: TestClient, redis_client) -> None:
     for seq in (198, 199, 500):  # 199 has faces in SQL (make_messages), 500 is newer but has no events
         image = np.full((480, 640, 3), 40, np.uint8)
-        ok, jpeg = cv2.imencode(".jpg", image)
+        _ok, jpeg = cv2.imencode(".jpg", image)
         msg = FrameMsg(FrameRef("cam1", seq, 1.0 + seq, 640, 480), jpeg.tobytes())
         redis_client.xadd(KEYS.frames("cam1"), msg.encode())
     r = client.get("/cameras/cam1/snapshot.jpg")
@@ -243,8 +243,11 @@ def test_fervid_api_serves_and_warns_on_public_bind_without_token(db_url: str) -
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "fervid.cli", "api", "--db", db_url, "--host", "0.0.0.0", "--port", str(port)],
-        cwd=root, env=env, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=root,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -305,7 +308,7 @@ def test_schemathesis_finds_nothing_in_the_published_schema(
     # urllib3's pooled connections (to resend on a dropped keep-alive) in a way urllib3-future's pool container
     # refuses. The app is called in-process (ASGI): there are no pooled connections to count.
     monkeypatch.setattr(st_requests, "_count_opened_connections", lambda session: 0)
-    ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 40, np.uint8))
+    _ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 40, np.uint8))
     redis_client.xadd(KEYS.frames("cam1"), FrameMsg(FrameRef("cam1", 199, 200.0, 64, 48), jpeg.tobytes()).encode())
     engine = make_engine(db_url)
     app = create_app(engine, token=TOKEN, redis_url=redis_url)

@@ -242,12 +242,23 @@ def test_rows_round_trip_exactly_with_awkward_strings_and_interleaved_cameras(en
     assert insert_idempotent(engine, msgs) == n
     expected = {
         (m.frame.camera, m.frame.seq, e.index): dict(
-            ts_ms=round(m.frame.capture_ts * 1000), x=e.box.x, y=e.box.y, w=e.box.w, h=e.box.h, det_score=e.score,
-            track_id=e.track_id, **{f"p_{name}": p for name, p in zip(EMOTIONS, e.probs, strict=True)},
-            label=e.label, label_smoothed=e.smoothed_label, quality=e.quality, model=m.model, detector=m.detector,
+            ts_ms=round(m.frame.capture_ts * 1000),
+            x=e.box.x,
+            y=e.box.y,
+            w=e.box.w,
+            h=e.box.h,
+            det_score=e.score,
+            track_id=e.track_id,
+            **{f"p_{name}": p for name, p in zip(EMOTIONS, e.probs, strict=True)},
+            label=e.label,
+            label_smoothed=e.smoothed_label,
+            quality=e.quality,
+            model=m.model,
+            detector=m.detector,
         )
-        for m in msgs for e in m.emotions
-    }  # fmt: skip
+        for m in msgs
+        for e in m.emotions
+    }
     compared = list(next(iter(expected.values())))
     with engine.connect() as conn:
         stored = {

@@ -51,8 +51,8 @@ def test_timeline_plot_shows_the_stacked_shares(tmp_path: Path) -> None:
         engine, faces_feeling("happy", range(0, 120)) + faces_feeling("sad", range(120, 240))
     )  # 2 min each
     out = tmp_path / "plots" / "t.png"
-    r = CliRunner().invoke(cli_app, ["timeline", "plotcam", "--bucket", "10s", "--since", "2025-11-25T00:00:00", "--until", "2025-11-25T00:04:00",
-                                     "--plot", str(out), "--db", db])  # fmt: skip
+    window = ["--since", "2025-11-25T00:00:00", "--until", "2025-11-25T00:04:00"]
+    r = CliRunner().invoke(cli_app, ["timeline", "plotcam", "--bucket", "10s", *window, "--plot", str(out), "--db", db])
     assert r.exit_code == 0, r.output
     img = Image.open(out).convert("RGB")
     assert img.size[0] > 800 and img.size[1] > 300

@@ -83,8 +83,10 @@ def test_sigkill_mid_run_and_restart_leaves_one_row_per_face(
     # 1. A worker that commits a batch and dies before acking it: the exact crash window redelivery must cover.
     crash = (
         "import os, signal; from fervid.bus import Bus, connect; from fervid.settings import load_settings;"
-        "from storage.db import make_engine, create_schema; from storage.worker import StorageStage; from fervid.contracts import *;"
-        f"bus = Bus(connect({redis_url!r}), STORAGE_GROUP, claim_idle_ms=200); e = make_engine({db!r}); create_schema(e);"
+        "from storage.db import make_engine, create_schema; from storage.worker import StorageStage;"
+        "from fervid.contracts import *;"
+        f"bus = Bus(connect({redis_url!r}), STORAGE_GROUP, claim_idle_ms=200);"
+        f"e = make_engine({db!r}); create_schema(e);"
         "stage = StorageStage(e, load_settings()); batch = bus.read_batch(stage.input_streams(), 4, 50, 500);"
         "stage.handle([(d, EventsMsg.decode(d.fields)) for d in batch]); os.kill(os.getpid(), signal.SIGKILL)"
     )
@@ -249,7 +251,8 @@ def test_cli_errors_are_one_line_with_exit_codes(tmp_path: Path, args: list[str]
 
 
 def test_connection_lost_inside_the_transaction_is_retried(pg_url: str, settings, monkeypatch) -> None:
-    """A psycopg error on the raw (one-statement) insert path surfaces as SQLAlchemy's OperationalError and is retried."""
+    """A psycopg error on the raw (one-statement) insert path surfaces as SQLAlchemy's OperationalError and is
+    retried."""
     import psycopg
 
     from fervid.bus import Delivery

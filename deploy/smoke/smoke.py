@@ -92,10 +92,9 @@ class Run:
         return out
 
     def container(self, service: str) -> str:
-        names = podman(
-            "ps", "-a", "--filter", f"label=io.podman.compose.project={self.project}",
-            "--filter", f"label=com.docker.compose.service={service}", "--format", "{{.Names}}",
-        ).split()  # fmt: skip
+        project = f"label=io.podman.compose.project={self.project}"
+        labelled = f"label=com.docker.compose.service={service}"
+        names = podman("ps", "-a", "--filter", project, "--filter", labelled, "--format", "{{.Names}}").split()
         if not names:
             raise SmokeError(f"no container for service {service}")
         return sorted(names)[0]
@@ -222,20 +221,16 @@ def train(run: Run) -> str:
     """`fervid train` in the image (as the user would, `docker run ... fervid train`): one epoch of vgg1 on the
     generated faces; the checkpoint lands in MODELS_DIR, which the classifier mounts read-only. Then
     `fervid export` of it to ONNX, in the image too."""
-    podman(
-        "run", "--rm", "--network", "none",
-        "-v", f"{run.work / 'faces'}:/faces:ro", "-v", f"{run.work / 'models'}:/models",
-        f"{run.image}:cuda", "train", "--model", "vgg1", "--data", "/faces", "--out", f"/models/{RUN_NAME}",
-        "--epochs", "1", "--batch-size", "16", "--no-amp", "--num-workers", "0", "--device", "cpu",
-    )  # fmt: skip
+    container = ["run", "--rm", "--network", "none", "-v", f"{run.work / 'faces'}:/faces:ro"]
+    container += ["-v", f"{run.work / 'models'}:/models", f"{run.image}:cuda"]
+    options = ["--epochs", "1", "--batch-size", "16", "--no-amp", "--num-workers", "0", "--device", "cpu"]
+    podman(*container, "train", "--model", "vgg1", "--data", "/faces", "--out", f"/models/{RUN_NAME}", *options)
     best = run.work / "models" / RUN_NAME / "best.pt"
     if not best.is_file():
         raise SmokeError(f"fervid train wrote no {best}")
     # `fervid export` in the runtime image: onnx is a runtime dependency.
-    podman(
-        "run", "--rm", "--network", "none", "-v", f"{run.work / 'models'}:/models", f"{run.image}:cuda",
-        "export", f"/models/{RUN_NAME}/best.pt", "--out", f"/models/{RUN_NAME}/model.onnx",
-    )  # fmt: skip
+    container = ["run", "--rm", "--network", "none", "-v", f"{run.work / 'models'}:/models", f"{run.image}:cuda"]
+    podman(*container, "export", f"/models/{RUN_NAME}/best.pt", "--out", f"/models/{RUN_NAME}/model.onnx")
     if not (run.work / "models" / RUN_NAME / "model.onnx").is_file():
         raise SmokeError("fervid export wrote no model.onnx")
     return f"vgg1:{RUN_NAME}/best.pt"  # classifier.serving's model id: <model>:<run dir>/<file>
@@ -245,11 +240,12 @@ def start_camera(run: Run) -> subprocess.Popen[bytes]:
     """The clip as a live RTSP camera (GStreamer, looping, real time) on the host, where containers reach it
     as host.containers.internal."""
     port = free_port()
+    server = ["/usr/bin/python3", str(ROOT / "tests" / "rtsp_server.py")]
     proc = subprocess.Popen(
-        ["/usr/bin/python3", str(ROOT / "tests" / "rtsp_server.py"), "--port", str(port), "--address", "0.0.0.0",
-         "--clip", str(run.work / "clip.mp4"), "--mount", "cam"],
-        stdout=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
+        [*server, "--port", str(port), "--address", "0.0.0.0", "--clip", str(run.work / "clip.mp4"), "--mount", "cam"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     if not line.startswith("READY"):
@@ -324,12 +320,14 @@ def checkpoint_errors(run: Run) -> list[str]:
     """A CLASSIFIER_CHECKPOINT that is missing, or not a fervid checkpoint, stops the classifier at start with
     one line naming the path (run in the classifier's container, through the image's entrypoint)."""
     lines = []
+    classify = ["podman", "exec", run.container("classifier"), "fervid-entrypoint", "fervid", "classify"]
     for path in ("/models/no-such-run/best.pt", f"/models/{RUN_NAME}/config.json"):
         out = subprocess.run(
-            ["podman", "exec", run.container("classifier"), "fervid-entrypoint", "fervid", "classify",
-             "--checkpoint", path, "--metrics-port", "0"],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            [*classify, "--checkpoint", path, "--metrics-port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         # The error is the last thing printed, after the start-up line (rich may wrap it: joined here).
         message = " ".join(out.stderr[out.stderr.rfind("error:") :].split())
         if out.returncode == 0 or path not in message or "Traceback" in out.stderr:
@@ -348,8 +346,11 @@ def prometheus_checks(run: Run) -> list[tuple[str, int]]:
 
     def targets_up() -> bool:
         active = http_json(f"{base}/targets")["data"]["activeTargets"]
-        down = [f"{t['labels'].get('service', t['labels']['job'])}: {t['lastError'] or t['health']}" for t in active
-                if t["health"] != "up"]  # fmt: skip
+        down = [
+            f"{t['labels'].get('service', t['labels']['job'])}: {t['lastError'] or t['health']}"
+            for t in active
+            if t["health"] != "up"
+        ]
         services = {t["labels"].get("service") for t in active}
         if down or not want <= services:
             raise SmokeError(f"down: {down}; missing: {sorted(want - services)}")

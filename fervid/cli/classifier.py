@@ -18,9 +18,9 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from fervid.choices import CLASSIFIER_MODELS, ClassifierModel
 from fervid.cli import LogLevelOption, Verbose, app, console, out, setup_logging
 from fervid.errors import ConfigError, NotFound
-from fervid.choices import CLASSIFIER_MODELS, ClassifierModel
 
 Split = Literal["train", "val", "test"]
 TTA = Literal["none", "flip", "tencrop"]  # classifier.config.TTA, spelled here for --help (a test keeps them equal)

@@ -35,13 +35,15 @@ def upgrade() -> None:
     bind = op.get_bind()
     bind.execute(
         sa.text(
-            "INSERT INTO cameras (name, first_seen_ms, last_seen_ms) SELECT camera, min(ts_ms), max(ts_ms) FROM frames GROUP BY camera"
+            "INSERT INTO cameras (name, first_seen_ms, last_seen_ms) "
+            "SELECT camera, min(ts_ms), max(ts_ms) FROM frames GROUP BY camera"
         )
     )
     means = ", ".join(f"avg(p_{e}) AS mean_{e}" for e in EMOTIONS)
     rows = bind.execute(
         sa.text(
-            f"SELECT camera, track_id, min(ts_ms) AS lo, max(ts_ms) AS hi, count(*) AS n, {means} FROM events WHERE track_id IS NOT NULL GROUP BY camera, track_id"
+            f"SELECT camera, track_id, min(ts_ms) AS lo, max(ts_ms) AS hi, count(*) AS n, {means} "
+            "FROM events WHERE track_id IS NOT NULL GROUP BY camera, track_id"
         )
     ).all()
     if rows:
