@@ -5,6 +5,7 @@ through, or a live source with reconnects, until the source ends, a time limit o
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ from fervid.settings import Settings
 from ingest.camera import HEARTBEAT_S, CameraRunner
 from ingest.cameras import CameraConfig, camera_config
 from ingest.publisher import CameraCounters
-from ingest.source import checked_source, is_live
+from ingest.source import checked_source, is_live, open_container, probe_file
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,27 @@ def default_camera_name(url: str, index: int) -> str:
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(url).stem).lstrip("._-")
         return stem[:64] or f"camera{index}"
     return f"camera{index}"
+
+
+def expected_frames(specs: Sequence[SourceSpec]) -> int | None:
+    """Frames the files will give at their analysis rates (for a progress bar's total), None when a source is
+    live or a file does not say how long it is. Opening each file also fails early on a missing or bad one."""
+    total: int | None = 0
+    for spec in specs:
+        if is_live(spec.url):
+            total = None
+            continue
+        duration = probe_file(spec.url)
+        with open_container(spec.url) as container:
+            rate = float(container.streams.video[0].average_rate or 0)
+        if spec.seconds is not None:
+            duration = min(duration, spec.seconds) if duration else spec.seconds
+        rate = min(rate, spec.fps) if spec.fps and rate else (spec.fps or rate)
+        if total is not None and duration > 0 and rate > 0:
+            total += math.ceil(duration * rate)
+        else:
+            total = None
+    return total or None
 
 
 def run_source(

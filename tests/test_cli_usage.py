@@ -186,8 +186,7 @@ def test_log_level_and_verbose(tmp_path: Path) -> None:
 
 def test_the_demo_bar_expects_the_frames_the_files_will_give(sample_clip: tuple[Path, object]) -> None:
     """The bar's total: duration x analysis rate (at most the file's own), per file; unknown for a live source."""
-    from fervid.cli.demo import expected_frames
-    from ingest.runner import source_specs
+    from ingest.runner import expected_frames, source_specs
 
     clip = str(sample_clip[0])  # 2 s at 30 fps
     assert expected_frames(source_specs([clip])) == 60

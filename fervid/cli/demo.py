@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from rich import box
@@ -32,9 +31,6 @@ from fervid.cli import (
     setup_logging,
 )
 from fervid.errors import FervidError
-
-if TYPE_CHECKING:
-    from ingest.runner import SourceSpec
 
 
 @app.command()
@@ -78,7 +74,7 @@ def demo(
     from fervid.pipeline import run_pipeline
     from fervid.settings import load_settings
     from fervid.worker import StopFlag
-    from ingest.runner import source_specs
+    from ingest.runner import expected_frames, source_specs
 
     settings = load_settings(
         data_dir=data_dir, db_url=db, redis_url=redis, detector__backend=detector, classifier__model=model
@@ -159,29 +155,6 @@ def demo(
     out.print(
         f"Timeline: fervid timeline {summary.cameras[0]} --db {settings.resolved_db_url}" if summary.cameras else ""
     )
-
-
-def expected_frames(specs: list[SourceSpec]) -> int | None:
-    """Frames the files will give at their analysis rates (for a progress bar's total), None when a source is
-    live or a file does not say how long it is. Opening each file also fails early on a missing or bad one."""
-    from ingest.source import is_live, open_container, probe_file
-
-    total: int | None = 0
-    for spec in specs:
-        if is_live(spec.url):
-            total = None
-            continue
-        duration = probe_file(spec.url)
-        with open_container(spec.url) as container:
-            rate = float(container.streams.video[0].average_rate or 0)
-        if spec.seconds is not None:
-            duration = min(duration, spec.seconds) if duration else spec.seconds
-        rate = min(rate, spec.fps) if spec.fps and rate else (spec.fps or rate)
-        if total is not None and duration > 0 and rate > 0:
-            total += math.ceil(duration * rate)
-        else:
-            total = None
-    return total or None
 
 
 TimelineFormat = Literal["table", "json", "csv"]
