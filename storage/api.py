@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Path, Query, Request
@@ -54,12 +55,57 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 def create_app(
     engine: Engine, *, token: str | None = None, redis_url: str | None = None, keys: Keys | None = None
 ) -> FastAPI:
-    app = FastAPI(
-        title="fervid",
-        version="1",
-        description="Per-camera facial-expression timelines. "
-        "Send `Authorization: Bearer <token>` when the server has a token.",
-    )
+    app = _API(bearer=bool(token))
+    registry = _guard_and_count(app, token)
+    _error_responses(app)
+    _probe_routes(app, engine, registry)
+    _data_routes(app, engine, _redis_client(redis_url), keys or Keys())
+    return app
+
+
+class _API(FastAPI):
+    """FastAPI whose schema says what a client may send: optional query parameters are absent or a value (never
+    null), and, when a token is set, the bearer scheme and the 401 of every protected operation."""
+
+    def __init__(self, *, bearer: bool) -> None:
+        super().__init__(
+            title="fervid",
+            version="1",
+            description="Per-camera facial-expression timelines. "
+            "Send `Authorization: Bearer <token>` when the server has a token.",
+        )
+        self._bearer = bearer
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            schema = get_openapi(
+                title=self.title, version=self.version, description=self.description, routes=self.routes
+            )
+            for ops in schema["paths"].values():
+                for op in ops.values():
+                    for param in op.get("parameters", []):
+                        param["schema"] = _present(param["schema"])
+            if self._bearer:
+                _publish_bearer(schema)
+            self.openapi_schema = schema
+        return self.openapi_schema
+
+
+def _publish_bearer(schema: dict[str, Any]) -> None:
+    schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    for path, ops in schema["paths"].items():
+        if path in OPEN_PATHS:
+            continue
+        for op in ops.values():
+            op["security"] = [{"bearer": []}]
+            op["responses"]["401"] = {
+                "description": "Missing or wrong bearer token",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            }
+
+
+def _guard_and_count(app: FastAPI, token: str | None) -> CollectorRegistry:
+    """The middleware that checks the bearer token and counts and times every request; returns its registry."""
     registry = CollectorRegistry()
     requests = Counter(
         "fervid_api_requests", "HTTP requests, per route and status.", ["route", "status"], registry=registry
@@ -70,18 +116,6 @@ def create_app(
         ["route"],
         registry=registry,
     )
-    redis_client: list[Any] = []
-
-    def redis() -> Any:
-        if redis_url is None:
-            raise NotFound(
-                "no Redis configured for this API (start it with --redis): snapshots come from the frame streams"
-            )
-        if not redis_client:
-            from fervid.bus import connect
-
-            redis_client.append(connect(redis_url))
-        return redis_client[0]
 
     @app.middleware("http")
     async def auth_and_metrics(request: Request, call_next: Any) -> Response:
@@ -101,6 +135,12 @@ def create_app(
         latency.labels(route).observe(time.perf_counter() - start)
         return response
 
+    return registry
+
+
+def _error_responses(app: FastAPI) -> None:
+    """Project errors as JSON ``{"detail": message}`` with their status."""
+
     @app.exception_handler(ConfigError)
     async def bad_input(_: Request, exc: ConfigError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
@@ -118,14 +158,38 @@ def create_app(
         log.warning("database error: %s", exc)
         return JSONResponse({"detail": "database unavailable"}, status_code=503)
 
-    def camera_name(name: str) -> str:
-        try:
-            return validate_camera_name(name)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
 
-    def camera_path() -> Any:
-        return Path(description="Camera name", json_schema_extra={"pattern": CAMERA_PATTERN})
+def _redis_client(redis_url: str | None) -> Callable[[], Any]:
+    """The API's Redis client, connected on first use (only snapshots need it)."""
+    clients: list[Any] = []
+
+    def client() -> Any:
+        if redis_url is None:
+            raise NotFound(
+                "no Redis configured for this API (start it with --redis): snapshots come from the frame streams"
+            )
+        if not clients:
+            from fervid.bus import connect
+
+            clients.append(connect(redis_url))
+        return clients[0]
+
+    return client
+
+
+def _camera_name(name: str) -> str:
+    try:
+        return validate_camera_name(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _camera_path() -> Any:
+    return Path(description="Camera name", json_schema_extra={"pattern": CAMERA_PATTERN})
+
+
+def _probe_routes(app: FastAPI, engine: Engine, registry: CollectorRegistry) -> None:
+    """Liveness, readiness and the API's own metrics."""
 
     @app.get("/health", summary="Liveness (always open, no auth)")
     def health() -> dict[str, str]:
@@ -153,6 +217,10 @@ def create_app(
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+
+def _data_routes(app: FastAPI, engine: Engine, redis: Callable[[], Any], keys: Keys) -> None:
+    """Cameras, timelines, events and snapshots."""
+
     @app.get("/cameras", summary="Cameras that produced frames, with first/last seen", responses=_errors(503))
     def list_cameras() -> list[dict[str, Any]]:
         return tl.cameras(engine)
@@ -163,7 +231,7 @@ def create_app(
         responses=_errors(400, 404, 503),
     )
     def camera_timeline(
-        name: str = camera_path(),
+        name: str = _camera_path(),
         since: str | None = Query(None, max_length=64, description="ISO-8601 or a duration ago (30m)"),
         until: str | None = Query(None, max_length=64, description="exclusive end: ISO-8601 or a duration ago"),
         bucket: str = Query("10s", max_length=16, description="1s .. 1d"),
@@ -171,7 +239,7 @@ def create_app(
     ) -> list[dict[str, Any]]:
         return tl.timeline(
             engine,
-            camera_name(name),
+            _camera_name(name),
             tl.parse_bucket_ms(bucket),
             since=tl.parse_time(since) if since else None,
             until=tl.parse_time(until) if until else None,
@@ -195,7 +263,7 @@ def create_app(
     ) -> dict[str, Any]:
         rows = tl.events(
             engine,
-            camera=camera_name(camera) if camera is not None else None,
+            camera=_camera_name(camera) if camera is not None else None,
             since=tl.parse_time(since) if since else None,
             until=tl.parse_time(until) if until else None,
             label=label,
@@ -211,34 +279,8 @@ def create_app(
         response_class=Response,
         responses={200: {"content": {"image/jpeg": {}}}, **_errors(400, 404, 503)},
     )
-    def snapshot(name: str = camera_path()) -> Response:
-        return Response(render_snapshot(engine, redis(), camera_name(name), keys or Keys()), media_type="image/jpeg")
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            for ops in schema["paths"].values():
-                for op in ops.values():
-                    for param in op.get("parameters", []):
-                        param["schema"] = _present(param["schema"])
-            if token:  # publish the bearer scheme and the 401 of every protected operation
-                schema.setdefault("components", {})["securitySchemes"] = {
-                    "bearer": {"type": "http", "scheme": "bearer"}
-                }
-                for path, ops in schema["paths"].items():
-                    if path in OPEN_PATHS:
-                        continue
-                    for op in ops.values():
-                        op["security"] = [{"bearer": []}]
-                        op["responses"]["401"] = {
-                            "description": "Missing or wrong bearer token",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
-                        }
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-    return app
+    def snapshot(name: str = _camera_path()) -> Response:
+        return Response(render_snapshot(engine, redis(), _camera_name(name), keys), media_type="image/jpeg")
 
 
 def _present(schema: dict[str, Any]) -> dict[str, Any]:
