@@ -77,103 +77,146 @@ def run_pipeline(
 ) -> RunSummary:
     """Run ingest for `sources` (ingest.runner.SourceSpec) and all downstream stages until every published
     frame is stored (or dead-lettered), or until `stop` is set (live sources run until then)."""
-    from ingest.runner import run_source
     from ingest.source import is_live, probe_file
 
-    now = time.monotonic
-    stop = stop or StopFlag()
     client = connect(redis_url)
     for spec in sources:
         if not is_live(spec.url):
             probe_file(spec.url)  # a missing or non-video file fails now, before models load
-    dead_before = _dead_count(client, settings)
-    workers_stop = StopFlag()
-    buses = {e.name: Bus.from_settings(client, e.group, settings) for e in STAGES}
-    counters: dict[str, Any] = {}
-    live = [spec for spec in sources if is_live(spec.url)]
-    published_before = {spec.camera: _published(client, settings, spec.camera) for spec in live}
-    windows: dict[str, float] = {}  # live camera -> when its analysis began: the stages were ready and it was live
+    run = _Run(sources, settings, client, stop or StopFlag(), on_progress)
+    try:
+        run.start()
+        run.wait_for_ingest()
+        run.drain(drain_timeout)
+    finally:
+        run.close()
+    return run.summary()
 
-    def ingest(spec: Any) -> None:
-        bus = Bus.from_settings(client, "ingest", settings)
+
+class _Run:
+    """One `run_pipeline`: the ingest threads, the stages and their worker threads, and the analysis windows of
+    the live cameras."""
+
+    def __init__(
+        self,
+        sources: list[Any],
+        settings: Settings,
+        client: Any,
+        stop: StopFlag,
+        on_progress: Callable[[Progress], None] | None,
+    ) -> None:
+        from ingest.source import is_live
+
+        self.sources, self.settings, self.client, self.stop = sources, settings, client, stop
+        self.on_progress = on_progress
+        self.dead_before = _dead_count(client, settings)
+        self.workers_stop = StopFlag()
+        self.buses = {e.name: Bus.from_settings(client, e.group, settings) for e in STAGES}
+        self.counters: dict[str, Any] = {}
+        self.live = [spec for spec in sources if is_live(spec.url)]
+        self.published_before = {spec.camera: _published(client, settings, spec.camera) for spec in self.live}
+        self.windows: dict[str, float] = {}  # live camera -> when its analysis began: stages ready and it was live
+        self.ingests = [_Thread(f"ingest-{spec.camera}", lambda spec=spec: self.ingest(spec)) for spec in sources]
+        self.workers: list[_Thread] = []
+        self.stages: dict[str, Any] = {}
+        self.progress = Progress(expected=None)
+        self.discarded = 0
+        self.started = 0.0
+
+    def ingest(self, spec: Any) -> None:
+        from ingest.runner import run_source
+        from ingest.source import is_live
+
+        bus = Bus.from_settings(self.client, "ingest", self.settings)
         if not is_live(spec.url):  # files are read once
-            counters[spec.camera] = run_source(bus, spec, settings, should_stop=stop.is_set)
+            self.counters[spec.camera] = run_source(bus, spec, self.settings, should_stop=self.stop.is_set)
             return
 
         # Live sources reconnect (backoff, stall watchdog) until stopped. A camera connects while the models load;
         # its `seconds` count from its analysis window's start, not from its connection.
         def done() -> bool:
-            began = windows.get(spec.camera)
-            return stop.is_set() or (spec.seconds is not None and began is not None and now() - began >= spec.seconds)
+            began = self.windows.get(spec.camera)
+            over = spec.seconds is not None and began is not None and time.monotonic() - began >= spec.seconds
+            return self.stop.is_set() or over
 
-        counters[spec.camera] = run_source(bus, replace(spec, seconds=None), settings, should_stop=done)
+        self.counters[spec.camera] = run_source(bus, replace(spec, seconds=None), self.settings, should_stop=done)
 
-    def open_windows() -> None:
+    def open_windows(self) -> None:
         """Start the analysis window of every live camera that has sent a frame since this run began."""
-        for spec in live:
-            if spec.camera not in windows and _published(client, settings, spec.camera) > published_before[spec.camera]:
-                windows[spec.camera] = now()
+        for spec in self.live:
+            sent = _published(self.client, self.settings, spec.camera) > self.published_before[spec.camera]
+            if spec.camera not in self.windows and sent:
+                self.windows[spec.camera] = time.monotonic()
 
-    ingests = [_Thread(f"ingest-{spec.camera}", lambda spec=spec: ingest(spec)) for spec in sources]
-    workers: list[_Thread] = []
-    stages: dict[str, Any] = {}
-    progress = Progress(expected=None)
-    try:
-        # Downstream first: an unreachable database fails before any source is opened or model loads.
+    def start(self) -> None:
+        """Build the stages, downstream first, so an unreachable database fails before any source is opened or
+        model loads; sources start while the models load: a file's first frames are waiting when the detector is
+        ready, and a camera is connected by then (what it sends meanwhile ages out, bus.frame_max_age_ms)."""
         first, *rest = reversed(STAGES)
-        stages[first.name] = first.build(settings, buses[first.name], workers_stop.is_set)
-        # Sources start while the models load: a file's first frames are waiting when the detector is ready, and
-        # a camera is connected by then (what it sends meanwhile ages out of its backlog, bus.frame_max_age_ms).
-        for t in ingests:
+        self.stages[first.name] = first.build(self.settings, self.buses[first.name], self.workers_stop.is_set)
+        for t in self.ingests:
             t.start()
         for entry in rest:
-            _raise_failed(ingests)
-            stages[entry.name] = entry.build(settings, buses[entry.name], workers_stop.is_set)
-        storage: Any = stages["storage"]
+            _raise_failed(self.ingests)
+            self.stages[entry.name] = entry.build(self.settings, self.buses[entry.name], self.workers_stop.is_set)
         # What the cameras sent while the models loaded is stale: dropped (and counted), never analysed.
-        discarded = sum(_discard_waiting(client, settings, spec.camera) for spec in live)
-        open_windows()
-        workers = [
-            _Thread(f"{name}-worker", lambda s=stage, b=buses[name]: run_stage(s, b, stop=workers_stop, block_ms=100))
-            for name, stage in stages.items()
+        self.discarded = sum(_discard_waiting(self.client, self.settings, spec.camera) for spec in self.live)
+        self.open_windows()
+        self.workers = [
+            _Thread(f"{name}-worker", lambda s=stage, b=self.buses[name]: self._work(s, b))
+            for name, stage in self.stages.items()
         ]
-        started = time.monotonic()
-        for t in workers:
+        self.started = time.monotonic()
+        for t in self.workers:
             t.start()
-        while any(t.is_alive() for t in ingests):
-            _raise_failed(workers + ingests)
-            open_windows()
-            progress.stored = storage.frames_written
-            if on_progress:
-                on_progress(progress)
+
+    def _work(self, stage: Any, bus: Bus) -> None:
+        run_stage(stage, bus, stop=self.workers_stop, block_ms=100)
+
+    @property
+    def storage(self) -> Any:
+        return self.stages["storage"]
+
+    def report(self) -> None:
+        self.progress.stored = self.storage.frames_written
+        if self.on_progress:
+            self.on_progress(self.progress)
+
+    def wait_for_ingest(self) -> None:
+        while any(t.is_alive() for t in self.ingests):
+            _raise_failed(self.workers + self.ingests)
+            self.open_windows()
+            self.report()
             time.sleep(0.2)
-        _raise_failed(ingests)
-        probe = Bus.from_settings(client, "probe", settings)
-        cameras = [s.camera for s in sources]
-        deadline = time.monotonic() + drain_timeout
-        while not stop.is_set() and probe.pipeline_backlog(cameras):
-            _raise_failed(workers)
+        _raise_failed(self.ingests)
+
+    def drain(self, timeout: float) -> None:
+        """Wait until every frame of the sources is stored or dead-lettered (or the run is stopped)."""
+        probe = Bus.from_settings(self.client, "probe", self.settings)
+        cameras = [s.camera for s in self.sources]
+        deadline = time.monotonic() + timeout
+        while not self.stop.is_set() and probe.pipeline_backlog(cameras):
+            _raise_failed(self.workers)
             if time.monotonic() > deadline:
-                raise FervidError(f"pipeline did not drain within {drain_timeout:.0f}s (a stage is stuck; see the log)")
-            progress.stored = storage.frames_written
-            if on_progress:
-                on_progress(progress)
+                raise FervidError(f"pipeline did not drain within {timeout:.0f}s (a stage is stuck; see the log)")
+            self.report()
             time.sleep(0.1)
-    finally:
-        stop.set()
-        workers_stop.set()
-        for t in workers + ingests:
+
+    def close(self) -> None:
+        self.stop.set()
+        self.workers_stop.set()
+        for t in self.workers + self.ingests:
             if t.ident is not None:  # started
                 t.join(timeout=10)
-    progress.stored = storage.frames_written
-    if on_progress:
-        on_progress(progress)
-    _raise_failed(workers)
-    summary = _summarise(storage.engine, counters)
-    summary.dropped += discarded
-    summary.seconds = time.monotonic() - started
-    summary.dead_letters = _dead_count(client, settings) - dead_before
-    return summary
+
+    def summary(self) -> RunSummary:
+        self.report()
+        _raise_failed(self.workers)
+        summary = _summarise(self.storage.engine, self.counters)
+        summary.dropped += self.discarded
+        summary.seconds = time.monotonic() - self.started
+        summary.dead_letters = _dead_count(self.client, self.settings) - self.dead_before
+        return summary
 
 
 def _raise_failed(threads: list[_Thread]) -> None:

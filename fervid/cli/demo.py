@@ -8,7 +8,7 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich import box
@@ -31,6 +31,11 @@ from fervid.cli import (
     setup_logging,
 )
 from fervid.errors import FervidError
+
+if TYPE_CHECKING:
+    from fervid.pipeline import RunSummary
+    from fervid.settings import Settings
+    from ingest.runner import SourceSpec
 
 
 @app.command()
@@ -60,6 +65,70 @@ def demo(
 ) -> None:
     """Run the whole pipeline on video files (or cameras) in one process, then print a summary."""
     setup_logging(log_level, verbose)
+    from fervid.settings import load_settings
+    from ingest.runner import expected_frames, source_specs
+
+    settings = load_settings(
+        data_dir=data_dir, db_url=db, redis_url=redis, detector__backend=detector, classifier__model=model
+    )
+    specs = source_specs(sources or [_sample_clip(settings)], camera, fps=fps, seconds=seconds, start_time=start_time)
+    expected = expected_frames(specs)  # also fails on a missing or unreadable file, before anything starts
+    if annotate is not None:
+        _check_annotate(annotate, specs[0])
+    settings = _own_namespace(settings)
+    summary = _run_with_progress(specs, settings, expected)
+    out.print(_summary_table(summary))
+    if annotate is not None:
+        from fervid.cli.annotate import write_annotated
+
+        if specs[0].camera not in summary.first_seq:
+            raise FervidError(f"--annotate: no frame of {specs[0].url} was analysed")
+        n = write_annotated(specs[0], summary.first_seq[specs[0].camera], settings, annotate)
+        out.print(f"Annotated video ({n} frames): {annotate}")
+    out.print(
+        f"Timeline: fervid timeline {summary.cameras[0]} --db {settings.resolved_db_url}" if summary.cameras else ""
+    )
+
+
+def _sample_clip(settings: Settings) -> str:
+    from fervid.sample import make_sample_clip
+
+    clip = settings.data_dir / "sample.mp4"
+    console.print(f"No source given: making a sample clip with two real faces at {clip}", soft_wrap=True)
+    make_sample_clip(clip, seconds=4.0)
+    return str(clip)
+
+
+def _check_annotate(path: Path, first: SourceSpec) -> None:
+    """Fail before the run when the annotated video could not be written or has no file to come from."""
+    from fervid.cli.annotate import check_output
+    from ingest.source import is_live
+
+    check_output(path)
+    if is_live(first.url):
+        raise FervidError(f"--annotate needs a video file as the first source, not {first.url}")
+
+
+def _own_namespace(settings: Settings) -> Settings:
+    """On a Redis others may use, the demo keeps to its own namespace, so it consumes only the cameras it ingests
+    (unless FERVID_NAMESPACE says which)."""
+    if not settings.redis_url or "FERVID_NAMESPACE" in os.environ:
+        return settings
+    from fervid.bus import private_namespace, redact_url
+
+    settings = settings.model_copy(update={"namespace": private_namespace(settings.data_dir)})
+    console.print(
+        f"Redis {redact_url(settings.redis_url)}: namespace {settings.namespace} (this data dir's own; "
+        "FERVID_NAMESPACE chooses another)",
+        highlight=False,
+        markup=False,
+    )
+    return settings
+
+
+def _run_with_progress(specs: list[SourceSpec], settings: Settings, expected: int | None) -> RunSummary:
+    """The pipeline on an embedded Redis unless one is configured, with a progress bar of the frames stored;
+    Ctrl-C stops the sources and the run ends with what was stored."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -70,44 +139,9 @@ def demo(
     )
 
     from fervid.bus import redis_url_for
-    from fervid.contracts import EMOTIONS
     from fervid.pipeline import run_pipeline
-    from fervid.settings import load_settings
     from fervid.worker import StopFlag
-    from ingest.runner import expected_frames, source_specs
 
-    settings = load_settings(
-        data_dir=data_dir, db_url=db, redis_url=redis, detector__backend=detector, classifier__model=model
-    )
-    if not sources:
-        from fervid.sample import make_sample_clip
-
-        clip = settings.data_dir / "sample.mp4"
-        console.print(f"No source given: making a sample clip with two real faces at {clip}", soft_wrap=True)
-        make_sample_clip(clip, seconds=4.0)
-        sources = [str(clip)]
-    specs = source_specs(sources, camera, fps=fps, seconds=seconds, start_time=start_time)
-    expected = expected_frames(specs)  # also fails on a missing or unreadable file, before anything starts
-
-    if annotate is not None:
-        from fervid.cli.annotate import check_output
-        from ingest.source import is_live
-
-        check_output(annotate)
-        if is_live(specs[0].url):
-            raise FervidError(f"--annotate needs a video file as the first source, not {specs[0].url}")
-
-    if settings.redis_url and "FERVID_NAMESPACE" not in os.environ:
-        # A Redis others may use: the demo keeps to its own namespace, so it consumes only the cameras it ingests.
-        from fervid.bus import private_namespace, redact_url
-
-        settings = settings.model_copy(update={"namespace": private_namespace(settings.data_dir)})
-        console.print(
-            f"Redis {redact_url(settings.redis_url)}: namespace {settings.namespace} (this data dir's own; "
-            "FERVID_NAMESPACE chooses another)",
-            highlight=False,
-            markup=False,
-        )
     stop = StopFlag()
     stop.install_signal_handlers()
     with (
@@ -125,13 +159,17 @@ def demo(
         ) as bar,
     ):
         task = bar.add_task("loading models", total=expected)
-        summary = run_pipeline(
+        return run_pipeline(
             specs,
             settings,
             redis_url,
             stop=stop,
             on_progress=lambda p: bar.update(task, completed=p.stored, description="analysing"),
         )
+
+
+def _summary_table(summary: RunSummary) -> Table:
+    from fervid.contracts import EMOTIONS
 
     table = Table(title=f"fervid demo: {', '.join(summary.cameras)}", show_header=False)
     table.add_column("what")
@@ -144,17 +182,7 @@ def demo(
     table.add_row("dead letters", str(summary.dead_letters))
     table.add_row("wall time", f"{summary.seconds:.1f} s")
     table.add_row("end-to-end", f"{summary.fps:.1f} frames/s")
-    out.print(table)
-    if annotate is not None:
-        from fervid.cli.annotate import write_annotated
-
-        if specs[0].camera not in summary.first_seq:
-            raise FervidError(f"--annotate: no frame of {specs[0].url} was analysed")
-        n = write_annotated(specs[0], summary.first_seq[specs[0].camera], settings, annotate)
-        out.print(f"Annotated video ({n} frames): {annotate}")
-    out.print(
-        f"Timeline: fervid timeline {summary.cameras[0]} --db {settings.resolved_db_url}" if summary.cameras else ""
-    )
+    return table
 
 
 TimelineFormat = Literal["table", "json", "csv"]

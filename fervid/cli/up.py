@@ -7,12 +7,15 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from fervid.cli import DataDir, DbUrl, Fps, LogLevelOption, RedisUrl, Verbose, app, console, setup_logging
 from fervid.errors import ConfigError, FervidError
+
+if TYPE_CHECKING:
+    from fervid.supervisor import ProcessSpec
 
 
 @app.command()
@@ -56,8 +59,6 @@ def up(
     setup_logging(log_level, verbose)
     from fervid.bus import redis_url_for
     from fervid.settings import load_settings
-    from fervid.stages import STAGES
-    from fervid.supervisor import ProcessSpec
     from fervid.worker import StopFlag
 
     settings = load_settings(data_dir=data_dir, redis_url=redis, db_url=db)
@@ -69,21 +70,9 @@ def up(
     if one_process and (detectors > 1 or classifiers > 1):
         raise ConfigError("--one-process runs one of each stage: leave --detectors and --classifiers at 1")
 
-    specs: list[ProcessSpec] = []
-    if config:
-        specs.append(ProcessSpec("ingest", ["ingest", "--config", str(config.resolve())]))
-    if source:
-        args = ["ingest-files", *source] + [a for c in camera or [] for a in ("--camera", c)]
-        if fps:
-            args += ["--fps", str(fps)]
-        specs.append(ProcessSpec("ingest-files", args, oneshot=True))
-    replicas = {"detector": detectors, "classifier": classifiers}
-    if one_process:
-        specs.append(ProcessSpec("stages", ["stages", *(entry.name for entry in STAGES)]))
-    for entry in STAGES if not one_process else ():
-        n = replicas.get(entry.name, 1)
-        names = [f"{entry.name}-{i + 1}" for i in range(n)] if entry.name in replicas else [entry.name]
-        specs += [ProcessSpec(name, [entry.command]) for name in names]
+    specs = _worker_specs(
+        source, camera, config, fps, replicas={"detector": detectors, "classifier": classifiers}, one=one_process
+    )
     if log_level or verbose:  # the workers log at this level too (else at their default, info)
         for spec in specs:
             spec.env["FERVID_LOG_LEVEL"] = log_level or "info"
@@ -102,6 +91,37 @@ def up(
         raise error
     if bad:
         raise FervidError(f"workers exited uncleanly: {bad}")
+
+
+def _worker_specs(
+    source: list[str] | None,
+    camera: list[str] | None,
+    config: Path | None,
+    fps: float | None,
+    *,
+    replicas: dict[str, int],
+    one: bool,
+) -> list[ProcessSpec]:
+    """The processes `fervid up` supervises: ingest (cameras.yaml, files), then each stage (`replicas` of some),
+    or all stages in one process."""
+    from fervid.stages import STAGES
+    from fervid.supervisor import ProcessSpec
+
+    specs: list[ProcessSpec] = []
+    if config:
+        specs.append(ProcessSpec("ingest", ["ingest", "--config", str(config.resolve())]))
+    if source:
+        args = ["ingest-files", *source] + [a for c in camera or [] for a in ("--camera", c)]
+        if fps:
+            args += ["--fps", str(fps)]
+        specs.append(ProcessSpec("ingest-files", args, oneshot=True))
+    if one:
+        specs.append(ProcessSpec("stages", ["stages", *(entry.name for entry in STAGES)]))
+    for entry in STAGES if not one else ():
+        n = replicas.get(entry.name, 1)
+        names = [f"{entry.name}-{i + 1}" for i in range(n)] if entry.name in replicas else [entry.name]
+        specs += [ProcessSpec(name, [entry.command]) for name in names]
+    return specs
 
 
 def _supervise(
