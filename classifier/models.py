@@ -155,7 +155,7 @@ def servable_by_name() -> tuple[str, ...]:
 # strictly; create_model() then swaps the head for an N-class one.
 
 
-def _replace_linear(model: nn.Module, path: str, num_classes: int) -> None:
+def _replace_head(path: str, model: nn.Module, num_classes: int) -> None:
     """Swap the Linear at `path` ("fc", "classifier.6") for one with `num_classes` outputs."""
     parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path)
@@ -164,64 +164,39 @@ def _replace_linear(model: nn.Module, path: str, num_classes: int) -> None:
     setattr(parent, name, nn.Linear(old.in_features, num_classes))
 
 
-@register_model(
-    "densenet161",
-    input_size=224,
-    channels=3,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    head_prefixes=("classifier.",),
-    imagenet_weights=lambda: _tvm().DenseNet161_Weights.IMAGENET1K_V1,
-    replace_head=lambda m, n: _replace_linear(m, "classifier", n),
-    description="torchvision DenseNet-161 (28.7M params)",
-)
-def _densenet161(num_classes: int) -> nn.Module:
-    return _tvm().densenet161(weights=None, num_classes=num_classes)
+def _torchvision_model(builder: str, num_classes: int) -> nn.Module:
+    return getattr(_tvm(), builder)(weights=None, num_classes=num_classes)
 
 
-@register_model(
-    "resnet152",
-    input_size=224,
-    channels=3,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    head_prefixes=("fc.",),
-    imagenet_weights=lambda: _tvm().ResNet152_Weights.IMAGENET1K_V1,
-    replace_head=lambda m, n: _replace_linear(m, "fc", n),
-    description="torchvision ResNet-152 (60M params)",
-)
-def _resnet152(num_classes: int) -> nn.Module:
-    return _tvm().resnet152(weights=None, num_classes=num_classes)
+def _torchvision_weights(enum: str) -> Any:
+    return getattr(_tvm(), enum).IMAGENET1K_V1
 
 
-@register_model(
-    "vgg16",
-    input_size=224,
-    channels=3,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    head_prefixes=("classifier.6.",),
-    imagenet_weights=lambda: _tvm().VGG16_Weights.IMAGENET1K_V1,
-    replace_head=lambda m, n: _replace_linear(m, "classifier.6", n),
-    description="torchvision VGG-16 (138M params)",
-)
-def _vgg16(num_classes: int) -> nn.Module:
-    return _tvm().vgg16(weights=None, num_classes=num_classes)
-
-
-@register_model(
-    "mobilenet_v2",
-    input_size=224,
-    channels=3,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    head_prefixes=("classifier.",),
-    imagenet_weights=lambda: _tvm().MobileNet_V2_Weights.IMAGENET1K_V1,
-    replace_head=lambda m, n: _replace_linear(m, "classifier.1", n),
-    description="torchvision MobileNetV2 (3.5M params); real ImageNet weights ship offline",
-)
-def _mobilenet_v2(num_classes: int) -> nn.Module:
-    return _tvm().mobilenet_v2(weights=None, num_classes=num_classes)
+# name: (torchvision weights enum, the head Linear's path, the head's parameter prefix, description). Each is built by
+# the torchvision function of the same name, with ImageNet's input size and normalization.
+_TORCHVISION: dict[str, tuple[str, str, str, str]] = {
+    "densenet161": ("DenseNet161_Weights", "classifier", "classifier.", "torchvision DenseNet-161 (28.7M params)"),
+    "resnet152": ("ResNet152_Weights", "fc", "fc.", "torchvision ResNet-152 (60M params)"),
+    "vgg16": ("VGG16_Weights", "classifier.6", "classifier.6.", "torchvision VGG-16 (138M params)"),
+    "mobilenet_v2": (
+        "MobileNet_V2_Weights",
+        "classifier.1",
+        "classifier.",  # its dropout and Linear
+        "torchvision MobileNetV2 (3.5M params); real ImageNet weights ship offline",
+    ),
+}
+for _name, (_enum, _head, _prefix, _description) in _TORCHVISION.items():
+    register_model(
+        _name,
+        input_size=224,
+        channels=3,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        head_prefixes=(_prefix,),
+        imagenet_weights=functools.partial(_torchvision_weights, _enum),
+        replace_head=functools.partial(_replace_head, _head),
+        description=_description,
+    )(functools.partial(_torchvision_model, _name))
 
 
 # --------------------------------------------------------------------------------------------
