@@ -19,7 +19,8 @@ from typing import Annotated, Any, Literal
 import typer
 
 from fervid.choices import CLASSIFIER_MODELS, ClassifierModel
-from fervid.cli import LogLevelOption, Verbose, app, console, out, setup_logging
+from fervid.cli import app, console, out, setup_logging
+from fervid.cli.options import LogLevelOption, Verbose
 from fervid.errors import ConfigError, NotFound
 
 Split = Literal["train", "val", "test"]

@@ -15,7 +15,9 @@ from rich import box
 from rich.table import Table
 
 from fervid.choices import TimelineLabels
-from fervid.cli import (
+from fervid.cli import app, console, out, setup_logging
+from fervid.cli.options import (
+    Cameras,
     DataDir,
     DbUrl,
     DetectorOption,
@@ -23,12 +25,9 @@ from fervid.cli import (
     LogLevelOption,
     RedisUrl,
     Seconds,
+    ServedModel,
     StartTime,
     Verbose,
-    app,
-    console,
-    out,
-    setup_logging,
 )
 from fervid.errors import FervidError
 
@@ -43,9 +42,7 @@ def demo(
     sources: Annotated[
         list[str] | None, typer.Argument(help="Video files, rtsp:// URLs or webcams. None: a generated sample clip.")
     ] = None,
-    camera: Annotated[
-        list[str] | None, typer.Option("--camera", help="Camera name per source (default: file stem).")
-    ] = None,
+    camera: Cameras = None,
     fps: Fps = None,
     seconds: Seconds = None,
     start_time: StartTime = None,
@@ -53,7 +50,7 @@ def demo(
     redis: RedisUrl = None,
     data_dir: DataDir = None,
     detector: DetectorOption = None,
-    model: Annotated[str | None, typer.Option(help="Emotion classifier model (env FERVID_CLASSIFIER__MODEL).")] = None,
+    model: ServedModel = None,
     annotate: Annotated[
         Path | None,
         typer.Option(

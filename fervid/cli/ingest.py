@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from fervid.cli import DataDir, LogLevelOption, MetricsPort, RedisUrl, Verbose, app, console, out, setup_logging
+from fervid.cli import app, console, out, setup_logging
+from fervid.cli.options import DataDir, LogLevelOption, MetricsPort, RedisUrl, Verbose
 from fervid.logs import format_config
 
 if TYPE_CHECKING:

@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fervid.cli import (
+from fervid.cli import app, setup_logging
+from fervid.cli.options import (
+    BatchSize,
+    Cameras,
     DataDir,
     DetectorOption,
     DeviceOption,
@@ -25,17 +28,28 @@ from fervid.cli import (
     MetricsPort,
     RedisUrl,
     Seconds,
+    ServedModel,
     StartTime,
     Verbose,
-    app,
-    setup_logging,
 )
 from fervid.errors import ConfigError
 from fervid.logs import format_config
 
+if TYPE_CHECKING:
+    from fervid.worker import LoopStats, Stage
+
 log = logging.getLogger(__name__)
 
-BatchSize = Annotated[int | None, typer.Option("--batch-size", min=1, help="Messages per batch.")]
+
+def serve_stage(
+    name: str, *, max_messages: int | None = None, idle_timeout: float | None = None, **flags: Any
+) -> tuple[LoopStats, Stage[Any]]:
+    """`fervid <stage>`: stage `name` as a service, configured by FERVID_* overridden by the command's `flags`
+    (settings keys; None = not given)."""
+    from fervid.settings import load_settings
+    from fervid.stages import serve, stage_entry
+
+    return serve(stage_entry(name), load_settings(**flags), max_messages=max_messages, idle_timeout=idle_timeout)
 
 
 @app.command()
@@ -51,10 +65,8 @@ def detect(
 ) -> None:
     """Detector worker: frames → faces. Run N replicas; each camera is leased to one of them (detector/README.md)."""
     setup_logging(log_level, verbose, service=True)
-    from fervid.settings import load_settings
-    from fervid.stages import serve, stage_entry
-
-    settings = load_settings(
+    serve_stage(
+        "detector",
         redis_url=redis,
         data_dir=data_dir,
         metrics_port=metrics_port,
@@ -63,14 +75,12 @@ def detect(
         detector__batch_size=batch_size,
     )
 
-    serve(stage_entry("detector"), settings)
-
 
 @app.command()
 def classify(
     redis: RedisUrl = None,
     data_dir: DataDir = None,
-    model: Annotated[str | None, typer.Option(help="Emotion model (env FERVID_CLASSIFIER__MODEL).")] = None,
+    model: ServedModel = None,
     checkpoint: Annotated[Path | None, typer.Option(help="A trained checkpoint; overrides --model.")] = None,
     device: DeviceOption = None,
     batch_size: BatchSize = None,
@@ -88,10 +98,8 @@ def classify(
 ) -> None:
     """Classifier worker: faces → emotion events, crops batched across frames and cameras. Scales by replicas."""
     setup_logging(log_level, verbose, service=True)
-    from fervid.settings import load_settings
-    from fervid.stages import serve, stage_entry
-
-    settings = load_settings(
+    serve_stage(
+        "classifier",
         redis_url=redis,
         data_dir=data_dir,
         metrics_port=metrics_port,
@@ -101,8 +109,6 @@ def classify(
         classifier__batch_size=batch_size,
         classifier__compile=compile,
     )
-
-    serve(stage_entry("classifier"), settings)
 
 
 @app.command("stages")
@@ -130,9 +136,7 @@ def stages_command(
 @app.command("ingest-files")
 def ingest_files(
     sources: Annotated[list[str], typer.Argument(help="Video files (or URLs) to publish once through.")],
-    camera: Annotated[
-        list[str] | None, typer.Option("--camera", help="Camera name per source (default: file stem).")
-    ] = None,
+    camera: Cameras = None,
     fps: Fps = None,
     seconds: Seconds = None,
     start_time: StartTime = None,

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
-from fervid.cli import DataDir, DbUrl, LogLevelOption, MetricsPort, RedisUrl, Verbose, app, out, setup_logging
+from fervid.cli import app, out, setup_logging
+from fervid.cli.options import DataDir, DbUrl, LogLevelOption, MetricsPort, RedisUrl, Verbose
 from fervid.errors import ConfigError, NotFound
 from fervid.logs import format_config
 
@@ -61,10 +62,12 @@ def store(
 ) -> None:
     """The storage service: EventsMsg from `fervid:events` → rows in SQL → ack. SIGTERM finishes the batch in hand."""
     setup_logging(log_level, verbose, service=True)
-    from fervid.settings import load_settings
-    from fervid.stages import serve, stage_entry
+    from fervid.cli.services import serve_stage
 
-    settings = load_settings(
+    stats, stage = serve_stage(
+        "storage",
+        max_messages=max_messages,
+        idle_timeout=idle_timeout,
         data_dir=data_dir,
         db_url=db,
         redis_url=redis,
@@ -72,7 +75,6 @@ def store(
         bus__claim_idle_ms=claim_idle_ms,
         storage__batch_size=batch_size,
     )
-    stats, stage = serve(stage_entry("storage"), settings, max_messages=max_messages, idle_timeout=idle_timeout)
     written = cast("StorageStage", stage)
     log.info(
         "store: stored %d frames, %d new event rows; %d dead-lettered",

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fervid.cli import DataDir, DbUrl, Fps, LogLevelOption, RedisUrl, Verbose, app, console, setup_logging
+from fervid.cli import app, console, setup_logging
+from fervid.cli.options import DataDir, DbUrl, Fps, LogLevelOption, RedisUrl, Verbose
 from fervid.errors import ConfigError, FervidError
 
 if TYPE_CHECKING:
