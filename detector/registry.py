@@ -31,7 +31,6 @@ DETECTORS: dict[str, DetectorSpec] = {
         "RetinaFace ResNet50 (retinaface-pytorch weights: downloaded once into the weights cache, or weights=PATH)",
     ),
     "haar": DetectorSpec("detector.haar:HaarDetector", {}, "OpenCV Haar cascade (frontal face), CPU, per-frame loop"),
-    # Written on main; registered by import path so this works with or without the module present.
     "mtcnn": DetectorSpec("detector.mtcnn:MTCNNDetector", {}, "MTCNN (facenet-pytorch)"),
 }
 

@@ -223,7 +223,7 @@ def test_provision_with_prometheus_adds_its_datasource_and_the_operations_dashbo
 
 
 def test_operations_dashboard_covers_the_pipeline_and_queries_exported_series() -> None:
-    """Every panel the issue asks for is there, on the Prometheus datasource, and every fervid_* series a query
+    """Every panel of the operations dashboard is there, on the Prometheus datasource, and every fervid_* series a query
     names is one fervid exports (the metric registry plus the bus collector). deploy/smoke.sh runs each query on
     the compose stack's real Prometheus and requires a series back."""
     import re
