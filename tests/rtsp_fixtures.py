@@ -94,6 +94,10 @@ class RtspServer:
         self.proc = None
 
 
+# rtsp_server_factory's value: make(mounts=("cam",), user=None, password=None, tls=None) -> a started server.
+ServerFactory = Callable[..., RtspServer]
+
+
 @pytest.fixture(scope="session")
 def rtsp_clip(sample_clip: tuple[Path, object]) -> Path:
     """The H.264 clip (no B-frames, short GOP) the RTSP server serves, looping."""
@@ -101,7 +105,7 @@ def rtsp_clip(sample_clip: tuple[Path, object]) -> Path:
 
 
 @pytest.fixture
-def rtsp_server_factory(rtsp_clip: Path) -> Iterator[Callable[..., RtspServer]]:
+def rtsp_server_factory(rtsp_clip: Path) -> Iterator[ServerFactory]:
     """Make and start servers; every one is killed at teardown."""
     servers: list[RtspServer] = []
 

@@ -83,7 +83,9 @@ def test_annotate_to_a_bad_path_is_one_line(tmp_path: Path, target: str, message
     ],
 )
 def test_face_label_is_validated(label: str, probabilities: tuple[float, ...], error: str | None) -> None:
-    make = lambda: FaceLabel((10, 10, 50, 60), 7, label, probabilities)  # noqa: E731
+    def make() -> FaceLabel:
+        return FaceLabel((10, 10, 50, 60), 7, label, probabilities)
+
     if error is None:
         image = np.zeros((120, 160, 3), np.uint8)
         drawn = FrameAnnotator().annotate(image, [make()])

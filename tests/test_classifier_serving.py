@@ -211,7 +211,10 @@ def test_settings_carry_compile_and_smoothing(monkeypatch: pytest.MonkeyPatch, t
 def test_a_corrupt_face_does_not_shift_the_next_frames_probabilities(redis_client: redis.Redis, settings) -> None:
     crops = real_crops()
     producer = Bus(redis_client, "detector")
-    ref = lambda seq: FrameRef("cam", seq, 1.0 + seq, 640, 480)  # noqa: E731
+
+    def ref(seq: int) -> FrameRef:
+        return FrameRef("cam", seq, 1.0 + seq, 640, 480)
+
     bad = FacesMsg(
         frame=ref(0),
         detector="retinaface",

@@ -80,7 +80,7 @@ def test_every_command_has_help(tmp_path: Path) -> None:
 
     from fervid.cli import app
 
-    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    commands = typer.main.get_group(app).commands
     assert {"demo", "timeline"} <= set(commands)
     for name in commands:
         result = fervid(name, "--help", cwd=tmp_path)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 import typer.main
 
@@ -97,8 +98,7 @@ def test_a_mistake_is_a_short_message_and_a_nonzero_exit(
 
 
 def test_there_are_mistakes_for_every_command() -> None:
-    group = typer.main.get_command(app)
-    names = set(group.commands)  # type: ignore[attr-defined]
+    names = set(typer.main.get_group(app).commands)
     assert names - {args[0] for _, args, _ in MISTAKES} == set()
     assert len(MISTAKES) >= 20
 
@@ -110,18 +110,18 @@ def test_version(tmp_path: Path) -> None:
     assert result.returncode == 0 and result.stdout.strip() == f"fervid {version('fervid')}"
 
 
-def _commands() -> list[tuple[str, object]]:
+def _commands() -> list[tuple[str, click.Command]]:
     """Every command, sub-commands of groups (`grafana provision`) included."""
     found = []
-    for name, command in typer.main.get_command(app).commands.items():  # type: ignore[attr-defined]
+    for name, command in typer.main.get_group(app).commands.items():
         subs = getattr(command, "commands", None)
         found += [(f"{name} {sub}", c) for sub, c in subs.items()] if subs else [(name, command)]
     return found
 
 
 @pytest.mark.parametrize(("name", "command"), _commands(), ids=[n for n, _ in _commands()])
-def test_every_command_takes_a_log_level(name: str, command: object) -> None:
-    options = {opt for p in command.params for opt in p.opts}  # type: ignore[attr-defined]
+def test_every_command_takes_a_log_level(name: str, command: click.Command) -> None:
+    options = {opt for p in command.params for opt in p.opts}
     assert {"--log-level", "-v"} <= options, name
     assert "--verbose" not in options, name
 

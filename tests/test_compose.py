@@ -37,7 +37,8 @@ def _tagged(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
         return loader.construct_sequence(node)
     if isinstance(node, yaml.MappingNode):
         return loader.construct_mapping(node)
-    return loader.construct_scalar(node) or None  # type: ignore[arg-type]
+    assert isinstance(node, yaml.ScalarNode)
+    return loader.construct_scalar(node) or None
 
 
 _Loader.add_constructor("!reset", _tagged)
@@ -144,7 +145,7 @@ def test_service_command_exists(service: str, command: list[str]) -> None:
 
     from fervid.cli import app
 
-    assert command[0] in set(typer.main.get_command(app).commands), f"{service}: no `fervid {command[0]}`"  # type: ignore[attr-defined]
+    assert command[0] in set(typer.main.get_group(app).commands), f"{service}: no `fervid {command[0]}`"
     # --help after the service's own arguments: click rejects an unknown option or argument first.
     result = subprocess.run(
         [sys.executable, "-m", "fervid", *command, "--help"], capture_output=True, text=True, timeout=60
@@ -279,8 +280,9 @@ def _entrypoint() -> Any:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("fervid_entrypoint", ROOT / "deploy" / "docker-entrypoint.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     return module
 
 

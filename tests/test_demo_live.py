@@ -12,21 +12,23 @@ from typing import Any
 
 import pytest
 import redis
+from rtsp_fixtures import RtspServer, ServerFactory
 from sqlalchemy import select
 from waiting import wait_for
 
+from fervid.bus import EmbeddedRedis
 from fervid.pipeline import run_pipeline
-from fervid.settings import load_settings
+from fervid.settings import Settings, load_settings
 from fervid.worker import StopFlag
 from ingest.runner import SourceSpec
 from storage.db import FrameRow, create_schema, make_engine
 
 
 def test_pipeline_on_rtsp_survives_a_server_restart(
-    rtsp_server_factory,
-    embedded_redis,
+    rtsp_server_factory: ServerFactory,
+    embedded_redis: EmbeddedRedis,
     tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
     server = rtsp_server_factory(("cam",))
@@ -92,7 +94,9 @@ def test_pipeline_on_rtsp_survives_a_server_restart(
     assert "reconnecting in" in caplog.text and "door" in caplog.text
 
 
-def test_a_wrong_path_ends_the_live_run_instead_of_retrying(rtsp_server, redis_client: redis.Redis, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_wrong_path_ends_the_live_run_instead_of_retrying(
+    rtsp_server: RtspServer, redis_client: redis.Redis, settings: Settings
+) -> None:
     """A typo in a demo's URL is an error at once (the runner alone would retry it every minute)."""
     from fervid.bus import Bus
     from fervid.errors import SourceError

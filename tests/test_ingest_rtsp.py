@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from rtsp_fixtures import RtspServer, ServerFactory
 from waiting import wait_for
 
 from fervid.bus import iter_entries
@@ -51,9 +52,9 @@ def assert_no_secret(client: redis.Redis, secret: str) -> None:
 
 def test_kill_and_restart_server_reconnects_while_other_camera_flows(
     service: IngestService,
-    rtsp_server_factory,
+    rtsp_server_factory: ServerFactory,
     redis_client: redis.Redis,
-    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
     flaky = rtsp_server_factory(("cam",), "viewer", PASSWORD)
@@ -131,11 +132,11 @@ def silent_listener() -> Iterator[int]:
 
 def test_broken_sources_each_get_a_clear_state(
     service: IngestService,
-    rtsp_server,
+    rtsp_server: RtspServer,
     silent_listener: int,
     tmp_path: Path,
     rtsp_clip: Path,
-    redis_client: redis.Redis,  # type: ignore[no-untyped-def]
+    redis_client: redis.Redis,
 ) -> None:
     truncated = tmp_path / "truncated.mp4"
     data = rtsp_clip.read_bytes()
@@ -189,9 +190,9 @@ def test_broken_sources_each_get_a_clear_state(
 
 
 def test_slow_consumer_memory_flat_and_drops_exact(
-    rtsp_server,
+    rtsp_server: RtspServer,
     redis_client: redis.Redis,
-    settings: Settings,  # type: ignore[no-untyped-def]
+    settings: Settings,
 ) -> None:
     backlog = 6
     settings = settings.model_copy(update={"bus": settings.bus.model_copy(update={"frame_backlog": backlog})})
@@ -228,7 +229,7 @@ def test_slow_consumer_memory_flat_and_drops_exact(
 
 def test_frozen_server_trips_the_read_timeout_then_recovers(
     service: IngestService,
-    rtsp_server_factory,  # type: ignore[no-untyped-def]
+    rtsp_server_factory: ServerFactory,
 ) -> None:
     """SIGSTOP: the TCP connection stays open but nothing arrives; the read timeout must notice."""
     import signal
@@ -247,7 +248,7 @@ def test_frozen_server_trips_the_read_timeout_then_recovers(
     wait_for("frames again after the server thawed", lambda: runner.snapshot().frames > frames + 2, 12)
 
 
-def test_fervid_demo_on_a_live_rtsp_camera_stops_after_seconds(rtsp_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_fervid_demo_on_a_live_rtsp_camera_stops_after_seconds(rtsp_server: RtspServer, tmp_path: Path) -> None:
     """The whole pipeline on the real RTSP server: a live source runs until --seconds of video."""
     import subprocess
     import sys
@@ -310,8 +311,8 @@ class OpenCounter(threading.Thread):
 
 def test_flapping_camera_is_live_within_2s_of_every_return_and_dead_ones_are_opened_gently(
     service: IngestService,
-    rtsp_server_factory,
-    silent_listener: int,  # type: ignore[no-untyped-def]
+    rtsp_server_factory: ServerFactory,
+    silent_listener: int,
 ) -> None:
     """20 outages of 1-2 s with 1-2 s of service between them: live again within 2 s of every return. Meanwhile
     a camera that is switched off (connections refused) is fully opened at most once per 30 s, and one that

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from rtsp_fixtures import RtspServer
 from waiting import wait_for
 
 from fervid.bus import iter_entries
@@ -86,8 +87,8 @@ def _fervid(*args: str) -> list[str]:
 
 
 def test_fervid_ingest_cli_sighup_reload_and_cameras_table(
-    tmp_path: Path, redis_url: str, redis_client: redis.Redis, rtsp_server
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, rtsp_server: RtspServer
+) -> None:
     config = tmp_path / "cameras.yaml"
     config.write_text(
         "cameras:\n"

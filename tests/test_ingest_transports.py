@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 from av.codec.hwaccel import hwdevices_available
+from rtsp_fixtures import RtspServer, ServerFactory
 from waiting import wait_for
 
 from fervid.bus import iter_entries
@@ -41,8 +42,8 @@ def udp_sockets_of_this_process() -> int:
 
 
 def test_udp_transport_receives_rtp_over_udp(
-    service: IngestService, rtsp_server_factory, redis_client: redis.Redis
-) -> None:  # type: ignore[no-untyped-def]
+    service: IngestService, rtsp_server_factory: ServerFactory, redis_client: redis.Redis
+) -> None:
     server = rtsp_server_factory(("cam",))
     assert udp_sockets_of_this_process() == 0
     service.apply([CameraConfig(name="udpcam", url=server.url(), fps=10, transport="udp")])
@@ -65,12 +66,12 @@ def test_udp_transport_receives_rtp_over_udp(
 )
 def test_rtsps_with_a_self_signed_certificate(
     service: IngestService,
-    rtsp_server_factory,
+    rtsp_server_factory: ServerFactory,
     self_signed_pem: Path,
     options: dict,
     state: str,
     message: str,
-    redis_client: redis.Redis,  # type: ignore[no-untyped-def]
+    redis_client: redis.Redis,
 ) -> None:
     server = rtsp_server_factory(("cam",), "viewer", "tls-pw", tls=self_signed_pem)
     assert server.url().startswith("rtsps://viewer:tls-pw@")
@@ -106,8 +107,8 @@ def _has_nvidia_gpu() -> bool:
 def test_hwaccel_falls_back_to_software_with_a_clear_message(
     kind: str,
     service: IngestService,
-    rtsp_server,
-    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
+    rtsp_server: RtspServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """cuda is in PyAV's FFmpeg build but this machine has no GPU; vaapi is not in the build at all. Either way
     the camera decodes in software and the log says why, once."""

@@ -84,7 +84,7 @@ def stored(db_url: str, camera: str) -> tuple[list[tuple[int, int]], list[tuple[
         return [], []
     finally:
         engine.dispose()
-    return [tuple(r) for r in frames], [tuple(r) for r in events]  # type: ignore[misc]
+    return [(seq, faces) for seq, faces in frames], [(seq, index) for seq, index in events]
 
 
 def pending_by_consumer(client: redislib.Redis, stream: str) -> dict[str, int]:
@@ -126,10 +126,10 @@ def test_stage_processes_sigterm_metrics(
     ports = {name: free_port() for name in ("detect", "classify", "store", "detect2")}
 
     def start(name: str, cmd: str) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115
-        return subprocess.Popen(
-            [*FERVID, cmd, "--metrics-port", str(ports[name])], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        with open(tmp_path / f"{name}.log", "wb") as log:  # the child keeps its own copy of the descriptor
+            return subprocess.Popen(
+                [*FERVID, cmd, "--metrics-port", str(ports[name])], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
 
     procs = {
         name: start(name, cmd) for name, cmd in (("detect", "detect"), ("classify", "classify"), ("store", "store"))

@@ -33,7 +33,8 @@ def faces_feeling(emotion: str, seqs: range) -> list[EventsMsg]:
 
 def blended(hex_colour: str, alpha: float = 0.85) -> tuple[int, int, int]:
     rgb = [int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]
-    return tuple(round(alpha * c + (1 - alpha) * 255) for c in rgb)  # type: ignore[return-value]
+    r, g, b = (round(alpha * c + (1 - alpha) * 255) for c in rgb)
+    return r, g, b
 
 
 def share_of(img: Image.Image, colour: tuple[int, int, int], x0: float, x1: float) -> float:

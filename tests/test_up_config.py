@@ -80,7 +80,7 @@ def test_ingest_exits_within_10s_of_sigterm_while_publishing(
         [*FERVID, "ingest", "--config", str(config), "--redis", redis_url], env=env, stderr=subprocess.PIPE, text=True
     )
     try:
-        wait_for("frames published", lambda: redis_client.xlen(KEYS.frames("loopy")) >= 5, 60, [proc])  # type: ignore[list-item]
+        wait_for("frames published", lambda: redis_client.xlen(KEYS.frames("loopy")) >= 5, 60, [proc])
         _, err = sigterm_within(proc, 10)
     finally:
         if proc.poll() is None:
