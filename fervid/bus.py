@@ -421,7 +421,7 @@ class Bus:
         self._publish = client.register_script(_PUBLISH_LUA)
         self._beat = client.register_script(_BEAT_LUA)
         self._claim_dead = client.register_script(_CLAIM_DEAD_LUA)
-        self._groups: set[str] = set()
+        self._groups: set[tuple[str, str]] = set()  # (stream, group) pairs known to exist
         self._last_claim: dict[str, float] = {}
         self._last_dead_check = 0.0
         self._surplus: list[Delivery] = []  # delivered to us beyond a read's `count` (see `read`)
@@ -453,14 +453,14 @@ class Bus:
     def ensure_group(self, stream: str, group: str | None = None) -> None:
         """Create the group at the start of the stream (id 0), so nothing published before it is skipped."""
         group = group or self.group
-        if (stream, group) in self._groups:  # type: ignore[comparison-overlap]
+        if (stream, group) in self._groups:
             return
         try:
             self.redis.xgroup_create(stream, group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._groups.add((stream, group))  # type: ignore[arg-type]
+        self._groups.add((stream, group))
 
     def read(self, streams: Sequence[str], count: int, block_ms: int) -> list[Delivery]:
         """At most `count` entries: stale entries of dead consumers first, then new ones; blocks up to `block_ms`
@@ -649,7 +649,16 @@ class Bus:
         cap and an upper bound below it.
         """
         (published,) = self._append(
-            stream, [message], downstream_group, backlog, policy, stats_key, stats, should_stop, poll_s, max_age_ms
+            stream,
+            [message],
+            downstream_group=downstream_group,
+            backlog=backlog,
+            policy=policy,
+            stats_key=stats_key,
+            stats=stats,
+            should_stop=should_stop,
+            poll_s=poll_s,
+            max_age_ms=max_age_ms,
         )
         return published
 
@@ -669,19 +678,28 @@ class Bus:
         later one does too and order is kept; the rest are retried after a wait. On StopRequested the
         caller can tell from ``len(result)`` how many went out: the exception carries them as ``published``.
         """
-        return self._append(stream, messages, downstream_group, backlog, "wait", None, None, should_stop, poll_s)
+        return self._append(
+            stream,
+            messages,
+            downstream_group=downstream_group,
+            backlog=backlog,
+            policy="wait",
+            should_stop=should_stop,
+            poll_s=poll_s,
+        )
 
     def _append(
         self,
         stream: str,
         messages: Sequence[Message],
+        *,
         downstream_group: str,
         backlog: int,
         policy: Policy,
-        stats_key: str | None,
-        stats: Mapping[str, str | int] | None,
         should_stop: Callable[[], bool],
         poll_s: float,
+        stats_key: str | None = None,
+        stats: Mapping[str, str | int] | None = None,
         max_age_ms: int = 0,
     ) -> list[Published]:
         """The publishing loop of `publish` and `publish_many`: one script call appends every message there is
@@ -748,7 +766,9 @@ def _publish_args(
 
 def _published(reply: Sequence[bytes | int]) -> Published:
     entry_id, dropped, backlog = reply
-    return Published(_s(entry_id), int(dropped), int(backlog))  # type: ignore[arg-type]
+    if isinstance(entry_id, int):  # the script always answers the new entry's id first, as a string
+        raise TypeError(f"publish script answered {reply!r}: expected [id, dropped, backlog]")
+    return Published(_s(entry_id), int(dropped), int(backlog))
 
 
 def _s(value: bytes | str) -> str:

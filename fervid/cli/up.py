@@ -7,7 +7,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,7 +16,9 @@ from fervid.cli.options import DataDir, DbUrl, Fps, LogLevelOption, RedisUrl, Ve
 from fervid.errors import ConfigError, FervidError
 
 if TYPE_CHECKING:
-    from fervid.supervisor import ProcessSpec
+    from fervid.settings import Settings
+    from fervid.supervisor import ProcessSpec, Supervisor
+    from fervid.worker import StopFlag
 
 
 @app.command()
@@ -84,7 +86,15 @@ def up(
     stop = StopFlag()
     stop.install_signal_handlers()
     with redis_url_for(settings) as redis_url:
-        codes, error = _supervise(specs, settings, redis_url, stop, until_drained, drain_timeout, stop_timeout)
+        codes, error = _supervise(
+            specs,
+            settings,
+            redis_url,
+            stop,
+            until_drained=until_drained,
+            drain_timeout=drain_timeout,
+            stop_timeout=stop_timeout,
+        )
     # -SIGTERM: stopped before it installed its handler (still importing), so nothing was in flight.
     bad = {name: rc for name, rc in codes.items() if rc not in (0, None, -signal.SIGTERM)}
     console.print(f"[up] stopped: {', '.join(f'{n}={rc}' for n, rc in codes.items())}", highlight=False, markup=False)
@@ -126,10 +136,11 @@ def _worker_specs(
 
 
 def _supervise(
-    specs: list[Any],
-    settings: Any,
+    specs: list[ProcessSpec],
+    settings: Settings,
     redis_url: str,
-    stop: Any,
+    stop: StopFlag,
+    *,
     until_drained: bool,
     drain_timeout: float,
     stop_timeout: float,
@@ -178,7 +189,7 @@ def _supervise(
     return codes, error
 
 
-def _drain_check(sup: Any, redis_url: str, settings: Any, deadline: float) -> Callable[[], bool]:
+def _drain_check(sup: Supervisor, redis_url: str, settings: Settings, deadline: float) -> Callable[[], bool]:
     """True once the one-shot workers (file ingest) are done and the pipeline has drained. Rides out Redis being
     away (however long: the workers wait for it too): the check just says "not yet" until it answers again."""
     import redis
