@@ -99,7 +99,7 @@ class EmotionClassifier:
         sizes = sorted({min(2**k, self.max_crops) for k in range(self.max_crops.bit_length() + 1)})
         # One graph per size, and room for them: past the limit dynamo would fall back to eager for new sizes.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(sizes) + 1)
-        self._forward = torch.compile(self.model, dynamic=False)  # type: ignore[assignment]
+        self._forward = torch.compile(self.model, dynamic=False)
         self.padded_sizes = tuple(sizes)
         sample = self.preprocess([np.zeros((64, 64), np.uint8)])
         started = time.perf_counter()

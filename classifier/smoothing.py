@@ -155,8 +155,8 @@ class TrackSmoother:
             key = keys.setdefault(self.keys.track(o.camera, o.track_id), len(keys) + 1)
             args += [key, o.seq, repr(float(o.capture_ts)), label, *(repr(float(p)) for p in o.probs)]
         replies = self._script(keys=list(keys), args=args)
-        out: list[Smoothed | None] = [None] * len(observations)
+        smoothed: dict[int, Smoothed] = {}
         for i, (ema, label) in zip(order, replies, strict=True):
             probs = tuple(float(v) for v in ema.split(b",")) if ema else None
-            out[i] = Smoothed(probs, EMOTIONS[int(label)] if label else None)
-        return out  # type: ignore[return-value]
+            smoothed[i] = Smoothed(probs, EMOTIONS[int(label)] if label else None)
+        return [smoothed[i] for i in range(len(observations))]

@@ -134,7 +134,7 @@ def onnx_to_state_dict(onnx_bytes: bytes, bn_eps: float = 1e-5) -> OrderedDict[s
     return sd
 
 
-def build_and_load(state_dict) -> torch.nn.Module:
+def build_and_load(state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
     from detector.retinaface import RetinaFaceNet
 
     model = RetinaFaceNet("mobilenet0.25")
@@ -142,7 +142,9 @@ def build_and_load(state_dict) -> torch.nn.Module:
     return model.eval()
 
 
-def verify_against_onnx(onnx_bytes: bytes, model: torch.nn.Module, sizes=((480, 640), (300, 417))) -> float | None:
+def verify_against_onnx(
+    onnx_bytes: bytes, model: torch.nn.Module, sizes: tuple[tuple[int, int], ...] = ((480, 640), (300, 417))
+) -> float | None:
     """Max abs diff between ONNX Runtime and the PyTorch module on the raw head outputs (loc, conf logits, landmarks;
     plus the softmaxed conf the ONNX graph outputs). Returns None (and says so) when onnxruntime is not importable."""
     try:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+from cv2 import data as cv2_data  # where the cascades ship
 
 from detector.base import Detection
 
@@ -56,7 +57,7 @@ class HaarDetector:
             raise RuntimeError(
                 f"OpenCV {cv2.__version__} has no CascadeClassifier (removed in OpenCV 5); install opencv<5"
             )
-        path = cascade_path or (cv2.data.haarcascades + CASCADE_FILE)
+        path = cascade_path or (cv2_data.haarcascades + CASCADE_FILE)
         self.cascade = cv2.CascadeClassifier(path)
         if self.cascade.empty():
             raise RuntimeError(f"Could not load Haar cascade from {path}")

@@ -13,7 +13,7 @@ from detector.base import Detection, FaceDetector
 from detector.crops import quality, square_crop
 from detector.leases import CameraLeases
 from detector.tracking import FaceTracker
-from fervid.bus import Bus, Delivery, PartlyPublished
+from fervid.bus import Bus, Delivery, PartlyPublished, as_text
 from fervid.contracts import CLASSIFIER_GROUP, Box, Face, FacesMsg, FrameMsg
 from fervid.metrics import (
     CAMERA_BATCH,
@@ -74,7 +74,7 @@ class DetectorStage:
         leases are renewed, taken and given back."""
         # Cameras come and go while we run: refresh the set every couple of seconds, not on every read.
         if time.monotonic() - self._cameras_at > 2.0:
-            self._cameras = sorted(c.decode() for c in self.bus.redis.smembers(self.keys.cameras))
+            self._cameras = sorted(as_text(c) for c in self.bus.redis.smembers(self.keys.cameras))
             self._cameras_at = time.monotonic()
         change = self.leases.tick(self._cameras)
         for camera in change.lost + change.acquired:

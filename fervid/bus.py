@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -40,6 +40,8 @@ from fervid.errors import ServiceUnavailable
 from fervid.supervisor import die_with_parent
 
 if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT, StreamIdT
+
     from fervid.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -491,8 +493,8 @@ class Bus:
                 self._groups.clear()  # Redis came back without its data: the next read creates the groups again
                 return []
             got = [
-                Delivery(_s(stream), _s(entry_id), fields)
-                for stream, entries in resp or []
+                Delivery(as_text(stream), as_text(entry_id), fields)
+                for stream, entries in _resp2_streams(resp)
                 for entry_id, fields in entries
                 if fields is not None
             ]
@@ -540,15 +542,15 @@ class Bus:
                 stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=count - len(out)
             )
             entries = resp[1] if resp else []
-            gone = [_s(i) for i, f in entries if not f]
+            gone = [as_text(i) for i, f in entries if not f]
             if gone:  # trimmed or dropped while pending: nothing left to process
                 self.redis.xack(stream, self.group, *gone)
                 log.warning("%s: %d pending entries of %s had been deleted; acked", self.group, len(gone), stream)
-            live = [(_s(i), f) for i, f in entries if f]
+            live = [(as_text(i), f) for i, f in entries if f]
             if not live:
                 continue
             counts = {
-                _s(p["message_id"]): int(p["times_delivered"])
+                as_text(p["message_id"]): int(p["times_delivered"])
                 for p in self.redis.xpending_range(stream, self.group, live[0][0], live[-1][0], len(live) + 16)
             }
             log.info("%s: reclaimed %d stale entries of %s", self.group, len(live), stream)
@@ -564,7 +566,7 @@ class Bus:
             keys=[self.keys.consumers(self.group), *streams], args=[self.group, self.consumer, count]
         )
         out = [
-            Delivery(streams[int(index) - 1], _s(entry_id), _fields(flat), int(deliveries))
+            Delivery(streams[int(index) - 1], as_text(entry_id), _fields(flat), int(deliveries))
             for index, entry_id, flat, deliveries in reply
         ]
         if out:
@@ -586,7 +588,7 @@ class Bus:
         """Hand unfinished entries back on shutdown: they stay pending (nothing is lost) but are marked idle for
         ``claim_idle_ms``, so a live replica's next XAUTOCLAIM takes them now instead of after the timeout.
         JUSTID: the delivery count is not incremented, so returning an entry never counts towards dead-lettering."""
-        by_stream: dict[str, list[str]] = {}
+        by_stream: dict[str, list[StreamIdT]] = {}
         for d in deliveries:
             by_stream.setdefault(d.stream, []).append(d.id)
         for stream, ids in by_stream.items():
@@ -597,7 +599,8 @@ class Bus:
         stage that has just become the stream's only reader (a camera lease): its previous reader has stopped
         or died, so there is no need to wait ``claim_idle_ms``. Returns how many entries."""
         self.ensure_group(stream)
-        ids = [_s(p["message_id"]) for p in self.redis.xpending_range(stream, self.group, "-", "+", 100_000)]
+        pending = self.redis.xpending_range(stream, self.group, "-", "+", 100_000)
+        ids: list[StreamIdT] = [as_text(p["message_id"]) for p in pending]
         if ids:  # marked idle (as `release` does), so the next read's XAUTOCLAIM returns them first
             self.redis.xclaim(stream, self.group, self.consumer, 0, ids, idle=self.claim_idle_ms, justid=True)
             log.info("%s: adopted %d pending entries of %s", self.group, len(ids), stream)
@@ -607,7 +610,7 @@ class Bus:
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Park the entry with its reason on the dead-letter stream, and ack it, in one transaction."""
-        fields: dict[bytes | str, bytes | str] = {k: v for k, v in delivery.fields.items() if not k.startswith(b"dl_")}
+        fields: dict[FieldT, EncodableT] = {k: v for k, v in delivery.fields.items() if not k.startswith(b"dl_")}
         fields.update(
             dl_stream=delivery.stream,
             dl_group=self.group,
@@ -730,9 +733,9 @@ class Bus:
         except ResponseError:
             return 0
         for g in groups:
-            if _s(g["name"]) == group:
-                last = _s(g["last-delivered-id"])
-                undelivered = len(self.redis.xrange(stream, f"({last}", "+", count=100_000))
+            if as_text(g["name"]) == group:
+                last = as_text(g["last-delivered-id"])
+                undelivered = len(self.redis.xrange(stream, f"({last}", "+", count=100_000) or [])
                 return undelivered + int(g["pending"])
         return int(self.redis.xlen(stream))
 
@@ -740,7 +743,7 @@ class Bus:
         """Entries not yet acked on every hop of the pipeline (the frame streams of `cameras`, default every
         camera ingest has published; faces; events): 0 when the pipeline has drained."""
         if cameras is None:
-            cameras = sorted(_s(c) for c in self.redis.smembers(self.keys.cameras))
+            cameras = sorted(as_text(c) for c in self.redis.smembers(self.keys.cameras))
         return sum(self.backlog(stream, group) for stream, group in self.keys.stage_streams(cameras))
 
 
@@ -759,8 +762,8 @@ def _publish_args(
     for message in messages:
         fields = message.encode()
         args.append(2 * len(fields))
-        for k, v in fields.items():
-            args += [k, v]
+        for name, value in fields.items():
+            args += [name, value]
     return args
 
 
@@ -768,11 +771,22 @@ def _published(reply: Sequence[bytes | int]) -> Published:
     entry_id, dropped, backlog = reply
     if isinstance(entry_id, int):  # the script always answers the new entry's id first, as a string
         raise TypeError(f"publish script answered {reply!r}: expected [id, dropped, backlog]")
-    return Published(_s(entry_id), int(dropped), int(backlog))
+    return Published(as_text(entry_id), int(dropped), int(backlog))
 
 
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def as_text(value: object) -> str:
+    """A Redis reply's id, name or value as text: redis-py gives bytes (fervid's clients do not decode replies)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _resp2_streams(reply: object) -> list[Any]:
+    """XREADGROUP's reply as RESP2 (the protocol of fervid's clients) gives it: ``[[stream, [[id, fields], ...]],
+    ...]``, or None when the block timed out. redis-py types it as any protocol's."""
+    if reply is None:
+        return []
+    if not isinstance(reply, list):
+        raise TypeError(f"XREADGROUP answered a {type(reply).__name__}: fervid's clients speak RESP2")
+    return reply
 
 
 def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -817,7 +831,9 @@ class Heartbeat:
             log.debug("%s: could not retire the heartbeat (%s)", self.bus.consumer, exc)
 
 
-def iter_entries(client: redis.Redis, stream: str, batch: int = 500) -> Iterator[tuple[str, dict[bytes, bytes]]]:
+def iter_entries(
+    client: redis.Redis, stream: str, batch: int = 500
+) -> Iterator[tuple[str, dict[bytes | str, bytes | str]]]:
     """Every entry of `stream`, oldest first (for inspection tools and tests)."""
     start = "-"
     while True:
@@ -825,5 +841,6 @@ def iter_entries(client: redis.Redis, stream: str, batch: int = 500) -> Iterator
         if not entries:
             return
         for entry_id, fields in entries:
-            yield _s(entry_id), fields
-        start = f"({_s(entries[-1][0])}"
+            if fields is not None:  # XRANGE always has them; redis-py's type also covers XAUTOCLAIM's deleted ones
+                yield as_text(entry_id), fields
+        start = f"({as_text(entries[-1][0])}"

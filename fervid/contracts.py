@@ -116,11 +116,13 @@ class BadMessage(ValueError):
     """A stream entry that can never be processed (malformed, wrong version, corrupt payload)."""
 
 
-Fields = Mapping[bytes | str, bytes | str]
+# A stream entry's fields: bytes keys as Redis returns them, str keys as `encode()` builds them.
+Fields = Mapping[bytes, bytes] | Mapping[str, bytes] | Mapping[bytes | str, bytes | str]
 
 
 def _get(fields: Fields, key: str) -> bytes:
-    value = fields.get(key.encode(), fields.get(key))  # type: ignore[call-overload]
+    either: Mapping[Any, bytes | str] = fields
+    value = either.get(key.encode(), either.get(key))
     if value is None:
         raise BadMessage(f"missing field {key!r}")
     return value if isinstance(value, bytes) else str(value).encode()

@@ -31,6 +31,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from fervid.bus import as_text
 from fervid.contracts import CLASSIFIER_GROUP, DETECTOR_GROUP, STORAGE_GROUP, Keys
 
 log = logging.getLogger(__name__)
@@ -172,16 +173,16 @@ class BusCollector:
             for stream, group in keys.stage_streams(cameras):
                 length.add_metric([stream], int(self.client.xlen(stream)))
                 for g in self._groups(stream):
-                    if _s(g["name"]) != group:
+                    if as_text(g["name"]) != group:
                         continue
                     # Counted, not Redis 7's `lag` field: that is entries-added minus entries-read, which overcounts
                     # by every undelivered entry the publisher dropped (XDEL) when a live stream was full.
-                    lag = self._undelivered(keys=[stream], args=[_s(g["last-delivered-id"])])
+                    lag = self._undelivered(keys=[stream], args=[as_text(g["last-delivered-id"])])
                     backlog.add_metric([stream, group], int(lag))
                     pending.add_metric([stream, group], int(g["pending"]))
                     consumers.add_metric([stream, group], int(g["consumers"]))
             counts = {DETECTOR_GROUP: 0, CLASSIFIER_GROUP: 0, STORAGE_GROUP: 0}
-            counts |= {_s(g): int(n) for g, n in self.client.hgetall(keys.dead_counts).items()}
+            counts |= {as_text(g): int(n) for g, n in self.client.hgetall(keys.dead_counts).items()}
             for group, n in sorted(counts.items()):
                 dead.add_metric([group], n)
             for camera in cameras:
@@ -197,13 +198,9 @@ class BusCollector:
 
     def _groups(self, stream: str) -> list[dict[str, Any]]:
         try:
-            return [{_s(k): v for k, v in g.items()} for g in self.client.xinfo_groups(stream)]
+            return [{as_text(k): v for k, v in g.items()} for g in self.client.xinfo_groups(stream)]
         except Exception:
             return []
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 Check = Callable[[], str | None]  # None when fine, else the reason for not being ready
@@ -284,7 +281,7 @@ class HealthServer:
 
 def register_bus_collector(client: Any, keys: Keys, registry: CollectorRegistry = REGISTRY) -> BusCollector:
     collector = BusCollector(client, keys)
-    registry.register(collector)  # type: ignore[arg-type]
+    registry.register(collector)
     return collector
 
 

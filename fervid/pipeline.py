@@ -6,6 +6,7 @@ services that `docker compose` or `fervid up` run. Stage packages are imported l
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -116,7 +117,7 @@ class _Run:
         self.live = [spec for spec in sources if is_live(spec.url)]
         self.published_before = {spec.camera: _published(client, settings, spec.camera) for spec in self.live}
         self.windows: dict[str, float] = {}  # live camera -> when its analysis began: stages ready and it was live
-        self.ingests = [_Thread(f"ingest-{spec.camera}", lambda spec=spec: self.ingest(spec)) for spec in sources]
+        self.ingests = [_Thread(f"ingest-{spec.camera}", functools.partial(self.ingest, spec)) for spec in sources]
         self.workers: list[_Thread] = []
         self.stages: dict[str, Any] = {}
         self.progress = Progress(expected=None)
@@ -163,7 +164,7 @@ class _Run:
         self.discarded = sum(_discard_waiting(self.client, self.settings, spec.camera) for spec in self.live)
         self.open_windows()
         self.workers = [
-            _Thread(f"{name}-worker", lambda s=stage, b=self.buses[name]: self._work(s, b))
+            _Thread(f"{name}-worker", functools.partial(self._work, stage, self.buses[name]))
             for name, stage in self.stages.items()
         ]
         self.started = time.monotonic()
@@ -255,7 +256,9 @@ def _dead_count(client: Any, settings: Settings) -> int:
 def _summarise(engine: Any, counters: dict[str, Any]) -> RunSummary:
     from sqlalchemy import func, select
 
-    from storage.db import EventRow, FrameRow
+    from storage.db import FrameRow, events_table
+
+    events = events_table.c
 
     summary = RunSummary(cameras=sorted(counters))
     with engine.connect() as conn:
@@ -267,8 +270,8 @@ def _summarise(engine: Any, counters: dict[str, Any]) -> RunSummary:
             summary.first_seq[camera] = c.first_seq
             in_run = (FrameRow.camera == camera) & FrameRow.seq.between(c.first_seq, c.last_seq)
             summary.frames_stored += conn.execute(select(func.count()).where(in_run)).scalar_one()
-            ev = (EventRow.camera == camera) & EventRow.frame_seq.between(c.first_seq, c.last_seq)
-            for label, n in conn.execute(select(EventRow.label, func.count()).where(ev).group_by(EventRow.label)):
+            ev = (events.camera == camera) & events.frame_seq.between(c.first_seq, c.last_seq)
+            for label, n in conn.execute(select(events.label, func.count()).where(ev).group_by(events.label)):
                 summary.labels[label] += n
                 summary.faces += n
     for e in EMOTIONS:

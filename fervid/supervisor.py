@@ -129,10 +129,10 @@ class Supervisor:
                 time.sleep(0.05)
         finally:  # also on a second Ctrl-C: never leave workers behind
             for c in alive:
-                if c.alive():
+                if c.proc is not None and c.alive():
                     self._status(c, "did not stop in time: SIGKILL")
                     self._signal(c, signal.SIGKILL)
-                    c.proc.wait()  # type: ignore[union-attr]
+                    c.proc.wait()
         for c in self.children:
             if c.proc is not None and c.state in ("running", "backoff"):
                 c.last_rc = c.proc.returncode
@@ -191,8 +191,10 @@ class Supervisor:
         )
 
     def _signal(self, child: Child, sig: signal.Signals) -> None:
+        if child.proc is None:  # never started
+            return
         with contextlib.suppress(ProcessLookupError):
-            child.proc.send_signal(sig)  # type: ignore[union-attr]
+            child.proc.send_signal(sig)
 
     def _status(self, child: Child, what: str) -> None:
         self.on_status(f"[up] {child.spec.name:<14} pid {child.pid or '-':<7} {what}")

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol, Self, TypeVar
 
 import redis
 
@@ -31,7 +31,16 @@ from fervid.metrics import (
 
 log = logging.getLogger(__name__)
 
-M = TypeVar("M")  # what `message_type.decode` returns
+
+class Decodable(Protocol):
+    """A stage's message type: `decode` builds one from a stream entry's fields, raising BadMessage for what must
+    be dead-lettered."""
+
+    @classmethod
+    def decode(cls, fields: dict[bytes, bytes]) -> Self: ...
+
+
+M = TypeVar("M", bound=Decodable)  # what `message_type.decode` returns
 
 
 @dataclass
@@ -231,7 +240,7 @@ def _process(stage: Stage[M], bus: Bus, batch: list[Delivery]) -> Outcome:
             dead.append((d, f"delivered {d.deliveries} times without being acked (last consumer died or failed)"))
             continue
         try:
-            decoded.append((d, stage.message_type.decode(d.fields)))  # type: ignore[attr-defined]
+            decoded.append((d, stage.message_type.decode(d.fields)))
         except BadMessage as exc:
             dead.append((d, f"bad message: {exc}"))
     outcome = stage.handle(decoded) if decoded else Outcome()

@@ -33,9 +33,10 @@ def plot_timeline(buckets: list[dict[str, Any]], path: Path, title: str) -> Path
     times = [datetime.fromisoformat(b["start"].replace("Z", "+00:00")) for b in buckets]
     shares = [[b["counts"][e] / b["faces"] for b in buckets] for e in EMOTIONS]
     fig, ax = plt.subplots(figsize=(11, 4.5), dpi=110)
-    ax.stackplot(times, shares, labels=list(EMOTIONS), colors=[COLOURS[e] for e in EMOTIONS], alpha=0.85, step=None)
+    # matplotlib's stubs leave out the datetimes its date converter plots (the x axis is a date axis).
+    ax.stackplot(times, shares, labels=list(EMOTIONS), colors=[COLOURS[e] for e in EMOTIONS], alpha=0.85, step=None)  # type: ignore[arg-type]
     ax.set_ylim(0, 1)
-    ax.set_xlim(times[0], times[-1] if len(times) > 1 else times[0])
+    ax.set_xlim(times[0], times[-1] if len(times) > 1 else times[0])  # type: ignore[arg-type]
     ax.set_ylabel("share of faces")
     ax.set_xlabel("time (UTC)")
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))

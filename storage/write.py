@@ -347,7 +347,7 @@ def _dumper() -> type:
         format = Format.BINARY
 
         def dump(self, obj: Any) -> bytes:
-            return obj  # type: ignore[no-any-return]
+            return obj
 
     return _BinaryArrayDumper
 
@@ -356,8 +356,10 @@ def _pg_execute(conn: Connection, sql: str, params: list[Any]) -> list[Any]:
     """Run on the psycopg cursor (%s placeholders, no SQLAlchemy parameter processing)."""
     dbapi = conn.dialect.loaded_dbapi
     driver = conn.connection.driver_connection
-    driver.adapters.register_dumper(_BinaryArray, _dumper())  # type: ignore[union-attr]  # this connection only
-    cur = driver.cursor()  # type: ignore[union-attr]
+    if driver is None:  # invalidated: an outage, which the worker rides out on a new connection
+        raise DBAPIError.instance(sql, None, dbapi.OperationalError("the connection is closed"), dbapi.Error)
+    driver.adapters.register_dumper(_BinaryArray, _dumper())  # this connection only
+    cur = driver.cursor()
     try:
         cur.execute(sql, params)
         return cur.fetchall()

@@ -40,22 +40,14 @@ def write_annotated(spec: Any, first_seq: int, settings: Any, out: Path) -> int:
     from ingest.frames import sampled
     from ingest.jpeg import fit
     from ingest.source import open_container
-    from storage.db import EventRow, make_engine
+    from storage.db import events_table, make_engine
 
     faces: dict[int, list[FaceLabel]] = {}
     engine = make_engine(settings.resolved_db_url)
     with engine.connect() as conn:
-        columns = [
-            EventRow.frame_seq,
-            EventRow.x,
-            EventRow.y,
-            EventRow.w,
-            EventRow.h,
-            EventRow.track_id,
-            EventRow.label,
-        ]
-        columns += [getattr(EventRow, f"p_{e}") for e in EMOTIONS]
-        rows = conn.execute(select(*columns).where(EventRow.camera == spec.camera, EventRow.frame_seq >= first_seq))
+        ev = events_table.c
+        columns = [ev.frame_seq, ev.x, ev.y, ev.w, ev.h, ev.track_id, ev.label, *(ev[f"p_{e}"] for e in EMOTIONS)]
+        rows = conn.execute(select(*columns).where(ev.camera == spec.camera, ev.frame_seq >= first_seq))
         for seq, x, y, w, h, track_id, label, *probs in rows:
             faces.setdefault(seq, []).append(FaceLabel((x, y, x + w, y + h), track_id, label, tuple(probs)))
     annotator = FrameAnnotator()

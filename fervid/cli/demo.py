@@ -109,13 +109,14 @@ def _check_annotate(path: Path, first: SourceSpec) -> None:
 def _own_namespace(settings: Settings) -> Settings:
     """On a Redis others may use, the demo keeps to its own namespace, so it consumes only the cameras it ingests
     (unless FERVID_NAMESPACE says which)."""
-    if not settings.redis_url or "FERVID_NAMESPACE" in os.environ:
+    url = settings.redis_url
+    if not url or "FERVID_NAMESPACE" in os.environ:
         return settings
     from fervid.bus import private_namespace, redact_url
 
     settings = settings.model_copy(update={"namespace": private_namespace(settings.data_dir)})
     console.print(
-        f"Redis {redact_url(settings.redis_url)}: namespace {settings.namespace} (this data dir's own; "
+        f"Redis {redact_url(url)}: namespace {settings.namespace} (this data dir's own; "
         "FERVID_NAMESPACE chooses another)",
         highlight=False,
         markup=False,

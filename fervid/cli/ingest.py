@@ -92,13 +92,14 @@ def camera_rows(client: redis.Redis, keys: Keys, now: float | None = None) -> li
     """One row per known camera. A camera whose state has expired, or was not refreshed within the state's TTL,
     is ``unknown``: the ingest process that ran it is gone (or hung). Its counters are then the last ones the
     bus recorded. ``offline``: frames dropped while Redis was unreachable."""
+    from fervid.bus import as_text
     from ingest.camera import STATE_TTL_S
 
     now = time.time() if now is None else now
     rows = []
-    for name in sorted(_text(c) for c in client.smembers(keys.cameras)):
-        h = {_text(k): _text(v) for k, v in client.hgetall(keys.camera(name, "state")).items()}
-        stats = {_text(k): _text(v) for k, v in client.hgetall(keys.camera(name, "stats")).items()}
+    for name in sorted(as_text(c) for c in client.smembers(keys.cameras)):
+        h = {as_text(k): as_text(v) for k, v in client.hgetall(keys.camera(name, "state")).items()}
+        stats = {as_text(k): as_text(v) for k, v in client.hgetall(keys.camera(name, "stats")).items()}
         updated = float(h.get("updated", 0) or 0)
         age = now - updated if updated else None
         owned = age is not None and age <= STATE_TTL_S
@@ -116,7 +117,3 @@ def camera_rows(client: redis.Redis, keys: Keys, now: float | None = None) -> li
             }
         )
     return rows
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

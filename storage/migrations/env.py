@@ -20,7 +20,10 @@ def run() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("no connection and no sqlalchemy.url: use storage.migrate, which sets one")
+    engine = create_engine(url)
     with engine.begin() as conn:
         context.configure(
             connection=conn, target_metadata=target_metadata, render_as_batch=conn.dialect.name == "sqlite"
