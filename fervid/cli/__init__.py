@@ -8,8 +8,11 @@ a traceback.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -70,6 +73,44 @@ def setup_logging(log_level: LogLevel | None, verbose: bool = False, *, service:
     """Configure logging for a command: ``--log-level`` (or FERVID_LOG_LEVEL), ``-v`` for info, else INFO for
     services (they say what they loaded and do) and WARNING for the rest."""
     configure(log_level or ("info" if verbose or service else "warning"))
+
+
+Command = Callable[..., None]
+
+
+def command(
+    name: str | None = None, *, service: bool = False, on: typer.Typer | None = None
+) -> Callable[[Command], Command]:
+    """Register a command on `app` (or the group `on`) with --log-level and -v after its own options: they set up
+    logging before it runs (`setup_logging`; services log at info by default), so no command spells them."""
+
+    def register(fn: Command) -> Command:
+        (on or app).command(name)(_LoggingOptions(fn, service=service))
+        return fn
+
+    return register
+
+
+class _LoggingOptions:
+    """`fn` as a Typer callback with --log-level and -v appended to its options. Typer reads a callback's options
+    from its signature, here built with the annotations already evaluated, so it needs no type hints."""
+
+    def __init__(self, fn: Command, *, service: bool) -> None:
+        from fervid.cli.options import LogLevelOption, Verbose
+
+        functools.update_wrapper(self, fn)  # name (the command's), docstring (its help)
+        self._fn, self._service = fn, service
+        own = inspect.signature(fn, eval_str=True)
+        logging_options = [
+            inspect.Parameter("log_level", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=LogLevelOption),
+            inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Verbose),
+        ]
+        self.__signature__ = own.replace(parameters=[*own.parameters.values(), *logging_options])
+        self.__annotations__: dict[str, Any] = {}
+
+    def __call__(self, *args: Any, log_level: LogLevel | None = None, verbose: bool = False, **kwargs: Any) -> None:
+        setup_logging(log_level, verbose, service=self._service)
+        self._fn(*args, **kwargs)
 
 
 def _register_commands() -> None:

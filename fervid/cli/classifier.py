@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from fervid.choices import CLASSIFIER_MODELS, ClassifierModel
-from fervid.cli import app, console, out, setup_logging
+from fervid.cli import app, command, console, out, setup_logging
 from fervid.cli.options import LogLevelOption, Verbose
 from fervid.errors import ConfigError, NotFound
 
@@ -164,20 +164,17 @@ app.command(
 )
 
 
-@app.command()
+@command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A best.pt written by `fervid train`.")],
     data: Annotated[Path, typer.Option(help="FER-2013 CSV or an ImageFolder root (train/, test/).")],
     split: Annotated[Split, typer.Option(help="The split to evaluate on.")] = "test",
     tta: Annotated[TTA, typer.Option(help="Test-time augmentation.")] = "none",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", callback=_check("device"))] = "auto",
-    log_level: LogLevelOption = None,
-    verbose: Verbose = False,
 ) -> None:
     """Accuracy, macro-F1, per-class precision/recall and the confusion matrix of a checkpoint (JSON)."""
     from classifier.evaluate import evaluate_checkpoint
 
-    setup_logging(log_level, verbose)
     if not checkpoint.is_file():
         raise NotFound(f"checkpoint {checkpoint} does not exist")
     with _training_errors():
@@ -185,19 +182,16 @@ def evaluate(
     print(json.dumps(result.to_dict(), indent=2))
 
 
-@app.command()
+@command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A best.pt written by `fervid train`.")],
     onnx_path: Annotated[
         Path | None, typer.Option("--out", help="Where to write the .onnx (default: beside the checkpoint).")
     ] = None,
-    log_level: LogLevelOption = None,
-    verbose: Verbose = False,
 ) -> None:
     """Export a checkpoint to ONNX (dynamic batch), checked against the PyTorch outputs when onnxruntime is there."""
     from classifier.export import export_onnx
 
-    setup_logging(log_level, verbose)
     if not checkpoint.is_file():
         raise NotFound(f"checkpoint {checkpoint} does not exist")
     with _training_errors():

@@ -15,19 +15,17 @@ from rich import box
 from rich.table import Table
 
 from fervid.choices import TimelineLabels
-from fervid.cli import app, console, out, setup_logging
+from fervid.cli import command, console, out
 from fervid.cli.options import (
     Cameras,
     DataDir,
     DbUrl,
     DetectorOption,
     Fps,
-    LogLevelOption,
     RedisUrl,
     Seconds,
     ServedModel,
     StartTime,
-    Verbose,
 )
 from fervid.errors import FervidError
 
@@ -37,7 +35,7 @@ if TYPE_CHECKING:
     from ingest.runner import SourceSpec
 
 
-@app.command()
+@command()
 def demo(
     sources: Annotated[
         list[str] | None, typer.Argument(help="Video files, rtsp:// URLs or webcams. None: a generated sample clip.")
@@ -57,11 +55,8 @@ def demo(
             "--annotate", help="Also write the (first) video with faces, track ids, labels and probabilities drawn."
         ),
     ] = None,
-    log_level: LogLevelOption = None,
-    verbose: Verbose = False,
 ) -> None:
     """Run the whole pipeline on video files (or cameras) in one process, then print a summary."""
-    setup_logging(log_level, verbose)
     from fervid.settings import load_settings
     from ingest.runner import expected_frames, source_specs
 
@@ -199,6 +194,10 @@ def _time(text: str | None) -> datetime | None:
     return None if text is None else _parsed(parse_time, text)
 
 
+def _time_option(help: str) -> Any:
+    return typer.Option(parser=_time, metavar="TIME", help=help)
+
+
 def _parsed(parse: Any, text: str) -> Any:
     try:
         return parse(text)
@@ -206,26 +205,17 @@ def _parsed(parse: Any, text: str) -> Any:
         raise typer.BadParameter(str(exc)) from None
 
 
-@app.command()
+@command()
 def timeline(
     camera: Annotated[str, typer.Argument(help="Camera name.")],
     db: DbUrl = None,
     data_dir: DataDir = None,
     since: Annotated[
-        datetime | None,
-        typer.Option(
-            parser=_time,
-            metavar="TIME",
-            help="Start: ISO-8601 or a duration ago (30m, 2h). Default: 24 h before --until.",
-        ),
+        datetime | None, _time_option("Start: ISO-8601 or a duration ago (30m, 2h). Default: 24 h before --until.")
     ] = None,
     until: Annotated[
         datetime | None,
-        typer.Option(
-            parser=_time,
-            metavar="TIME",
-            help="End (exclusive): ISO-8601 or a duration ago. Default: just after the camera's newest face.",
-        ),
+        _time_option("End (exclusive): ISO-8601 or a duration ago. Default: just after the camera's newest face."),
     ] = None,
     bucket: Annotated[
         int | None,
@@ -243,11 +233,8 @@ def timeline(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Also write a stacked-area PNG of emotion shares here.")
     ] = None,
-    log_level: LogLevelOption = None,
-    verbose: Verbose = False,
 ) -> None:
     """Emotion timeline of one camera: faces, label counts and mean probabilities per time bucket."""
-    setup_logging(log_level, verbose)
     from fervid.cli.storage import existing_database
     from fervid.contracts import EMOTIONS
     from fervid.settings import load_settings

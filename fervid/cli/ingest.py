@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from fervid.cli import app, console, out, setup_logging
-from fervid.cli.options import DataDir, LogLevelOption, MetricsPort, RedisUrl, Verbose
+from fervid.cli import command, console, out
+from fervid.cli.options import DataDir, MetricsPort, RedisUrl
 from fervid.logs import format_config
 
 if TYPE_CHECKING:
@@ -20,17 +20,14 @@ if TYPE_CHECKING:
     from fervid.contracts import Keys
 
 
-@app.command()
+@command(service=True)
 def ingest(
     config: Annotated[Path, typer.Option("--config", "-c", help="cameras.yaml: the cameras to run.")],
     redis: RedisUrl = None,
     data_dir: DataDir = None,
     metrics_port: MetricsPort = None,
-    log_level: LogLevelOption = None,
-    verbose: Verbose = False,
 ) -> None:
     """Run every enabled camera of a cameras.yaml, one thread each, reconnecting with backoff. SIGHUP reloads it."""
-    setup_logging(log_level, verbose, service=True)
     from fervid.bus import connect, redact_url, redis_url_for
     from fervid.metrics import serve_health
     from fervid.settings import load_settings
@@ -61,15 +58,12 @@ def ingest(
             health.close()
 
 
-@app.command()
-def cameras(
-    redis: RedisUrl = None, data_dir: DataDir = None, log_level: LogLevelOption = None, verbose: Verbose = False
-) -> None:
+@command()
+def cameras(redis: RedisUrl = None, data_dir: DataDir = None) -> None:
     """State of every camera an ingest process has published: state, fps, frames, drops, reconnects, last error, age.
 
     A camera whose ingest process is gone (its state was not refreshed for 10 s) shows as unknown.
     """
-    setup_logging(log_level, verbose)
     from fervid.bus import connect, redis_url_for
     from fervid.settings import load_settings
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fervid.cli import app, setup_logging
+from fervid.cli import command
 from fervid.cli.options import (
     BatchSize,
     Cameras,
@@ -24,13 +24,11 @@ from fervid.cli.options import (
     DetectorOption,
     DeviceOption,
     Fps,
-    LogLevelOption,
     MetricsPort,
     RedisUrl,
     Seconds,
     ServedModel,
     StartTime,
-    Verbose,
 )
 from fervid.errors import ConfigError
 from fervid.logs import format_config
@@ -52,7 +50,7 @@ def serve_stage(
     return serve(stage_entry(name), load_settings(**flags), max_messages=max_messages, idle_timeout=idle_timeout)
 
 
-@app.command()
+@command(service=True)
 def detect(
     redis: RedisUrl = None,
     data_dir: DataDir = None,
@@ -60,11 +58,8 @@ def detect(
     device: DeviceOption = None,
     batch_size: BatchSize = None,
     metrics_port: MetricsPort = None,
-    log_level: LogLevelOption = None,
-    verbose: Verbose = False,
 ) -> None:
     """Detector worker: frames → faces. Run N replicas; each camera is leased to one of them (detector/README.md)."""
-    setup_logging(log_level, verbose, service=True)
     serve_stage(
         "detector",
         redis_url=redis,
@@ -76,7 +71,7 @@ def detect(
     )
 
 
-@app.command()
+@command(service=True)
 def classify(
     redis: RedisUrl = None,
     data_dir: DataDir = None,
@@ -93,11 +88,8 @@ def classify(
         ),
     ] = None,
     metrics_port: MetricsPort = None,
-    log_level: LogLevelOption = None,
-    verbose: Verbose = False,
 ) -> None:
     """Classifier worker: faces → emotion events, crops batched across frames and cameras. Scales by replicas."""
-    setup_logging(log_level, verbose, service=True)
     serve_stage(
         "classifier",
         redis_url=redis,
@@ -111,7 +103,7 @@ def classify(
     )
 
 
-@app.command("stages")
+@command("stages", service=True)
 def stages_command(
     names: Annotated[
         list[str], typer.Argument(help="Stages to run together: detector, classifier, storage (any of them).")
@@ -119,12 +111,9 @@ def stages_command(
     redis: RedisUrl = None,
     data_dir: DataDir = None,
     metrics_port: MetricsPort = None,
-    log_level: LogLevelOption = None,
-    verbose: Verbose = False,
 ) -> None:
     """Several stages in one process, each on a thread, sharing one torch pool: `fervid up --one-process` on a
     machine with few cores. Configured by FERVID_* like the one-stage commands; one /health and /ready for all."""
-    setup_logging(log_level, verbose, service=True)
     from fervid.settings import load_settings
     from fervid.stages import serve_stages, stage_entry
 
@@ -133,7 +122,7 @@ def stages_command(
     serve_stages(entries, settings)
 
 
-@app.command("ingest-files")
+@command("ingest-files", service=True)
 def ingest_files(
     sources: Annotated[list[str], typer.Argument(help="Video files (or URLs) to publish once through.")],
     camera: Cameras = None,
@@ -142,14 +131,11 @@ def ingest_files(
     start_time: StartTime = None,
     redis: RedisUrl = None,
     metrics_port: MetricsPort = None,
-    log_level: LogLevelOption = None,
-    verbose: Verbose = False,
 ) -> None:
     """Publish the frames of video files onto the bus once, then exit (cameras: `fervid ingest --config`).
 
     Riding out a Redis outage of any length: publishing waits and goes on where it was.
     """
-    setup_logging(log_level, verbose, service=True)
     from fervid.bus import Bus, connect
     from fervid.metrics import serve_health
     from fervid.settings import load_settings

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
-from fervid.cli import app, out, setup_logging
-from fervid.cli.options import DataDir, DbUrl, LogLevelOption, MetricsPort, RedisUrl, Verbose
+from fervid.cli import app, command, out
+from fervid.cli.options import DataDir, DbUrl, MetricsPort, RedisUrl
 from fervid.errors import ConfigError, NotFound
 from fervid.logs import format_config
 
@@ -43,7 +43,7 @@ def existing_database(url: str) -> Engine:
     return engine
 
 
-@app.command()
+@command(service=True)
 def store(
     redis: RedisUrl = None,
     db: DbUrl = None,
@@ -57,11 +57,8 @@ def store(
     ] = None,
     idle_timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds without a message.")] = None,
     metrics_port: MetricsPort = None,
-    log_level: LogLevelOption = None,
-    verbose: Verbose = False,
 ) -> None:
     """The storage service: EventsMsg from `fervid:events` → rows in SQL → ack. SIGTERM finishes the batch in hand."""
-    setup_logging(log_level, verbose, service=True)
     from fervid.cli.services import serve_stage
 
     stats, stage = serve_stage(
@@ -84,12 +81,9 @@ def store(
     )
 
 
-@app.command()
-def migrate(
-    db: DbUrl = None, data_dir: DataDir = None, log_level: LogLevelOption = None, verbose: Verbose = False
-) -> None:
+@command()
+def migrate(db: DbUrl = None, data_dir: DataDir = None) -> None:
     """Create or upgrade the database schema to the newest migration (Alembic, no alembic.ini needed)."""
-    setup_logging(log_level, verbose)
     from fervid.settings import load_settings
     from storage.db import make_engine
     from storage.migrate import upgrade
@@ -99,16 +93,13 @@ def migrate(
     out.print(f"schema at {after}" + (f" (was {before})" if before != after else " (already up to date)"))
 
 
-@app.command()
+@command()
 def prune(
     older_than: Annotated[str, typer.Option("--older-than", help="Delete rows older than this: 30d, 12h, ...")],
     db: DbUrl = None,
     data_dir: DataDir = None,
-    log_level: LogLevelOption = None,
-    verbose: Verbose = False,
 ) -> None:
     """Retention: delete frames, events and finished tracks older than --older-than."""
-    setup_logging(log_level, verbose)
     from fervid.settings import load_settings
     from storage.db import prune as do_prune
     from storage.timeline import parse_duration_ms
@@ -130,18 +121,15 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-@app.command()
+@command(service=True)
 def api(
     db: DbUrl = None,
     redis: RedisUrl = None,
     data_dir: DataDir = None,
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port (compose and Kubernetes use 8000).")] = 8000,
-    log_level: LogLevelOption = None,
-    verbose: Verbose = False,
 ) -> None:
     """HTTP API (OpenAPI docs at /docs). Auth: set FERVID_API_TOKEN to require a bearer token."""
-    setup_logging(log_level, verbose, service=True)
     import uvicorn
 
     from fervid.settings import load_settings
@@ -173,21 +161,18 @@ grafana_app = typer.Typer(help="Grafana dashboards as code.", no_args_is_help=Tr
 app.add_typer(grafana_app, name="grafana")
 
 
-@grafana_app.command("export")
+@command("export", on=grafana_app)
 def grafana_export(
     directory: Annotated[Path, typer.Argument(help="Where to write the dashboard JSON files.")],
-    log_level: LogLevelOption = None,
-    verbose: Verbose = False,
 ) -> None:
     """Write the generated dashboard JSON (what file provisioning loads)."""
-    setup_logging(log_level, verbose)
     from storage.grafana import export
 
     for path in export(directory):
         out.print(str(path))
 
 
-@grafana_app.command("provision")
+@command("provision", on=grafana_app)
 def grafana_provision(
     url: Annotated[str, typer.Option(help="Grafana URL, e.g. http://localhost:3000")],
     token: Annotated[
@@ -204,11 +189,8 @@ def grafana_provision(
             help="Prometheus URL Grafana uses (e.g. http://prometheus:9090): adds the operations dashboard.",
         ),
     ] = None,
-    log_level: LogLevelOption = None,
-    verbose: Verbose = False,
 ) -> None:
     """Create or update the datasources, the fervid folder and the dashboards (idempotent)."""
-    setup_logging(log_level, verbose)
     from fervid.settings import load_settings
     from storage.grafana import provision
 
