@@ -72,7 +72,7 @@ def build(name: str, device: str, compile: bool, max_crops: int) -> EmotionClass
     if name == "mini_xception":
         return load_classifier("mini_xception", device=device, compile=compile, max_crops=max_crops)
     spec = get_spec(name)
-    meta = CheckpointMeta(Path(name), "best", name, tuple(), spec.input_size, spec.channels, spec.mean, spec.std, 0)
+    meta = CheckpointMeta(path=Path(name), kind="best", model_name=name, classes=(), epoch=0, **spec.input_format())
     return EmotionClassifier(
         f"{name}-random-init",
         create_model(name),

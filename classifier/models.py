@@ -94,6 +94,16 @@ class ModelSpec:
     def head_parameter_names(self, model: nn.Module) -> list[str]:
         return [n for n, _ in model.named_parameters() if n.startswith(self.head_prefixes)]
 
+    def input_format(self, input_size: int | None = None) -> dict[str, Any]:
+        """How a batch is fed to the model, as a checkpoint records it: side (this model's unless given), channels,
+        normalization."""
+        return {
+            "input_size": input_size or self.input_size,
+            "channels": self.channels,
+            "mean": self.mean,
+            "std": self.std,
+        }
+
 
 _REGISTRY: dict[str, ModelSpec] = {}
 

@@ -180,15 +180,7 @@ def _from_registry(name: str) -> _Weights:
         raise ConfigError(f"cannot load the FER-2013 weights of {name}: {exc}".splitlines()[0]) from exc
     # Weights without a preprocessing of their own get the eval transform `fervid train` would give the model.
     meta = CheckpointMeta(
-        path=Path(fer.model_id),
-        kind="fer",
-        model_name=name,
-        classes=EMOTIONS,
-        input_size=spec.input_size,
-        channels=spec.channels,
-        mean=spec.mean,
-        std=spec.std,
-        epoch=0,
+        path=Path(fer.model_id), kind="fer", model_name=name, classes=EMOTIONS, epoch=0, **spec.input_format()
     )
     preprocess = fer.preprocess or make_preprocess(meta)
     return _Weights(fer.model_id, net, preprocess, EMOTIONS, f"{name} with its FER-2013 weights")

@@ -284,14 +284,7 @@ def build_model(config: TrainConfig, data: Data, device: torch.device, *, pretra
     if config.channels_last and on_cuda:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, head, backbone)
-    meta = {
-        "model_name": config.model,
-        "classes": CLASSES,
-        "input_size": config.input_size or spec.input_size,
-        "channels": spec.channels,
-        "mean": spec.mean,
-        "std": spec.std,
-    }
+    meta = {"model_name": config.model, "classes": CLASSES, **spec.input_format(config.input_size)}
     return RunState(
         config=config,
         device=device,

@@ -177,22 +177,8 @@ def _ckpt(tmp: Path, model_name: str, classes: tuple[str, ...]) -> Path:
     spec = get_spec(model_name)
     model = create_model(model_name, num_classes=len(classes))
     path = tmp / f"{model_name}-{len(classes)}.pt"
-    torch.save(
-        checkpoint_payload(
-            kind="best",
-            model=model,
-            model_name=model_name,
-            classes=classes,
-            input_size=spec.input_size,
-            channels=spec.channels,
-            mean=spec.mean,
-            std=spec.std,
-            epoch=1,
-            metrics={},
-            config={},
-        ),
-        path,
-    )
+    fields = {"model_name": model_name, "classes": classes, "epoch": 1, "metrics": {}, "config": {}}
+    torch.save(checkpoint_payload(kind="best", model=model, **fields, **spec.input_format()), path)
     return path
 
 
