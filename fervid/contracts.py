@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, TypeVar
 
 from fervid.errors import cut
@@ -164,6 +165,13 @@ class FrameRef:
         return round(self.capture_ts * 1000)
 
 
+def parse_utc(text: str) -> datetime:
+    """An ISO-8601 time (``Z`` for UTC allowed; without a zone: UTC, as every time fervid keeps) as an aware
+    datetime. ValueError when `text` is not one."""
+    t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True)
 class Box:
     """Pixel box in the frame: top-left corner and size."""
@@ -239,16 +247,13 @@ class Emotion:
     @classmethod
     def from_face(cls, face: Face, *, probs: tuple[float, ...], smoothed_label: str | None = None) -> Emotion:
         """The emotion of `face`: every detection field the two share is carried over."""
-        return cls(
-            index=face.index,
-            box=face.box,
-            score=face.score,
-            track_id=face.track_id,
-            quality=face.quality,
-            probs=probs,
-            smoothed_label=smoothed_label,
-        )
+        detection = {name: getattr(face, name) for name in _CARRIED}
+        return cls(**detection, probs=probs, smoothed_label=smoothed_label)
 
+
+# The fields of a Face that its Emotion carries over (all but the crop): a field added to both travels on.
+_EMOTION_FIELDS = {f.name for f in dataclass_fields(Emotion)}
+_CARRIED = tuple(f.name for f in dataclass_fields(Face) if f.name in _EMOTION_FIELDS)
 
 SqlType = Literal["text", "int", "bigint", "float8"]
 

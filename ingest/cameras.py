@@ -36,7 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fervid.bus import redact_url
-from fervid.contracts import validate_camera_name
+from fervid.contracts import parse_utc, validate_camera_name
 from fervid.errors import ConfigError, cut
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -84,7 +84,7 @@ class CameraConfig(BaseModel):
     def _start_time(cls, v: Any) -> Any:
         if isinstance(v, str):
             try:
-                v = datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
+                v = parse_utc(v)
             except ValueError:
                 raise ValueError(
                     f"start time {cut(repr(v))} is not ISO 8601: use e.g. 2024-05-01T09:30:00Z (no zone: UTC)"

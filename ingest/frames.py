@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import av
 
+from fervid.contracts import parse_utc
 from ingest.source import DecodedFrame, decode
 
 # A creation_time before this is a camera's unset clock (1970, 1904), not when the video was recorded.
@@ -116,10 +117,9 @@ def recording_start(container: av.container.InputContainer) -> float | None:
         if not text:
             continue
         try:
-            t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+            ts = parse_utc(text).timestamp()
         except ValueError:
             continue
-        ts = (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
         if ts >= _EARLIEST_RECORDING:
             return ts
     return None

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fervid.contracts import EMOTIONS
+from fervid.contracts import EMOTIONS, parse_utc
 
 COLOURS = {
     "angry": "#d62728",
@@ -30,7 +29,7 @@ def plot_timeline(buckets: list[dict[str, Any]], path: Path, title: str) -> Path
         from fervid.errors import NotFound
 
         raise NotFound("no faces in that range: nothing to plot")
-    times = [datetime.fromisoformat(b["start"].replace("Z", "+00:00")) for b in buckets]
+    times = [parse_utc(b["start"]) for b in buckets]
     shares = [[b["counts"][e] / b["faces"] for b in buckets] for e in EMOTIONS]
     fig, ax = plt.subplots(figsize=(11, 4.5), dpi=110)
     # matplotlib's stubs leave out the datetimes its date converter plots (the x axis is a date axis).

@@ -16,7 +16,7 @@ from sqlalchemy import and_, case, func, literal, literal_column, select, union_
 from sqlalchemy.engine import Engine
 
 from fervid.choices import TimelineLabels
-from fervid.contracts import EMOTIONS
+from fervid.contracts import EMOTIONS, parse_utc
 from fervid.errors import ConfigError, NotFound
 from storage.db import CameraRow, MinuteRow, events_table
 
@@ -70,12 +70,11 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
         except OverflowError:
             raise ConfigError(f"time {text!r} is too far in the past") from None
     try:
-        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return parse_utc(text)
     except ValueError:
         raise ConfigError(
             f"invalid time {text!r}: use ISO-8601 (2026-11-25T10:00:00Z) or a duration ago (30m, 2h)"
         ) from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def validate_range(since: datetime | None, until: datetime | None) -> tuple[int | None, int | None]:
