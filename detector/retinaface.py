@@ -94,14 +94,7 @@ class MobileNetV1(nn.Module):
             conv_dw(32, 64, 2),
             conv_dw(64, 64, 1),
         )
-        self.stage2 = nn.Sequential(
-            conv_dw(64, 128, 2),
-            conv_dw(128, 128, 1),
-            conv_dw(128, 128, 1),
-            conv_dw(128, 128, 1),
-            conv_dw(128, 128, 1),
-            conv_dw(128, 128, 1),
-        )
+        self.stage2 = nn.Sequential(conv_dw(64, 128, 2), *(conv_dw(128, 128, 1) for _ in range(5)))
         self.stage3 = nn.Sequential(
             conv_dw(128, 256, 2),
             conv_dw(256, 256, 1),

@@ -151,6 +151,14 @@ def _prometheus_camera_variable() -> dict[str, Any]:
     }
 
 
+_LEGEND = {"displayMode": "list", "placement": "bottom", "showLegend": True}
+_PER_CAMERA = {"repeat": "camera", "repeatDirection": "v"}  # one panel per camera chosen in the variable
+
+
+def _field_config(unit: str, custom: dict[str, Any]) -> dict[str, Any]:
+    return {"defaults": {"unit": unit, "custom": custom}, "overrides": []}
+
+
 def _prometheus_panel(pid: int, title: str, unit: str, queries: list[tuple[str, str]], y: int) -> dict[str, Any]:
     x = 0 if pid % 2 else 12
     targets = [
@@ -164,11 +172,8 @@ def _prometheus_panel(pid: int, title: str, unit: str, queries: list[tuple[str, 
         "datasource": PROM,
         "gridPos": {"x": x, "y": y, "w": 12, "h": 8},
         "targets": targets,
-        "options": {
-            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-            "tooltip": {"mode": "multi"},
-        },
-        "fieldConfig": {"defaults": {"unit": unit, "custom": {"fillOpacity": 10}}, "overrides": []},
+        "options": {"legend": _LEGEND, "tooltip": {"mode": "multi"}},
+        "fieldConfig": _field_config(unit, {"fillOpacity": 10}),
     }
 
 
@@ -185,10 +190,7 @@ def _panel(pid: int, title: str, kind: str, sql: str, grid: tuple[int, int, int,
         "datasource": DS,
         "gridPos": {"x": x, "y": y, "w": w, "h": h},
         "targets": [_target(sql)],
-        "options": {
-            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-            "tooltip": {"mode": "multi"},
-        },
+        "options": {"legend": _LEGEND, "tooltip": {"mode": "multi"}},
         "fieldConfig": {"defaults": {}, "overrides": []},
     }
     panel.update(extra)
@@ -216,64 +218,19 @@ def _dashboard(
 
 def dashboards() -> dict[str, dict[str, Any]]:
     """Every dashboard, by file name stem."""
-    share = _panel(
-        1,
-        "Emotion share — $camera",
-        "timeseries",
-        SQL["emotion_share"],
-        (0, 0, 24, 9),
-        repeat="camera",
-        repeatDirection="v",
-        fieldConfig={
-            "defaults": {
-                "custom": {
-                    "stacking": {"mode": "percent", "group": "A"},
-                    "fillOpacity": 70,
-                    "lineWidth": 0,
-                    "drawStyle": "line",
-                },
-                "unit": "percentunit",
-            },
-            "overrides": [],
-        },
-    )
-    faces = _panel(
-        2,
-        "Faces per minute",
-        "timeseries",
-        SQL["faces_per_minute"],
-        (0, 9, 24, 8),
-        fieldConfig={
-            "defaults": {"custom": {"drawStyle": "bars", "fillOpacity": 60}, "unit": "short"},
-            "overrides": [],
-        },
-    )
+    share = _panel(1, "Emotion share — $camera", "timeseries", SQL["emotion_share"], (0, 0, 24, 9), **_PER_CAMERA)
+    stacked = {"stacking": {"mode": "percent", "group": "A"}, "fillOpacity": 70, "lineWidth": 0, "drawStyle": "line"}
+    share["fieldConfig"] = _field_config("percentunit", stacked)
+    faces = _panel(2, "Faces per minute", "timeseries", SQL["faces_per_minute"], (0, 9, 24, 8))
+    faces["fieldConfig"] = _field_config("short", {"drawStyle": "bars", "fillOpacity": 60})
     state = _panel(
-        3,
-        "Dominant emotion — $camera",
-        "state-timeline",
-        SQL["dominant_state"],
-        (0, 17, 24, 5),
-        repeat="camera",
-        repeatDirection="v",
-        options={
-            "showValue": "auto",
-            "mergeValues": True,
-            "legend": {"showLegend": True, "displayMode": "list", "placement": "bottom"},
-        },
+        3, "Dominant emotion — $camera", "state-timeline", SQL["dominant_state"], (0, 17, 24, 5), **_PER_CAMERA
     )
-    frames = _panel(
-        1,
-        "Analysed frames per minute",
-        "timeseries",
-        SQL["frames_per_minute"],
-        (0, 0, 24, 9),
-        fieldConfig={
-            "defaults": {"custom": {"drawStyle": "line", "fillOpacity": 10}, "unit": "short"},
-            "overrides": [],
-        },
-        description="Frames that reached storage, with or without faces. "
-        "A camera dropping to zero has stalled upstream.",
+    state["options"] = {"showValue": "auto", "mergeValues": True, "legend": _LEGEND}
+    frames = _panel(1, "Analysed frames per minute", "timeseries", SQL["frames_per_minute"], (0, 0, 24, 9))
+    frames["fieldConfig"] = _field_config("short", {"drawStyle": "line", "fillOpacity": 10})
+    frames["description"] = (
+        "Frames that reached storage, with or without faces. A camera dropping to zero has stalled upstream."
     )
     return {
         "fervid-emotions": _dashboard(

@@ -68,15 +68,8 @@ _CAMERA, _LABEL, _SMOOTHED, _TS, _TRACK, _P0 = map(
 )
 _event_key = itemgetter(*map(_EVENT_COLS.index, ("camera", "frame_seq", "face_index")))  # the unique key
 _MINUTE_COLS = ("camera", "minute_ms", "faces", *[f"{k}_{e}" for k in ("n", "s", "sum") for e in EMOTIONS])
-_TRACK_COLS = (
-    "camera",
-    "track_id",
-    "first_ts_ms",
-    "last_ts_ms",
-    "n_faces",
-    *[f"mean_{e}" for e in EMOTIONS],
-    "dominant",
-)
+_MEAN_COLS = tuple(f"mean_{e}" for e in EMOTIONS)
+_TRACK_COLS = ("camera", "track_id", "first_ts_ms", "last_ts_ms", "n_faces", *_MEAN_COLS, "dominant")
 
 
 def insert_idempotent(engine: Engine, messages: Sequence[EventsMsg]) -> int:
