@@ -20,18 +20,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
 COPY --from=uv /uv /usr/local/bin/uv
 WORKDIR /app
 
+# --- the project's own files, for both builds --------------------------------------------------------------
+FROM scratch AS source
+COPY pyproject.toml uv.lock README.md /app/
+COPY fervid /app/fervid
+COPY ingest /app/ingest
+COPY detector /app/detector
+COPY classifier /app/classifier
+COPY storage /app/storage
+
 # --- dependencies (the big, rarely changing layer), then the project ---------------------------------------
 FROM base AS build-cuda
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=/app/uv.lock \
     --mount=type=bind,source=pyproject.toml,target=/app/pyproject.toml \
     uv sync --frozen --no-dev --no-install-project
-COPY pyproject.toml uv.lock README.md ./
-COPY fervid ./fervid
-COPY ingest ./ingest
-COPY detector ./detector
-COPY classifier ./classifier
-COPY storage ./storage
+COPY --from=source /app ./
 # --reinstall-package fervid: uv caches the wheel it built from a local directory and rebuilds it only when
 # pyproject.toml changes, so without it an edited source file would not reach the image.
 RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --reinstall-package fervid
@@ -47,12 +51,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     vision=$(awk '/^name = "torchvision"$/{getline; print $3}' uv.lock | tr -d '"'); \
     uv pip install --python /app/.venv/bin/python --no-deps --index-url https://download.pytorch.org/whl/cpu \
         "torch==${torch}+cpu" "torchvision==${vision}+cpu"
-COPY pyproject.toml uv.lock README.md ./
-COPY fervid ./fervid
-COPY ingest ./ingest
-COPY detector ./detector
-COPY classifier ./classifier
-COPY storage ./storage
+COPY --from=source /app ./
 # --inexact: keep the CPU torch installed above (an exact sync would remove what the lock does not list).
 RUN --mount=type=cache,target=/root/.cache/uv \
     set -eu; \
