@@ -61,19 +61,11 @@ def backends(device: str):
 
 def random_resnet50(device: str, max_size: int | None):
     """RetinaFace-ResNet50 with RANDOM weights: the real architecture, for throughput only (its boxes mean nothing)."""
-    import io
-    import tempfile
-    import zipfile
+    from random_weights import random_resnet50_weights
 
-    from detector.retinaface import RetinaFaceDetector, RetinaFaceNet
+    from detector.retinaface import RetinaFaceDetector
 
-    torch.manual_seed(0)
-    buf = io.BytesIO()
-    torch.save(RetinaFaceNet("resnet50").state_dict(), buf)
-    path = Path(tempfile.mkdtemp()) / "retinaface_resnet50_random.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("retinaface_resnet50_random.pth", buf.getvalue())
-    return RetinaFaceDetector("resnet50", weights=path, device=device, max_size=max_size)
+    return RetinaFaceDetector("resnet50", weights=random_resnet50_weights(), device=device, max_size=max_size)
 
 
 def sizes_table(device: str, calls: int) -> None:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the st
 
 import redis
 from sqlalchemy import text
-from storage_data import make_messages
+from storage_data import event_row, make_messages
 
 from fervid.bus import Bus, EmbeddedRedis
 from fervid.contracts import EMOTIONS, STORAGE_GROUP, Keys
@@ -62,34 +62,15 @@ def start_pg() -> tuple[object, str]:
 
 
 def rows_for(messages) -> tuple[list[dict], list[dict]]:
-    """The baseline's rows, as a person would build them by hand (built before the clock starts)."""
+    """The baseline's rows, one dict per row (events: each column read off its message as EVENT_COLUMNS says),
+    built before the clock starts."""
     frames, events = [], []
     for msg in messages:
         f = msg.frame
-        ts_ms = int(round(f.capture_ts * 1000))
         frames.append(
-            dict(camera=f.camera, seq=f.seq, ts_ms=ts_ms, width=f.width, height=f.height, faces=len(msg.emotions))
+            dict(camera=f.camera, seq=f.seq, ts_ms=f.ts_ms, width=f.width, height=f.height, faces=len(msg.emotions))
         )
-        for e in msg.emotions:
-            row = dict(
-                camera=f.camera,
-                frame_seq=f.seq,
-                face_index=e.index,
-                ts_ms=ts_ms,
-                x=e.box.x,
-                y=e.box.y,
-                w=e.box.w,
-                h=e.box.h,
-                det_score=e.score,
-                track_id=e.track_id,
-                label=e.label,
-                label_smoothed=e.smoothed_label,
-                model=msg.model,
-                detector=msg.detector,
-                quality=e.quality,
-            )
-            row.update({f"p_{name}": p for name, p in zip(EMOTIONS, e.probs, strict=True)})
-            events.append(row)
+        events += [event_row(msg, e) for e in msg.emotions]
     return frames, events
 
 

@@ -1,8 +1,9 @@
-"""Deterministic EventsMsg generators for the storage tests."""
+"""Deterministic EventsMsg generators for the storage tests, and what a run stored."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 from fervid.contracts import EMOTIONS, EVENT_COLUMNS, Box, Emotion, EventsMsg, FrameRef
@@ -54,3 +55,26 @@ def event_row(msg: EventsMsg, emotion: Emotion) -> dict[str, Any]:
                 value = value[int(index.rstrip("]"))]
         row[col.name] = value
     return row
+
+
+def stored(db_url: str, camera: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(seq, faces) per stored frame, and (frame_seq, face_index) per stored event (SQLite or PostgreSQL)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    if db_url.startswith("sqlite:///") and not Path(db_url.removeprefix("sqlite:///")).exists():
+        return [], []
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            frames = conn.execute(
+                text("select seq, faces from frames where camera = :c order by seq"), {"c": camera}
+            ).all()
+            events = conn.execute(
+                text("select frame_seq, face_index from events where camera = :c order by 1, 2"), {"c": camera}
+            ).all()
+    except (OperationalError, ProgrammingError):  # no schema yet
+        return [], []
+    finally:
+        engine.dispose()
+    return [(seq, faces) for seq, faces in frames], [(seq, index) for seq, index in events]

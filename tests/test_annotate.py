@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from fervid_cli import fervid
 
 from detector.annotate import FaceLabel, FrameAnnotator
 from fervid.sample import make_sample_clip
-
-
-def fervid(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from fervid.cli import main; main()", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def frames_of(path: Path) -> list[np.ndarray]:

@@ -24,6 +24,20 @@ def seqs(deliveries: list) -> list[int]:
     return [FrameMsg.decode(d.fields).frame.seq for d in deliveries]
 
 
+def drop_oldest(producer: Bus, seq: int, backlog: int) -> int:
+    """Publish frame `seq` under the drop_oldest policy; how many undelivered frames it dropped."""
+    return producer.publish(
+        STREAM, frame(seq), downstream_group="detector", backlog=backlog, policy="drop_oldest"
+    ).dropped
+
+
+def consume(consumer: Bus, count: int) -> int:
+    """Read and ack up to `count` frames; how many there were."""
+    got = consumer.read([STREAM], count, 10)
+    consumer.ack(got)
+    return len(got)
+
+
 def test_drop_oldest_keeps_the_newest_and_counts_exactly(redis_client: redis.Redis) -> None:
     producer, consumer = Bus(redis_client, "ingest"), Bus(redis_client, "detector")
     dropped = 0
@@ -42,13 +56,9 @@ def test_slow_consumer_memory_stays_bounded_and_drops_are_exact(redis_client: re
     producer, consumer = Bus(redis_client, "ingest"), Bus(redis_client, "detector")
     delivered = dropped = 0
     for i in range(400):
-        dropped += producer.publish(
-            STREAM, frame(i), downstream_group="detector", backlog=16, policy="drop_oldest"
-        ).dropped
+        dropped += drop_oldest(producer, i, backlog=16)
         if i % 10 == 0:  # the consumer reads one frame per ten published
-            got = consumer.read([STREAM], 1, 10)
-            consumer.ack(got)
-            delivered += len(got)
+            delivered += consume(consumer, 1)
         assert redis_client.xlen(STREAM) <= 17  # acked entries are trimmed, undelivered ones capped
     delivered += len(consumer.read([STREAM], 1000, 10))
     assert delivered + dropped == 400
@@ -98,13 +108,9 @@ def test_drop_counts_stay_exact_across_the_cheap_path_below_the_cap(redis_client
     producer, consumer = Bus(redis_client, "ingest"), Bus(redis_client, "detector")
     delivered = dropped = 0
     for i in range(300):
-        dropped += producer.publish(
-            STREAM, frame(i), downstream_group="detector", backlog=6, policy="drop_oldest"
-        ).dropped
+        dropped += drop_oldest(producer, i, backlog=6)
         if i % 40 < 20:  # bursts of a fast consumer (stream far below the cap) and of none (full, dropping)
-            got = consumer.read([STREAM], 3, 10)
-            consumer.ack(got)
-            delivered += len(got)
+            delivered += consume(consumer, 3)
     delivered += len(consumer.read([STREAM], 1000, 10))
     assert dropped > 0 and delivered + dropped == 300
 

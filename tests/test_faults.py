@@ -38,6 +38,7 @@ from typing import Any
 import pytest
 import redis
 from redis_server import RedisServer
+from storage_data import stored
 from waiting import wait_for
 
 from fervid.bus import Bus, Delivery
@@ -375,7 +376,7 @@ def run_up(name: str, clip: Path, tmp: Path, db_url: str, faults: Sequence[Fault
                         run.proc.kill()
                         run.proc.wait()
             wall = time.monotonic() - started
-        frames, events = _stored(db_url)
+        frames, events = stored(db_url, CAMERA)
         client = run.client
         pending = 0
         for stream, group in KEYS.stage_streams([CAMERA]):
@@ -396,23 +397,6 @@ def run_up(name: str, clip: Path, tmp: Path, db_url: str, faults: Sequence[Fault
     finally:
         run.close()
         run.redis.close()
-
-
-def _stored(db_url: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            frames = conn.execute(
-                text("select seq, faces from frames where camera = :c order by seq"), {"c": CAMERA}
-            ).all()
-            events = conn.execute(
-                text("select frame_seq, face_index from events where camera = :c order by 1, 2"), {"c": CAMERA}
-            ).all()
-    finally:
-        engine.dispose()
-    return [(int(s), int(f)) for s, f in frames], [(int(s), int(i)) for s, i in events]
 
 
 # -- fixtures and the table -------------------------------------------------------------------------------------

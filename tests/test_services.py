@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import redis as redislib
 from prometheus_client.parser import text_string_to_metric_families
+from storage_data import stored
 from waiting import wait_for
 
 from fervid.contracts import DETECTOR_GROUP, Keys
@@ -62,29 +63,6 @@ def http_get(port: int, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
     except OSError:
         return 0, ""
-
-
-def stored(db_url: str, camera: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """(seq, faces) per stored frame, and (frame_seq, face_index) per stored event (SQLite or PostgreSQL)."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.exc import OperationalError, ProgrammingError
-
-    if db_url.startswith("sqlite:///") and not Path(db_url.removeprefix("sqlite:///")).exists():
-        return [], []
-    engine = create_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            frames = conn.execute(
-                text("select seq, faces from frames where camera = :c order by seq"), {"c": camera}
-            ).all()
-            events = conn.execute(
-                text("select frame_seq, face_index from events where camera = :c order by 1, 2"), {"c": camera}
-            ).all()
-    except (OperationalError, ProgrammingError):  # no schema yet
-        return [], []
-    finally:
-        engine.dispose()
-    return [(seq, faces) for seq, faces in frames], [(seq, index) for seq, index in events]
 
 
 def pending_by_consumer(client: redislib.Redis, stream: str) -> dict[str, int]:

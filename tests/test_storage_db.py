@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, inspect, select, text
 from storage_data import T0, event_row, make_messages
 
-from fervid.contracts import EMOTIONS
+from fervid.contracts import EMOTIONS, Emotion, EventsMsg
 from fervid.errors import ConfigError, NotFound, ServiceUnavailable
 from storage.db import (
     CameraRow,
@@ -227,6 +228,14 @@ def test_frames_without_faces_and_untracked_faces(engine) -> None:
     assert insert_idempotent(engine, []) == 0
 
 
+def expected_row(m: EventsMsg, e: Emotion) -> dict[str, Any]:
+    """The events row of `e`, spelled out here by hand (independently of fervid.contracts.EVENT_COLUMNS)."""
+    row = {"ts_ms": round(m.frame.capture_ts * 1000), "x": e.box.x, "y": e.box.y, "w": e.box.w, "h": e.box.h}
+    row |= {"det_score": e.score, "track_id": e.track_id, "label": e.label, "label_smoothed": e.smoothed_label}
+    row |= {f"p_{name}": p for name, p in zip(EMOTIONS, e.probs, strict=True)}
+    return row | {"quality": e.quality, "model": m.model, "detector": m.detector}
+
+
 def test_rows_round_trip_exactly_with_awkward_strings_and_interleaved_cameras(engine) -> None:
     """Every float keeps every bit and any model/detector string survives (the PostgreSQL path sends array
     literals and a dictionary of strings); a batch interleaving cameras keeps per-camera summaries apart."""
@@ -240,25 +249,7 @@ def test_rows_round_trip_exactly_with_awkward_strings_and_interleaved_cameras(en
     ]
     n = sum(len(m.emotions) for m in msgs)
     assert insert_idempotent(engine, msgs) == n
-    expected = {
-        (m.frame.camera, m.frame.seq, e.index): dict(
-            ts_ms=round(m.frame.capture_ts * 1000),
-            x=e.box.x,
-            y=e.box.y,
-            w=e.box.w,
-            h=e.box.h,
-            det_score=e.score,
-            track_id=e.track_id,
-            **{f"p_{name}": p for name, p in zip(EMOTIONS, e.probs, strict=True)},
-            label=e.label,
-            label_smoothed=e.smoothed_label,
-            quality=e.quality,
-            model=m.model,
-            detector=m.detector,
-        )
-        for m in msgs
-        for e in m.emotions
-    }
+    expected = {(m.frame.camera, m.frame.seq, e.index): expected_row(m, e) for m in msgs for e in m.emotions}
     compared = list(next(iter(expected.values())))
     with engine.connect() as conn:
         stored = {
