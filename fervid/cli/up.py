@@ -76,25 +76,17 @@ def up(
     specs = _worker_specs(
         source, camera, config, fps, replicas={"detector": detectors, "classifier": classifiers}, one=one_process
     )
-    if log_level or verbose:  # the workers log at this level too (else at their default, info)
-        for spec in specs:
+    for i, spec in enumerate(specs):
+        if log_level or verbose:  # the workers log at this level too (else at their default, info)
             spec.env["FERVID_LOG_LEVEL"] = log_level or "info"
-    if metrics_port:
-        for i, spec in enumerate(specs):
+        if metrics_port:
             spec.env["FERVID_METRICS_PORT"] = str(metrics_port + i)
 
     stop = StopFlag()
     stop.install_signal_handlers()
     with redis_url_for(settings) as redis_url:
-        codes, error = _supervise(
-            specs,
-            settings,
-            redis_url,
-            stop,
-            until_drained=until_drained,
-            drain_timeout=drain_timeout,
-            stop_timeout=stop_timeout,
-        )
+        timeouts = {"drain_timeout": drain_timeout, "stop_timeout": stop_timeout}
+        codes, error = _supervise(specs, settings, redis_url, stop, until_drained=until_drained, **timeouts)
     # -SIGTERM: stopped before it installed its handler (still importing), so nothing was in flight.
     bad = {name: rc for name, rc in codes.items() if rc not in (0, None, -signal.SIGTERM)}
     console.print(f"[up] stopped: {', '.join(f'{n}={rc}' for n, rc in codes.items())}", highlight=False, markup=False)
