@@ -107,7 +107,7 @@ def main() -> None:
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eps = 1e-5
     orig_pad = mx._tf_same_pad
-    mx._tf_same_pad = lambda t, kernel, stride, value=0.0: F.pad(t, (1, 1, 1, 1), value=value)  # type: ignore
+    mx._tf_same_pad = lambda x, kernel, stride, value=0.0: F.pad(x, (1, 1, 1, 1), value=value)
     try:
         wrong_pad_probs, _ = torch_probs(model, x)
     finally:

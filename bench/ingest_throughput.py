@@ -231,7 +231,7 @@ def main() -> None:
         while time.monotonic() < deadline and not all(s.state == "live" for s in svc.statuses()):
             time.sleep(0.1)
         me = psutil.Process()
-        srv = psutil.Process(rtsp.proc.pid)  # type: ignore[union-attr]
+        srv = psutil.Process(rtsp.proc.pid)
         frames0 = {s.name: s.frames for s in svc.statuses()}
         c0, s0, w0 = me.cpu_times(), srv.cpu_times(), time.monotonic()
         psutil.cpu_percent(None)

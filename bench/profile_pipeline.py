@@ -29,11 +29,17 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from support import load_report  # bench/support: run as `python bench/NAME.py`, bench/ is on the path
+
+if TYPE_CHECKING:
+    from fervid.settings import Settings
+    from fervid.stages import StageEntry
+    from fervid.worker import Stage
 
 
 def thread_cpu() -> dict[int, float]:
@@ -119,12 +125,12 @@ def main() -> None:
     clocks: dict[str, StageClock] = {}
     build = stages_module.StageEntry.build
 
-    def timed_build(entry: Any, s: Any, bus: Any, should_stop: Any) -> Any:
+    def timed_build(entry: StageEntry, s: Settings, bus: Any, should_stop: Callable[[], bool]) -> Stage[Any]:
         stage = build(entry, s, bus, should_stop)
         clocks[entry.name] = StageClock(stage, args.cprofile)
         return stage
 
-    stages_module.StageEntry.build = timed_build  # type: ignore[method-assign]
+    stages_module.StageEntry.build = timed_build  # type: ignore[method-assign,assignment]  # time every build
 
     server = EmbeddedRedis(work / "redis")
     redis_pid = getattr(server, "pid", None) or server._server.pid
