@@ -533,7 +533,8 @@ class Bus:
                 break
             # Checking every stream on every read would cost a round trip each; a quarter of the idle time is
             # soon enough for entries that have already waited `claim_idle_ms`.
-            if now - self._last_claim.get(stream, 0.0) < self.claim_idle_ms / 4000:
+            last = self._last_claim.get(stream)  # never yet (or adopted): now, however young the monotonic clock
+            if last is not None and now - last < self.claim_idle_ms / 4000:
                 continue
             self._last_claim[stream] = now
             resp = self.redis.xautoclaim(
