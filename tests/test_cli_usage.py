@@ -60,6 +60,8 @@ MISTAKES: list[tuple[dict[str, str], list[str], str]] = [
     ({}, ["cameras", "--redis"], "requires an argument"),
     ({}, ["api", "--port", "99999"], "less than or equal to 65535"),
     ({}, ["api", "--port", "http"], "Invalid value for '--port'"),
+    ({}, ["api", "--db", "sqlite:///typo.db"], "no such database typo.db"),
+    ({}, ["api"], "no such database fervid-data/fervid.db"),
     ({}, ["migrate", "--db", "mysql://x"], "unsupported database URL"),
     ({}, ["prune"], "Missing option '--older-than'"),
     ({}, ["prune", "--older-than", "5m"], "under 1h"),
