@@ -58,6 +58,7 @@ MISTAKES: list[tuple[dict[str, str], list[str], str]] = [
     ({}, ["ingest-files", "clip.mp4", "--fps", "0"], "0 is not above 0"),
     ({}, ["ingest-files", "clip.mp4", "--redis", "http://127.0.0.1:1/0"], "(redis://, rediss://, unix://)"),
     ({}, ["cameras", "--redis"], "requires an argument"),
+    ({}, ["cameras"], "no embedded Redis is running under fervid-data"),  # and none is started
     ({}, ["api", "--port", "99999"], "less than or equal to 65535"),
     ({}, ["api", "--port", "http"], "Invalid value for '--port'"),
     ({}, ["api", "--db", "sqlite:///typo.db"], "no such database typo.db"),

@@ -68,15 +68,15 @@ def cameras(
 ) -> None:
     """State of every camera an ingest process has published: state, fps, frames, drops, reconnects, last error, age.
 
-    A camera whose ingest process is gone (its state was not refreshed for 10 s) shows as unknown.
+    A camera whose ingest process is gone (its state was not refreshed for 10 s) shows as unknown. Without
+    --redis: the embedded Redis of the `fervid ingest`, `up` or `demo` running on the same --data-dir.
     """
     setup_logging(log_level, verbose)
-    from fervid.bus import connect, redis_url_for
+    from fervid.bus import connect, running_redis_url
     from fervid.settings import load_settings
 
     settings = load_settings(data_dir=data_dir, redis_url=redis)
-    with redis_url_for(settings) as url:
-        rows = camera_rows(connect(url), settings.keys)
+    rows = camera_rows(connect(running_redis_url(settings)), settings.keys)
     if not rows:
         console.print("No cameras have been published yet.")
         return
