@@ -51,6 +51,8 @@ MISTAKES: list[tuple[dict[str, str], list[str], str]] = [
     ({}, ["detect", "--metrics-port", "70000"], "less than or equal to 65535"),
     ({}, ["classify", "--device", "gpu"], "'gpu' is not one of"),
     ({}, ["classify", "--batch-size", "many"], "Invalid value for '--batch-size'"),
+    ({}, ["classify", "--model", "vgg19"], "'vgg19' is not one of 'densenet161', 'resnet152', 'vgg16',"),
+    ({}, ["demo", "--model", "fer"], "'fer' is not one of 'densenet161', 'resnet152', 'vgg16',"),
     ({}, ["store", "--max-messages", "0"], "greater than or equal to 1"),
     ({}, ["ingest"], "Missing option '--config'"),
     ({}, ["ingest", "--config", "missing.yaml"], "missing.yaml"),
@@ -136,6 +138,9 @@ def test_help_lists_the_choices(tmp_path: Path) -> None:
     assert "retinaface|retinaface_resnet50|mtcnn|haar" in detect and "auto|cpu|cuda" in detect
     timeline = run(["timeline", "--help"], tmp_path, wide).stdout
     assert "table|json|csv" in timeline and "raw|smoothed" in timeline and "debug|info|warning|error" in timeline
+    models = "densenet161|resnet152|vgg16|mobilenet_v2|vgg1|vgg2|vgg3|mini_xception"
+    for command in ("classify", "demo"):
+        assert models in run([command, "--help"], tmp_path, wide).stdout, command
 
 
 def test_json_logs_of_a_service_start_with_its_configuration(redis_url: str, tmp_path: Path) -> None:

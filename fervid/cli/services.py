@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from fervid.choices import ClassifierModel
 from fervid.cli import (
     DataDir,
     DetectorOption,
@@ -70,7 +71,7 @@ def detect(
 def classify(
     redis: RedisUrl = None,
     data_dir: DataDir = None,
-    model: Annotated[str | None, typer.Option(help="Emotion model (env FERVID_CLASSIFIER__MODEL).")] = None,
+    model: Annotated[ClassifierModel | None, typer.Option(help="Emotion model (env FERVID_CLASSIFIER__MODEL).")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="A trained checkpoint; overrides --model.")] = None,
     device: DeviceOption = None,
     batch_size: BatchSize = None,
