@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis_server
 from rtsp_fixtures import free_port
 from waiting import wait_for
 
@@ -153,7 +154,7 @@ def test_ingest_files_started_while_redis_is_down_waits_for_it(sample_clip: Any,
     """`fervid up` starts file ingest once: if Redis is away at that moment, ingest waits for it (saying so),
     then publishes every frame of the file."""
     clip, _ = sample_clip  # 2 s at 30 fps: 60 frames
-    server = RedisServer(tmp_path / "redis")  # its port is chosen; nothing listens on it yet
+    server = redis_server.RedisServer(tmp_path / "redis")  # Redis 7, AOF; its port is chosen, nothing listens yet
     consumer = Consumer(server.url, "door", rate=200)
     consumer.start()
     log = tmp_path / "ingest.log"
@@ -173,7 +174,7 @@ def test_ingest_files_started_while_redis_is_down_waits_for_it(sample_clip: Any,
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        server.stop(signal.SIGKILL)
+        server.close()
     err_text = log.read_text()
     assert "Traceback" not in err_text
     assert f"ingest-files: Redis at {server.url} unreachable" in err_text
