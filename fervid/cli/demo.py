@@ -15,7 +15,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from fervid.choices import TimelineLabels
+from fervid.choices import ClassifierModel, TimelineLabels
 from fervid.cli import (
     DataDir,
     DbUrl,
@@ -52,7 +52,9 @@ def demo(
     redis: RedisUrl = None,
     data_dir: DataDir = None,
     detector: DetectorOption = None,
-    model: Annotated[str | None, typer.Option(help="Emotion classifier model (env FERVID_CLASSIFIER__MODEL).")] = None,
+    model: Annotated[
+        ClassifierModel | None, typer.Option(help="Emotion classifier model (env FERVID_CLASSIFIER__MODEL).")
+    ] = None,
     annotate: Annotated[
         Path | None,
         typer.Option(

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from fervid.choices import ClassifierModel
 from fervid.cli import (
     DataDir,
     DetectorOption,
@@ -70,7 +71,7 @@ def detect(
 def classify(
     redis: RedisUrl = None,
     data_dir: DataDir = None,
-    model: Annotated[str | None, typer.Option(help="Emotion model (env FERVID_CLASSIFIER__MODEL).")] = None,
+    model: Annotated[ClassifierModel | None, typer.Option(help="Emotion model (env FERVID_CLASSIFIER__MODEL).")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="A trained checkpoint; overrides --model.")] = None,
     device: DeviceOption = None,
     batch_size: BatchSize = None,
@@ -143,10 +144,10 @@ def ingest_files(
 ) -> None:
     """Publish the frames of video files onto the bus once, then exit (cameras: `fervid ingest --config`).
 
-    Riding out a Redis outage of any length: publishing waits and goes on where it was.
+    Riding out a Redis outage of any length, at start too: it waits for Redis, and publishing goes on where it was.
     """
     setup_logging(log_level, verbose, service=True)
-    from fervid.bus import Bus, connect
+    from fervid.bus import Bus, connect_waiting
     from fervid.metrics import serve_health
     from fervid.settings import load_settings
     from fervid.stages import exit_now_on_signal
@@ -159,9 +160,9 @@ def ingest_files(
     specs = source_specs(sources, camera, fps=fps, seconds=seconds, start_time=start_time)
     config = {**settings.describe("ingest"), "sources": len(specs), "fps": fps, "seconds": seconds}
     log.info("ingest-files: starting with %s", format_config(config), extra={"config": config})
-    exit_now_on_signal()
+    exit_now_on_signal()  # nothing is published yet: SIGTERM while waiting for Redis exits at once
     stop = StopFlag()
-    client = connect(settings.redis_url)
+    client = connect_waiting(settings.redis_url, "ingest-files")  # `fervid up` starts it once: it must not give up
     health = serve_health("ingest", settings.metrics_port, client, settings.keys)
     bus = Bus.from_settings(client, "ingest", settings)
     started, published, dropped = time.monotonic(), 0, 0
