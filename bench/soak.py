@@ -12,8 +12,8 @@ sampled. At the end one table: per process, RSS at the end of the warm-up, min, 
 whether every sample after the warm-up stayed within +-5% of their median; plus frames published, dropped and
 stored. `--csv PATH` keeps every sample.
 
-Needs the RTSP test server's Debian packages (see tests/rtsp_server.py). Not measured on a quiet machine yet: the
-figures from a loaded machine say little.
+Needs the RTSP test server's Debian packages (see tests/rtsp_server.py). The README's Benchmarks section has the
+last 10-minute run on the quiet development machine.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from redis.retry import Retry
 
 from fervid.backoff import Backoff
 from fervid.contracts import Keys, Message, Policy
-from fervid.errors import ServiceUnavailable
+from fervid.errors import NotFound, ServiceUnavailable
 from fervid.supervisor import die_with_parent
 
 if TYPE_CHECKING:
@@ -364,17 +364,46 @@ def _quoted(path: Path) -> str:
 def redis_url_for(settings: Settings, announce: Callable[[str], None] | None = None) -> Iterator[str]:
     """The deployment's Redis: ``settings.redis_url``, or else an embedded one under the data dir for as long as
     the block runs. The embedded server is stopped however the block ends, so no failed command leaves one behind.
-    `announce` is told the embedded server's URL."""
+    `announce` is told the embedded server's URL. Meanwhile ``<data_dir>/redis.url`` names it, for the commands
+    that only read (:func:`running_redis_url`)."""
     if settings.redis_url:
         yield settings.redis_url
         return
     embedded = EmbeddedRedis(settings.data_dir)
+    pointer = settings.data_dir / EMBEDDED_URL_FILE
     try:
+        pointer.write_text(embedded.url + "\n")
         if announce is not None:
             announce(embedded.url)
         yield embedded.url
     finally:
+        try:
+            if pointer.read_text().strip() == embedded.url:  # not another command's that started since
+                pointer.unlink()
+        except OSError:
+            pass
         embedded.close()
+
+
+EMBEDDED_URL_FILE = "redis.url"
+
+
+def running_redis_url(settings: Settings) -> str:
+    """The deployment's Redis for a command that only reads it (`fervid cameras`): ``settings.redis_url``, or the
+    embedded Redis a command running on the same data dir serves (`fervid demo`, `up`, `ingest`). It never starts
+    one: an embedded Redis of its own would hold nothing to read, and leave a data dir behind."""
+    if settings.redis_url:
+        return settings.redis_url
+    try:
+        url = (settings.data_dir / EMBEDDED_URL_FILE).read_text().strip()
+    except OSError:
+        url = ""
+    if not url.startswith("unix://") or not Path(url.removeprefix("unix://")).exists():
+        raise NotFound(
+            f"no embedded Redis is running under {settings.data_dir} (there is one while `fervid demo`, `fervid up` "
+            "or `fervid ingest` runs without --redis): give --redis URL (or FERVID_REDIS_URL)"
+        )
+    return url
 
 
 def private_namespace(data_dir: Path) -> str:
@@ -535,7 +564,8 @@ class Bus:
                 break
             # Checking every stream on every read would cost a round trip each; a quarter of the idle time is
             # soon enough for entries that have already waited `claim_idle_ms`.
-            if now - self._last_claim.get(stream, 0.0) < self.claim_idle_ms / 4000:
+            last = self._last_claim.get(stream)  # never yet (or adopted): now, however young the monotonic clock
+            if last is not None and now - last < self.claim_idle_ms / 4000:
                 continue
             self._last_claim[stream] = now
             resp = self.redis.xautoclaim(

@@ -2,7 +2,8 @@
 
 They live in the spine, as Literals, so that settings and the CLI validate a name when they load or parse, and
 ``--help`` lists the valid ones, before any stage (or model) is imported. Each list is checked against the
-registry it names (tests/test_settings.py, tests/test_classifier_models.py).
+registry it names: the detectors, devices and labels by tests/test_settings.py, the models by
+tests/test_classifier_models.py.
 """
 
 from __future__ import annotations

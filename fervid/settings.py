@@ -88,7 +88,7 @@ class DetectorSettings(_Section):
     lease_ms: int = Field(10_000, ge=200)
     # Detect faces on every `interval`-th frame of a camera; the frames in between get the tracked faces of the
     # last detected frame moved on at their velocity, and are classified like any other (DeepStream's `interval`).
-    # 1 = detect every frame. bench/detector_interval.py measures what 2 and 3 cost in recall.
+    # 1 = detect every frame. tests/test_fast_path.py holds recall at 2 (detector/README.md, "Detection interval").
     interval: int = Field(1, ge=1, le=30)
 
 

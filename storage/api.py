@@ -5,8 +5,9 @@ Auth: when a token is configured (``FERVID_API_TOKEN``), every path but :data:`O
 ``Authorization: Bearer <token>`` (compared in constant time). Open: liveness, readiness and the API's own
 description (``/docs``, ``/openapi.json``), which hold no data, so that probes (compose healthchecks, Kubernetes)
 need no secret. Errors are JSON ``{"detail": message}``: 400 bad input, 401 auth, 404 unknown camera or no
-frame, 422 malformed parameters, 503 database unreachable. The OpenAPI schema publishes each of these per
-operation, the camera-name pattern and the label values (a bounded schemathesis run checks it).
+frame, 422 malformed parameters (FastAPI's list of errors, what they echo cut to ~100 characters), 503
+database unreachable. The OpenAPI schema publishes each of these per operation, the camera-name pattern and the
+label values (a bounded schemathesis run checks it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -27,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from fervid.contracts import EMOTIONS, FrameMsg, Keys, validate_camera_name
-from fervid.errors import ConfigError, NotFound, ServiceUnavailable
+from fervid.errors import ConfigError, NotFound, ServiceUnavailable, cut
 from storage import timeline as tl
 from storage.db import events_table
 
@@ -139,7 +142,12 @@ def _guard_and_count(app: FastAPI, token: str | None) -> CollectorRegistry:
 
 
 def _error_responses(app: FastAPI) -> None:
-    """Project errors as JSON ``{"detail": message}`` with their status."""
+    """Project errors as JSON ``{"detail": message}`` with their status; a 422 keeps FastAPI's shape, with what
+    it echoes cut short."""
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": jsonable_encoder([_shortened(e) for e in exc.errors()])}, status_code=422)
 
     @app.exception_handler(ConfigError)
     async def bad_input(_: Request, exc: ConfigError) -> JSONResponse:
@@ -281,6 +289,18 @@ def _data_routes(app: FastAPI, engine: Engine, redis: Callable[[], Any], keys: K
     )
     def snapshot(name: str = _camera_path()) -> Response:
         return Response(render_snapshot(engine, redis(), _camera_name(name), keys), media_type="image/jpeg")
+
+
+def _shortened(error: Any) -> Any:
+    """One of FastAPI's validation errors (the 422's shape, as published) with what it echoes cut to ~100
+    characters: a 5,000-character parameter is not sent back whole."""
+    given = error.get("input") if isinstance(error, dict) else None
+    if not isinstance(given, str) or cut(given) == given:
+        return error
+    shortened = {**error, "input": cut(given)}
+    if isinstance(error.get("msg"), str):  # a message that quotes the input quotes it cut
+        shortened["msg"] = cut(error["msg"].replace(given, cut(given)), 300)
+    return shortened
 
 
 def _present(schema: dict[str, Any]) -> dict[str, Any]:

@@ -171,6 +171,27 @@ def test_a_dead_consumers_entries_are_claimed_at_once_a_live_ones_never(redis_cl
     assert pending_of(redis_client, STREAM) == {"silent": 2, "survivor": 4}
 
 
+def test_adopted_entries_are_read_next_however_young_the_clock(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new camera lease holder adopts what the previous reader left; its next read takes those entries, even
+    with a claim_idle_ms of an hour on a machine up for a minute (time.monotonic counts from boot)."""
+    import types
+
+    import fervid.bus
+
+    producer = Bus(redis_client, "ingest")
+    for i in range(3):
+        producer.publish(STREAM, frame(i), downstream_group="detector", backlog=100)
+    gone = Bus(redis_client, "detector", "gone", claim_idle_ms=3_600_000)
+    assert seqs(gone.read([STREAM], 10, 10)) == [0, 1, 2]  # then its lease moves on
+    clock = types.SimpleNamespace(monotonic=lambda: 60.0, sleep=time.sleep, time=time.time)
+    monkeypatch.setattr(fervid.bus, "time", clock)
+    heir = Bus(redis_client, "detector", "heir", claim_idle_ms=3_600_000)
+    assert heir.adopt(STREAM) == 3
+    assert seqs(heir.read([STREAM], 10, 10)) == [0, 1, 2]
+
+
 def test_a_dead_consumers_deleted_entries_are_acked_not_delivered(redis_client: redis.Redis) -> None:
     producer = Bus(redis_client, "ingest")
     ids = [producer.publish(STREAM, frame(i), downstream_group="detector", backlog=100).id for i in range(2)]

@@ -52,14 +52,20 @@ MISTAKES: list[tuple[dict[str, str], list[str], str]] = [
     ({}, ["detect", "--metrics-port", "70000"], "less than or equal to 65535"),
     ({}, ["classify", "--device", "gpu"], "'gpu' is not one of"),
     ({}, ["classify", "--batch-size", "many"], "Invalid value for '--batch-size'"),
+    ({}, ["classify", "--model", "vgg19"], "'vgg19' is not one of 'densenet161', 'resnet152', 'vgg16',"),
+    ({}, ["demo", "--model", "fer"], "'fer' is not one of 'densenet161', 'resnet152', 'vgg16',"),
     ({}, ["store", "--max-messages", "0"], "greater than or equal to 1"),
     ({}, ["ingest"], "Missing option '--config'"),
     ({}, ["ingest", "--config", "missing.yaml"], "missing.yaml"),
     ({}, ["ingest-files"], "Missing argument"),
     ({}, ["ingest-files", "clip.mp4", "--fps", "0"], "0 is not above 0"),
+    ({}, ["ingest-files", "clip.mp4", "--redis", "http://127.0.0.1:1/0"], "(redis://, rediss://, unix://)"),
     ({}, ["cameras", "--redis"], "requires an argument"),
+    ({}, ["cameras"], "no embedded Redis is running under fervid-data"),  # and none is started
     ({}, ["api", "--port", "99999"], "less than or equal to 65535"),
     ({}, ["api", "--port", "http"], "Invalid value for '--port'"),
+    ({}, ["api", "--db", "sqlite:///typo.db"], "no such database typo.db"),
+    ({}, ["api"], "no such database fervid-data/fervid.db"),
     ({}, ["migrate", "--db", "mysql://x"], "unsupported database URL"),
     ({}, ["prune"], "Missing option '--older-than'"),
     ({}, ["prune", "--older-than", "5m"], "under 1h"),
@@ -132,6 +138,9 @@ def test_help_lists_the_choices(tmp_path: Path) -> None:
     assert "retinaface|retinaface_resnet50|mtcnn|haar" in detect and "auto|cpu|cuda" in detect
     timeline = run(["timeline", "--help"], tmp_path, wide).stdout
     assert "table|json|csv" in timeline and "raw|smoothed" in timeline and "debug|info|warning|error" in timeline
+    models = "densenet161|resnet152|vgg16|mobilenet_v2|vgg1|vgg2|vgg3|mini_xception"
+    for command in ("classify", "demo"):
+        assert models in run([command, "--help"], tmp_path, wide).stdout, command
 
 
 def test_json_logs_of_a_service_start_with_its_configuration(redis_url: str, tmp_path: Path) -> None:
@@ -171,14 +180,41 @@ def test_json_logs_of_a_service_start_with_its_configuration(redis_url: str, tmp
     assert records.index(start) < next(i for i, r in enumerate(records) if "ready" in r["message"])
 
 
+def until_it_waits_for_redis(args: list[str], cwd: Path) -> str:
+    """Run a service on a Redis that is not there until it logs that it waits for it, then SIGTERM it (it has
+    nothing in flight: exit 0). Its stderr."""
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERVID_")}
+    proc = subprocess.Popen([FERVID, *args], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        while not any("unreachable" in line for line in lines):
+            line = proc.stderr.readline()
+            assert line, f"{args[0]} exited instead of waiting for Redis: {lines}"
+            lines.append(line)
+        proc.send_signal(signal.SIGTERM)
+        lines += proc.stderr.readlines()
+        assert proc.wait(timeout=30) == 0, lines
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return "".join(lines)
+
+
 def test_log_level_and_verbose(tmp_path: Path) -> None:
-    """Services log their start at info by default; --log-level warning silences that, -v on a command that
-    defaults to warning turns it on."""
-    quiet = run(["ingest-files", "clip.mp4", "--redis", "redis://127.0.0.1:1/0", "--log-level", "warning"], tmp_path)
-    loud = run(["ingest-files", "clip.mp4", "--redis", "redis://127.0.0.1:1/0"], tmp_path)
-    assert "starting with" not in quiet.stderr and "cannot reach Redis" in quiet.stderr
-    assert "ingest-files: starting with" in loud.stderr and "ingest.max_size=1280" in loud.stderr
-    assert "redis=redis://127.0.0.1:1/0" in loud.stderr
+    """Services log their start at info by default; --log-level warning silences that (not the warning that
+    Redis is away, which they wait for), -v on a command that defaults to warning turns it on."""
+    (tmp_path / "clip.mp4").write_bytes(b"not even a video")
+    quiet = until_it_waits_for_redis(
+        ["ingest-files", "clip.mp4", "--redis", "redis://127.0.0.1:1/0", "--log-level", "warning"], tmp_path
+    )
+    loud = until_it_waits_for_redis(["ingest-files", "clip.mp4", "--redis", "redis://127.0.0.1:1/0"], tmp_path)
+    assert "starting with" not in quiet and "ingest-files: Redis at redis://127.0.0.1:1/0 unreachable" in quiet
+    assert "ingest-files: starting with" in loud and "ingest.max_size=1280" in loud
+    assert "redis=redis://127.0.0.1:1/0" in loud
     db = f"sqlite:///{tmp_path / 'm.db'}"
     assert "Running upgrade" not in run(["migrate", "--db", db], tmp_path).stderr
     assert "Running upgrade" in run(["migrate", "--db", db.replace("m.db", "n.db"), "-v"], tmp_path).stderr

@@ -12,9 +12,9 @@ as the clean run did: the same frames and faces stored, none twice, nothing dead
 
 The scenarios share one clean run as the baseline. A table (scenario, faces expected, stored, duplicated, wall
 time, time added beyond the faults themselves) is printed to the test log at the end of the module. Timing is
-reported, never asserted, except one documented bound with generous slack: a killed worker's entries are claimed
-within seconds of its death (heartbeats), long before ``bus.claim_idle_ms``, which is 120 s here, so a run that
-waited for it could not pass.
+reported, never asserted. That a killed worker costs seconds, not ``bus.claim_idle_ms``, is proved without a
+clock: its scenario runs with a ``claim_idle_ms`` of an hour, longer than the test may run, so its entries can
+only be freed by its death being seen (its heartbeat expiring, or the detector's camera lease).
 
 Redis runs with ``appendfsync always`` (every acknowledged write is on disk), so a kill -9 loses nothing. Compose
 runs ``everysec``: a crash there can lose the last second of writes.
@@ -52,6 +52,8 @@ CAMERA = "faulty"
 CLIP_SECONDS, CLIP_FPS = 4.0, 15  # every frame analysed: 60 frames
 FRAMES = int(CLIP_SECONDS * CLIP_FPS)
 CLAIM_IDLE_MS = 120_000
+# For the killed workers: longer than any wait of the test (and its timeout), so the idle timeout never frees entries.
+HEARTBEAT_ONLY_CLAIM_IDLE_MS = 3_600_000
 FERVID = [sys.executable, "-m", "fervid"]
 
 # What holds entries of each worker, and in which group.
@@ -290,12 +292,9 @@ def kill_worker(worker: str) -> Fault:
         pid = run.wait(f"{worker} holding entries", holding)
         killed = time.monotonic()
         os.kill(pid, signal.SIGKILL)
+        # With claim_idle_ms at an hour (test_worker_killed), only the death being seen frees these entries.
         run.wait(f"{worker}'s entries claimed", lambda: held_by(run, pid) == 0)
-        claimed = time.monotonic() - killed
-        run.notes.append(f"entries claimed {claimed:.1f}s after the kill")
-        # The documented bound, with generous slack: claimed once the death is seen (heartbeat_ms) and a replacement
-        # runs (its start-up), never after the idle timeout.
-        assert claimed < CLAIM_IDLE_MS / 1000, f"{worker}'s entries waited for the idle timeout ({claimed:.0f}s)"
+        run.notes.append(f"entries claimed {time.monotonic() - killed:.1f}s after the kill")
 
     return inject
 
@@ -526,7 +525,14 @@ def test_postgres_down(
 def test_worker_killed(
     worker: str, clip: Path, pg_server: str, tmp_path: Path, baseline: Result, table: list[Result]
 ) -> None:
-    result = run_up(f"kill -9 {worker}", clip, tmp_path, _database(pg_server), [kill_worker(worker)])
+    """kill -9 of a worker holding entries: the run ends as the clean one did, though no entry is ever idle for
+    claim_idle_ms (an hour here): its entries were claimed because its heartbeat expired (the detector's camera
+    lease, for a detector), which the claiming worker's log says."""
+    claim_idle = {"FERVID_BUS__CLAIM_IDLE_MS": str(HEARTBEAT_ONLY_CLAIM_IDLE_MS)}
+    db = _database(pg_server)
+    result = run_up(f"kill -9 {worker}", clip, tmp_path, db, [kill_worker(worker)], **claim_idle)
     table.append(result)
     assert_like(result, baseline)
     assert "SIGKILL" in result.output and "restarting" in result.output  # the supervisor restarted it
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "data" / "logs").glob("*.log"))
+    assert "entries of dead consumers" in logs or "adopted" in logs, "nothing says how the entries were claimed"

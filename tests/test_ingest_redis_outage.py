@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis_server
 from rtsp_fixtures import free_port
 from waiting import wait_for
 
@@ -147,6 +148,38 @@ def test_ingest_files_waits_for_redis_and_goes_on_where_it_was(
     assert all(len(ts) == 1 for ts in stamps.values())
     assert len(seqs) - 60 <= 2, f"{len(seqs) - 60} frames went twice"
     assert consumer.outage_errors > 0
+
+
+def test_ingest_files_started_while_redis_is_down_waits_for_it(sample_clip: Any, tmp_path: Path) -> None:
+    """`fervid up` starts file ingest once: if Redis is away at that moment, ingest waits for it (saying so),
+    then publishes every frame of the file."""
+    clip, _ = sample_clip  # 2 s at 30 fps: 60 frames
+    server = redis_server.RedisServer(tmp_path / "redis")  # Redis 7, AOF; its port is chosen, nothing listens yet
+    consumer = Consumer(server.url, "door", rate=200)
+    consumer.start()
+    log = tmp_path / "ingest.log"
+    cmd = [sys.executable, "-c", "from fervid.cli import main; main()", "ingest-files", str(clip), "--camera", "door"]
+    with open(log, "w") as err:
+        proc = subprocess.Popen([*cmd, "--redis", server.url, "--metrics-port", "0"], stderr=err, text=True)
+    try:
+        wait_for("ingest-files waiting for Redis", lambda: "unreachable" in log.read_text(), 60, [proc])
+        time.sleep(2)  # a few retries
+        assert proc.poll() is None, "ingest-files gave up while Redis was down"
+        server.start()
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+        wait_for("every frame consumed", lambda: len({s for s, _ in consumer.frames}) >= 60, 30)
+    finally:
+        consumer.done.set()
+        consumer.join(5)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.close()
+    err_text = log.read_text()
+    assert "Traceback" not in err_text
+    assert f"ingest-files: Redis at {server.url} unreachable" in err_text
+    seqs = [s for s, _ in consumer.frames]
+    assert seqs == list(range(60)), "a frame was lost, went twice or out of order"
 
 
 def test_live_camera_keeps_decoding_through_a_redis_outage_and_counts_what_it_dropped(

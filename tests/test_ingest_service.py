@@ -142,6 +142,39 @@ def test_fervid_ingest_cli_sighup_reload_and_cameras_table(
     assert state("front") == "stopped"
 
 
+def test_cameras_without_redis_reads_the_embedded_redis_of_the_running_ingest(tmp_path: Path, rtsp_clip: Path) -> None:
+    """`fervid ingest` without --redis runs an embedded Redis; `fervid cameras` on the same data dir reads that one
+    (it starts none of its own). Once the ingest is gone, it says there is no embedded Redis to read."""
+    data = tmp_path / "data"
+    config = tmp_path / "cameras.yaml"
+    config.write_text(f"cameras:\n  - {{name: lobby, url: '{rtsp_clip}', loop: true, fps: 5}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERVID_")} | {"COLUMNS": "200"}
+
+    def cameras() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            _fervid("cameras", "--data-dir", str(data)), capture_output=True, text=True, timeout=60, env=env
+        )
+
+    proc = subprocess.Popen(
+        _fervid("ingest", "--config", str(config), "--data-dir", str(data)), env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+
+        def live() -> bool:
+            table = cameras()
+            return table.returncode == 0 and "lobby" in table.stdout and "live" in table.stdout
+
+        wait_for("`fervid cameras` showing the ingest's camera live", live, 60, [proc])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+    gone = cameras()
+    assert gone.returncode == 1 and "Traceback" not in gone.stderr
+    assert f"no embedded Redis is running under {data}" in " ".join(gone.stderr.split())
+    assert not (data / "redis.url").exists()
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

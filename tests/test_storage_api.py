@@ -129,6 +129,23 @@ def test_bad_input_is_4xx_with_a_message(
     assert message in json.dumps(r.json()["detail"])
 
 
+@pytest.mark.parametrize(
+    ("path", "param", "limit"), [("/events", "camera", 64), ("/cameras/cam1/timeline", "bucket", 16)]
+)
+def test_a_422_echoes_a_long_value_cut(client: TestClient, path: str, param: str, limit: int) -> None:
+    """FastAPI's 422 shape (a list of errors with loc, msg, type, input, ctx: what the schema publishes), but a
+    5,000-character value comes back cut to ~100 characters, saying how long it was."""
+    r = client.get(path, params={param: "x" * 5000})
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["query", param] and error["type"] == "string_too_long"
+    assert error["msg"] == f"String should have at most {limit} characters" and error["ctx"] == {"max_length": limit}
+    assert error["input"] == "x" * 100 + "… (5000 characters)"
+    assert len(r.content) < 500
+    short = client.get(path, params={param: "y" * (limit + 1)}).json()["detail"][0]
+    assert short["input"] == "y" * (limit + 1)  # a short value is echoed whole
+
+
 INJECTIONS = [
     "' OR '1'='1",
     "cam1'; DROP TABLE events; --",

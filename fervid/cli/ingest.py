@@ -28,9 +28,10 @@ def ingest(
     metrics_port: MetricsPort = None,
 ) -> None:
     """Run every enabled camera of a cameras.yaml, one thread each, reconnecting with backoff. SIGHUP reloads it."""
-    from fervid.bus import connect, redact_url, redis_url_for
+    from fervid.bus import connect_waiting, redact_url, redis_url_for
     from fervid.metrics import serve_health
     from fervid.settings import load_settings
+    from fervid.stages import exit_now_on_signal
     from fervid.worker import StopFlag
     from ingest.cameras import load_cameras
     from ingest.service import serve
@@ -43,8 +44,9 @@ def ingest(
     def announce(url: str) -> None:
         console.print(f"No --redis given: embedded Redis at {url}")
 
+    exit_now_on_signal()  # while it waits for Redis, SIGTERM exits at once (the embedded one stops with it)
     with redis_url_for(settings, announce) as url:
-        client = connect(url)
+        client = connect_waiting(url, "ingest")  # a Redis that is still starting (or away) is waited for
         enabled = [c.name for c in cameras if c.enabled]
         console.print(
             f"ingest: {len(enabled)} camera(s) from {config} → {redact_url(url)}; SIGHUP reloads, Ctrl-C stops"
@@ -62,14 +64,14 @@ def ingest(
 def cameras(redis: RedisUrl = None, data_dir: DataDir = None) -> None:
     """State of every camera an ingest process has published: state, fps, frames, drops, reconnects, last error, age.
 
-    A camera whose ingest process is gone (its state was not refreshed for 10 s) shows as unknown.
+    A camera whose ingest process is gone (its state was not refreshed for 10 s) shows as unknown. Without
+    --redis: the embedded Redis of the `fervid ingest`, `up` or `demo` running on the same --data-dir.
     """
-    from fervid.bus import connect, redis_url_for
+    from fervid.bus import connect, running_redis_url
     from fervid.settings import load_settings
 
     settings = load_settings(data_dir=data_dir, redis_url=redis)
-    with redis_url_for(settings) as url:
-        rows = camera_rows(connect(url), settings.keys)
+    rows = camera_rows(connect(running_redis_url(settings)), settings.keys)
     if not rows:
         console.print("No cameras have been published yet.")
         return

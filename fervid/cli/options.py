@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fervid.choices import DetectorBackend, Device
+from fervid.choices import ClassifierModel, DetectorBackend, Device
 from fervid.logs import LEVEL_ENV, LogLevel
 
 LogLevelOption = Annotated[
@@ -73,5 +73,7 @@ StartTime = Annotated[
     ),
 ]
 Cameras = Annotated[list[str] | None, typer.Option("--camera", help="Camera name per source (default: file stem).")]
-ServedModel = Annotated[str | None, typer.Option(help="Emotion classifier model (env FERVID_CLASSIFIER__MODEL).")]
+ServedModel = Annotated[
+    ClassifierModel | None, typer.Option(help="Emotion classifier model (env FERVID_CLASSIFIER__MODEL).")
+]
 BatchSize = Annotated[int | None, typer.Option("--batch-size", min=1, help="Messages per batch.")]

@@ -134,9 +134,9 @@ def ingest_files(
 ) -> None:
     """Publish the frames of video files onto the bus once, then exit (cameras: `fervid ingest --config`).
 
-    Riding out a Redis outage of any length: publishing waits and goes on where it was.
+    Riding out a Redis outage of any length, at start too: it waits for Redis, and publishing goes on where it was.
     """
-    from fervid.bus import Bus, connect
+    from fervid.bus import Bus, connect_waiting
     from fervid.metrics import serve_health
     from fervid.settings import load_settings
     from fervid.stages import exit_now_on_signal
@@ -149,9 +149,9 @@ def ingest_files(
     specs = source_specs(sources, camera, fps=fps, seconds=seconds, start_time=start_time)
     config = {**settings.describe("ingest"), "sources": len(specs), "fps": fps, "seconds": seconds}
     log.info("ingest-files: starting with %s", format_config(config), extra={"config": config})
-    exit_now_on_signal()
+    exit_now_on_signal()  # nothing is published yet: SIGTERM while waiting for Redis exits at once
     stop = StopFlag()
-    client = connect(settings.redis_url)
+    client = connect_waiting(settings.redis_url, "ingest-files")  # `fervid up` starts it once: it must not give up
     health = serve_health("ingest", settings.metrics_port, client, settings.keys)
     bus = Bus.from_settings(client, "ingest", settings)
     started, published, dropped = time.monotonic(), 0, 0

@@ -129,12 +129,12 @@ def api(
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port (compose and Kubernetes use 8000).")] = 8000,
 ) -> None:
-    """HTTP API (OpenAPI docs at /docs). Auth: set FERVID_API_TOKEN to require a bearer token."""
+    """HTTP API (OpenAPI docs at /docs) on an existing database. Auth: set FERVID_API_TOKEN to require a bearer
+    token."""
     import uvicorn
 
     from fervid.settings import load_settings
     from storage.api import create_app
-    from storage.db import create_schema, make_engine
 
     settings = load_settings(data_dir=data_dir, db_url=db, redis_url=redis)
     token = settings.api_token.get_secret_value() if settings.api_token else None
@@ -142,8 +142,8 @@ def api(
     log.info("api: starting with %s", format_config(config), extra={"config": config})
     if not token and not _is_loopback(host):
         log.warning("binding %s without FERVID_API_TOKEN: anyone who can reach this port reads every timeline", host)
-    engine = make_engine(settings.resolved_db_url)
-    create_schema(engine)
+    # A server that only reads: a mistyped path says so (compose and Kubernetes run `fervid migrate` first).
+    engine = existing_database(settings.resolved_db_url)
     # uvicorn shuts down gracefully on SIGTERM, restores the handler it found and re-raises the signal: with this
     # handler that ends the process with status 0, as every other fervid worker does, not killed by the signal.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
