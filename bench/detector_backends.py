@@ -61,7 +61,7 @@ def backends(device: str):
 
 def random_resnet50(device: str, max_size: int | None):
     """RetinaFace-ResNet50 with RANDOM weights: the real architecture, for throughput only (its boxes mean nothing)."""
-    from random_weights import random_resnet50_weights
+    from support.weights import random_resnet50_weights
 
     from detector.retinaface import RetinaFaceDetector
 

@@ -74,7 +74,7 @@ def timed(fn: Callable[[], Any], sync: Callable[[], None], min_passes: int, min_
 
 def random_retinaface_resnet50(device: str, fp16: bool) -> Any:
     """RetinaFace-ResNet50 through the real loading path, with RANDOM weights (written to a temporary file)."""
-    from random_weights import random_resnet50_weights
+    from support.weights import random_resnet50_weights
 
     from detector.retinaface import RetinaFaceDetector
 

@@ -1,5 +1,5 @@
-"""A helper module, not a script: RetinaFace-ResNet50 weights that are RANDOM, written where the real loading path
-reads a downloaded file from, so benchmarks time the real architecture offline (its boxes mean nothing)."""
+"""RetinaFace-ResNet50 weights that are RANDOM, written where the real loading path reads
+a downloaded file from, so benchmarks time the real architecture offline (its boxes mean nothing)."""
 
 from __future__ import annotations
 
