@@ -515,10 +515,11 @@ def rss(run: Run) -> dict[str, str]:
 
 
 def report(run: Run, memory: dict[str, str]) -> None:
-    print("\nservice      healthy   s to healthy   RSS")
+    width = max([len("service"), *map(len, run.health)])
+    print(f"\n{'service':<{width}} healthy   s to healthy   RSS")
     for service, (state, seconds) in run.health.items():
         shown = "-" if seconds is None else f"{seconds:.1f}"
-        print(f"{service:<12} {state:<9} {shown:>12}   {memory.get(service, '-')}")
+        print(f"{service:<{width}} {state:<9} {shown:>12}   {memory.get(service, '-')}")
     print("\nphase                                              seconds")
     for name, seconds in run.timings:
         print(f"{name:<50} {seconds:7.1f}")
@@ -545,7 +546,7 @@ def main() -> int:
         run.log(f"the image holds this checkout's code ({image_is_this_checkout(run)} files)")
         t = time.monotonic()
         model_id = train(run)
-        run.phase("fervid train (vgg1, 1 epoch) and export, in the image", t)
+        run.phase("fervid train (vgg1, 1 epoch) + export in the image", t)
         run.log(f"trained {model_id}")
         camera = start_camera(run)
         since = datetime.now(UTC) - timedelta(minutes=1)
