@@ -309,10 +309,17 @@ def open_container(
         container.close()
         raise PermanentSourceError(f"{redact_url(url)} has no video stream")
     stream = container.streams.video[0]
-    # Files: frame + slice threads (decoding is otherwise single-core). Live streams: slice threads only; frame
-    # threading decoded a live RTSP H.264 stream (x264 zerolatency) into frames missing their lower half, in
-    # bursts, where the same stream decoded clean single-threaded or slice-threaded (found by deploy/smoke.sh).
-    stream.thread_type = "SLICE" if source.live else "AUTO"
+    # Files: frame + slice threads (decoding is otherwise single-core). Live streams: slice threads, and packets
+    # may hold part of a frame: a camera that repeats SPS/PPS before each slice of a key frame (GStreamer's RTP
+    # payloader does, with several slices per frame) has its key frames cut into one packet per slice, and a
+    # decoder taking each packet for a whole frame hands out half-decoded frames, whose errors the following
+    # frames of the GOP inherit: gray blocks and ghost faces (found by deploy/smoke.sh). `chunks` makes the
+    # decoder assemble a frame from its slices (it turns frame threading off, hence slice threads).
+    if source.live:
+        stream.thread_type = "SLICE"
+        stream.codec_context.flags2 |= av.codec.context.Flags2.chunks
+    else:
+        stream.thread_type = "AUTO"
     if decoder_threads:
         stream.codec_context.thread_count = decoder_threads
     if accel is not None and not stream.codec_context.is_hwaccel:

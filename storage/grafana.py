@@ -2,7 +2,8 @@
 
 Two kinds of dashboards. The timelines ("emotions", "pipeline health") query PostgreSQL; "operations" queries
 Prometheus for the pipeline's own health (per-camera fps and drops, stream lag, dead letters, batch latency,
-storage commit rate, workers up and restarts), from the series in fervid/metrics.py. deploy/smoke.sh runs every
+storage commit rate, workers up and restarts), from the series in fervid/metrics.py, and for Redis' and
+PostgreSQL's (up, memory, clients, connections, database size) from compose's two exporters. deploy/smoke.sh runs every
 operations query (:func:`promql_queries`, macros expanded by :func:`expand_promql`) against the compose stack's
 real Prometheus.
 
@@ -65,6 +66,14 @@ SQL = {
 _CAM = 'camera=~"$camera"'
 _RATE = "[$__rate_interval]"
 _LATENCY = f"sum by (le, stage) (rate(fervid_inference_seconds_bucket{_RATE}))"
+_USER_DBS = 'datname!~"|template.*"'  # not the templates, nor pg_stat_database's row for shared objects
+# Restarts per service over the last hour, counted per process: a container restarted at the same address
+# changes its series' start time (`changes`); one restarted at a new address (podman, often Docker) is a new
+# series, and its old series ends: every series of the last hour that is gone now counts one. (Plain
+# `changes(process_start_time_seconds[1h])` stays 0 for the latter.) A replica removed by scaling down also
+# counts one, for an hour. tests/test_storage_grafana.py runs it in promtool; deploy/smoke.sh restarts a worker.
+_START = 'process_start_time_seconds{job="fervid"}'
+_RESTARTS = f"sum by (service) (changes({_START}[1h]) + (({_START} * 0) or (last_over_time({_START}[1h]) * 0 + 1)))"
 PROMQL: list[tuple[str, str, list[tuple[str, str]]]] = [
     (
         "Frames per second — published by ingest, analysed by the detector",
@@ -109,10 +118,27 @@ PROMQL: list[tuple[str, str, list[tuple[str, str]]]] = [
         [(f'sum(rate(fervid_stage_messages_total{{stage="storage"}}{_RATE}))', "frames/s")],
     ),
     ("Workers up", "short", [('sum by (service) (up{job=~"fervid|fervid-api"})', "{{service}}")]),
+    ("Worker restarts (last hour)", "short", [(_RESTARTS, "{{service}}")]),
+    # Redis and PostgreSQL through their exporters (compose's redis-exporter and postgres-exporter).
     (
-        "Worker restarts (last hour)",
+        "Redis and PostgreSQL up (as their exporters reach them)",
         "short",
-        [('sum by (service) (changes(process_start_time_seconds{job="fervid"}[1h]))', "{{service}}")],
+        [("max(redis_up)", "Redis"), ("max(pg_up)", "PostgreSQL")],
+    ),
+    ("Redis memory used", "bytes", [("sum(redis_memory_used_bytes)", "used")]),
+    ("Redis connected clients", "short", [("sum(redis_connected_clients)", "clients")]),
+    (
+        "PostgreSQL connections per database",
+        "short",
+        [
+            (f"sum by (datname) (pg_stat_database_numbackends{{{_USER_DBS}}})", "{{datname}}"),
+            ("max(pg_settings_max_connections)", "max_connections"),
+        ],
+    ),
+    (
+        "PostgreSQL database size",
+        "bytes",
+        [(f"sum by (datname) (pg_database_size_bytes{{{_USER_DBS}}})", "{{datname}}")],
     ),
 ]
 
@@ -243,7 +269,8 @@ def dashboards() -> dict[str, dict[str, Any]]:
             "fervid-operations",
             "fervid — operations",
             [_prometheus_panel(i + 1, t, unit, q, 8 * (i // 2)) for i, (t, unit, q) in enumerate(PROMQL)],
-            "The pipeline's own health from Prometheus: fps, drops, lag, dead letters, latency, commits, workers.",
+            "The pipeline's own health from Prometheus: fps, drops, lag, dead letters, latency, commits, workers; "
+            "Redis and PostgreSQL through their exporters.",
             camera=_prometheus_camera_variable(),
         ),
     }

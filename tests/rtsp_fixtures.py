@@ -51,8 +51,10 @@ class RtspServer:
         password: str | None = None,
         port: int | None = None,
         tls: Path | None = None,
+        slices: int = 0,
     ) -> None:
         self.clip, self.mounts, self.user, self.password, self.tls = clip, mounts, user, password, tls
+        self.slices = slices  # H.264 slices per frame (0: x264's choice, one per encoder thread)
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -70,6 +72,8 @@ class RtspServer:
             cmd += ["--user", self.user, "--password", self.password or ""]
         if self.tls:
             cmd += ["--tls", str(self.tls)]
+        if self.slices:
+            cmd += ["--slices", str(self.slices)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
@@ -114,8 +118,9 @@ def rtsp_server_factory(rtsp_clip: Path) -> Iterator[ServerFactory]:
         user: str | None = None,
         password: str | None = None,
         tls: Path | None = None,
+        slices: int = 0,
     ) -> RtspServer:
-        server = RtspServer(rtsp_clip, mounts, user, password, tls=tls)
+        server = RtspServer(rtsp_clip, mounts, user, password, tls=tls, slices=slices)
         servers.append(server)
         return server.start()
 

@@ -52,14 +52,17 @@ def load_clip(path: str) -> tuple[list[bytes], int, int, int]:
 
 
 class LoopingFactory(GstRtspServer.RTSPMediaFactory):
-    def __init__(self, frames: list[bytes], width: int, height: int, fps: int, gop: int) -> None:
+    def __init__(self, frames: list[bytes], width: int, height: int, fps: int, gop: int, slices: int = 0) -> None:
         super().__init__()
         self.frames, self.width, self.height, self.fps = frames, width, height, fps
+        # tune=zerolatency encodes one slice per thread, and x264 picks the thread count from the machine's cores;
+        # `slices` fixes it (as many IP cameras do: each slice travels in its own RTP packets).
+        extra = f"threads={slices} " if slices else ""
         self.set_launch(
             "( appsrc name=src is-live=true format=time do-timestamp=false "
             f"caps=video/x-raw,format=BGR,width={width},height={height},framerate={fps}/1 "
             "! videoconvert ! video/x-raw,format=I420 "
-            f"! x264enc tune=zerolatency speed-preset=ultrafast bframes=0 key-int-max={gop} "
+            f"! x264enc tune=zerolatency speed-preset=ultrafast bframes=0 key-int-max={gop} {extra}"
             "! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
         )
         self.set_shared(True)  # one encoder per mount, however many clients
@@ -90,6 +93,7 @@ def main() -> None:
     parser.add_argument("--user")
     parser.add_argument("--password")
     parser.add_argument("--gop", type=int, default=15)
+    parser.add_argument("--slices", type=int, default=0, help="H.264 slices per frame (default: x264's choice)")
     parser.add_argument(
         "--tls", help="PEM file with a certificate and its private key: serve rtsps:// (needs glib-networking)"
     )
@@ -116,7 +120,7 @@ def main() -> None:
             auth.set_tls_certificate(Gio.TlsCertificate.new_from_file(args.tls))
         server.set_auth(auth)
     for name in args.mount or ["cam"]:
-        factory = LoopingFactory(frames, width, height, fps, args.gop)
+        factory = LoopingFactory(frames, width, height, fps, args.gop, args.slices)
         if secured:
             perms = GstRtspServer.RTSPPermissions()
             perms.add_role_from_structure(

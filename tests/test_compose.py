@@ -200,6 +200,10 @@ def test_secrets_come_from_files_never_from_the_environment() -> None:
     for name, svc in compose["services"].items():
         mounted = set(svc.get("secrets") or [])
         assert mounted <= set(declared), name
+        # A secret read by the service's own command or healthcheck (a shell's `cat`) is one it mounts.
+        own = json.dumps([svc.get("command"), svc.get("entrypoint"), svc.get("healthcheck")])
+        for read in re.findall(r"/run/secrets/([a-z_]+)", own):
+            assert read in mounted, f"{name} reads /run/secrets/{read} without mounting it"
         for var, value in (svc.get("environment") or {}).items():
             value = str(value)
             if var.endswith("_FILE") or var.endswith("__FILE"):
@@ -235,6 +239,60 @@ def test_prometheus_scrapes_every_worker_and_the_api() -> None:
     assert token_file.removeprefix("/run/secrets/") in compose["services"]["prometheus"]["secrets"]
     mounts = compose["services"]["prometheus"]["volumes"]
     assert "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in mounts
+
+
+def test_prometheus_scrapes_the_redis_and_postgresql_exporters() -> None:
+    """Each exporter is a compose service, scraped on the port its healthcheck reads, labelled like the workers."""
+    services = load("compose.yaml")["services"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    for job, service, port in (("redis", "redis-exporter", 9121), ("postgres", "postgres-exporter", 9187)):
+        (static,) = jobs[job]["static_configs"]
+        assert static["targets"] == [f"{service}:{port}"] and static["labels"] == {"service": job}
+        assert f"http://127.0.0.1:{port}/metrics" in services[service]["healthcheck"]["test"][1], service
+
+
+def test_exporters_read_their_servers_with_the_stacks_secrets() -> None:
+    """The Redis and PostgreSQL exporters log in with the same secret files as the servers (no password in their
+    environment or in the file), wait for their server to be healthy, and are healthy only once they read it."""
+    compose = load("compose.yaml")
+    s = compose["services"]
+    redis = s["redis-exporter"]
+    assert redis["secrets"] == ["redis_password"] and redis["environment"] == {"REDIS_ADDR": "redis://redis:6379"}
+    assert 'REDIS_PASSWORD="$$(cat /run/secrets/redis_password)"' in " ".join(redis["entrypoint"])
+    assert "grep -q '^redis_up 1'" in redis["healthcheck"]["test"][1]
+    assert redis["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    pg = s["postgres-exporter"]
+    env = interpolate(pg["environment"], env_example())
+    assert env["DATA_SOURCE_PASS_FILE"] == "/run/secrets/postgres_password" and pg["secrets"] == ["postgres_password"]
+    assert not {"DATA_SOURCE_NAME", "DATA_SOURCE_PASS"} & set(env)  # they would win over the file
+    postgres = interpolate(s["postgres"]["environment"], env_example())
+    assert env["DATA_SOURCE_USER"] == postgres["POSTGRES_USER"]
+    assert env["DATA_SOURCE_URI"] == f"postgres:5432/{postgres['POSTGRES_DB']}?sslmode=disable"
+    assert "grep -q '^pg_up 1'" in pg["healthcheck"]["test"][1]
+    assert pg["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    for name in ("redis-exporter", "postgres-exporter"):
+        assert s[name]["restart"] == "unless-stopped" and s[name]["healthcheck"]["test"][0] == "CMD-SHELL", name
+
+
+def test_third_party_images_are_pinned_and_the_smoke_run_has_a_stand_in_for_each() -> None:
+    """Every image not built from the Dockerfile names a version; deploy/smoke/compose.smoke.yaml replaces each
+    with a stand-in built from Debian packages (deploy/smoke/standins.sh), except Grafana's, which has none."""
+    compose = load("compose.yaml")["services"]
+    smoke = load("deploy/smoke/compose.smoke.yaml")["services"]
+    standins = (ROOT / "deploy" / "smoke" / "standins.sh").read_text()
+    third_party = {n: s["image"] for n, s in compose.items() if n not in fervid_services(load("compose.yaml"))}
+    assert {"redis", "postgres", "prometheus", "redis-exporter", "postgres-exporter", "grafana"} == set(third_party)
+    for name, image in third_party.items():
+        tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
+        assert re.match(r"v?\d+(\.\d+)*(-[a-z]+)?$", tag), f"{name}: {image} is not pinned to a version"
+        if name == "grafana":
+            assert name not in smoke
+            continue
+        standin = smoke[name]["image"]
+        assert standin.startswith("localhost/fervid-smoke/"), name
+        assert f"have {standin}" in standins or f'have "{standin}"' in standins, f"standins.sh builds no {standin}"
+    assert set(smoke) - set(third_party) == set(fervid_services(load("compose.yaml")))
 
 
 def test_grafana_gets_every_variable_secret_and_dashboard_its_provisioning_reads() -> None:

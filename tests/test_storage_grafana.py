@@ -236,6 +236,8 @@ def test_operations_dashboard_covers_the_pipeline_and_queries_exported_series() 
     text = " ".join(p["title"] for p in ops["panels"]).lower()
     for topic in ("frames per second", "dropped", "lag", "dead letters", "latency", "commit", "up", "restarts"):
         assert topic in text, topic
+    for topic in ("redis memory", "redis connected clients", "postgresql up", "postgresql connections", "size"):
+        assert topic in text, topic  # Redis and PostgreSQL through compose's exporters
     assert {p["datasource"]["uid"] for p in ops["panels"]} == {grafana.PROMETHEUS_UID}
     assert ops["templating"]["list"][0]["datasource"]["uid"] == grafana.PROMETHEUS_UID
     exported = {m.name for m in REGISTRY.collect()}
@@ -272,3 +274,60 @@ def test_operations_dashboard_covers_the_pipeline_and_queries_exported_series() 
     # A regex inside a PromQL string: the dot escaped for the regex, the backslash for the string.
     assert grafana.expand_promql('x{camera=~"$camera"}', cameras=["a.b", "c"]) == 'x{camera=~"(a\\\\.b|c)"}'
     assert grafana.expand_promql('x{camera=~"$camera"}') == 'x{camera=~".*"}'
+
+
+def test_worker_restarts_query_counts_every_restart_in_promtool(tmp_path: Path) -> None:
+    """The restarts panel, evaluated by Prometheus' own engine (`promtool test rules`, Debian's prometheus
+    package) over scraped series as a compose stack makes them: a container restarted at the same address
+    (its start time changes), one restarted at a new address (a new series; the old one ends with a staleness
+    marker, as when its DNS target goes), a crash loop over three addresses, and restarts older than the hour.
+    The plain `changes(process_start_time_seconds[1h])` misses every restart at a new address."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    promtool = shutil.which("promtool")
+    assert promtool, "Debian's prometheus package (promtool) is needed: .ci/run installs it"
+    (restarts,) = [e for _, t, e in grafana.promql_queries() if t.startswith("Worker restarts")]
+
+    def series(service: str, address: str, values: str) -> dict[str, str]:
+        labels = f'job="fervid", service="{service}", instance="10.0.0.{address}:9070"'
+        return {"series": f"process_start_time_seconds{{{labels}}}", "values": values}
+
+    # One sample every 15 s for 82 min; restarts at about 10 min, the classifier's at 5, 11 and 16 min (`stale`:
+    # the series ends there, as Prometheus marks it when its target goes).
+    inputs = [
+        series("ingest", "2", "1000x330"),
+        series("detector", "3", "1000x330"),
+        series("detector", "4", "1000x40 1610x290"),  # restarted at the same address
+        series("storage", "5", "1000x40 stale"),  # restarted at a new address ...
+        series("storage", "6", "_x42 1630x288"),  # ... here
+        series("classifier", "7", "1000x20 stale"),  # a crash loop: 3 restarts, 4 addresses
+        series("classifier", "8", "_x22 1330x20 stale"),
+        series("classifier", "9", "_x44 1660x20 stale"),
+        series("classifier", "10", "_x66 1990x264"),
+    ]
+
+    def expect(expr: str, at: str, counts: dict[str, int]) -> dict[str, Any]:
+        samples = [{"labels": f'{{service="{s}"}}', "value": n} for s, n in counts.items()]
+        return {"expr": expr, "eval_time": at, "exp_samples": samples}
+
+    naive = 'sum by (service) (changes(process_start_time_seconds{job="fervid"}[1h]))'
+    tests = [
+        expect(restarts, "30m", {"ingest": 0, "detector": 1, "storage": 1, "classifier": 3}),
+        expect(restarts, "80m", {"ingest": 0, "detector": 0, "storage": 0, "classifier": 0}),  # all > 1 h ago
+        expect(naive, "30m", {"ingest": 0, "detector": 1, "storage": 0, "classifier": 0}),  # why not this one
+    ]
+
+    def promtool_test(cases: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+        doc = {"rule_files": [], "tests": [{"interval": "15s", "input_series": inputs, "promql_expr_test": cases}]}
+        path = tmp_path / "restarts_test.yml"
+        path.write_text(yaml.safe_dump(doc))
+        return subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+
+    result = promtool_test(tests)
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+    tests[0]["exp_samples"][3]["value"] = 2  # promtool does fail a wrong expectation: the check above can fail
+    result = promtool_test(tests)
+    assert result.returncode != 0 and 'got: {service="classifier"} 3E+00' in result.stderr, result.stdout

@@ -8,10 +8,13 @@ naming it, and a classifier checkpoint trained a moment before with `fervid trai
 faces, one epoch of a small model) and exported with `fervid export`; the image's installed code is checked to
 be this checkout's. Then, with compose.yaml + compose.cpu.yaml + deploy/smoke/compose.smoke.yaml:
 
-1. redis, postgres, prometheus up, each healthy by its own healthcheck; `migrate` runs to exit 0; storage, api,
-   detector, classifier up and healthy; then ingest (podman-compose ignores `depends_on` conditions and,
-   without systemd, never runs healthchecks: this script runs them, `podman healthcheck run`);
+1. redis, postgres, prometheus up, each healthy by its own healthcheck; the Redis and PostgreSQL exporters
+   healthy (they read their servers with the secrets); `migrate` runs to exit 0; storage, api, detector,
+   classifier up and healthy; then ingest (podman-compose ignores `depends_on` conditions and, without
+   systemd, never runs healthchecks: this script runs them, `podman healthcheck run`);
 2. every Prometheus target up; every PromQL query of the "fervid — operations" dashboard returns a series;
+   after the timeline checks, the storage container is restarted and the "Worker restarts" panel must count
+   exactly that one restart;
 3. a missing or foreign CLASSIFIER_CHECKPOINT stops the classifier at start with one line naming the path;
    ingest stopped (SIGTERM) after the camera has given enough frames; once the pipeline has drained, the
    timeline through the API holds the clip's faces (ground truth per frame x frames ingest published, less
@@ -50,7 +53,13 @@ PODMAN_COMPOSE = ["uvx", "--from", "podman-compose==1.6.0", "podman-compose"]
 SECRETS = ("redis_password", "postgres_password", "api_token", "grafana_admin_password")
 CAMERA = "smoke-cam"
 RUN_NAME = "smoke-run"  # the trained checkpoint: /models/smoke-run/best.pt
-STAGES = [["redis", "postgres", "prometheus"], ["migrate"], ["storage", "api", "detector", "classifier"], ["ingest"]]
+STAGES = [
+    ["redis", "postgres", "prometheus"],
+    ["redis-exporter", "postgres-exporter"],
+    ["migrate"],
+    ["storage", "api", "detector", "classifier"],
+    ["ingest"],
+]
 MIN_FRAMES = 40  # frames on the timeline before ingest is stopped: the clip twice (4 s at 5 fps)
 TOLERANCE = 0.02
 BACKLOG_SERIES = {"fervid_stream_lag_entries", "fervid_stream_pending_entries"}
@@ -260,7 +269,7 @@ def start_camera(run: Run) -> subprocess.Popen[bytes]:
 # -- the stack ----------------------------------------------------------------------------------------------
 
 
-def healthy(run: Run, service: str, timeout: float = 300.0) -> None:
+def healthy(run: Run, service: str, timeout: float = 300.0, record: bool = True) -> None:
     """Run the service's own healthcheck until it passes; record seconds from the container's start."""
     name = run.container(service)
     started_at = json.loads(podman("inspect", name))[0]["State"]["StartedAt"]
@@ -275,10 +284,12 @@ def healthy(run: Run, service: str, timeout: float = 300.0) -> None:
     try:
         wait(f"{service} healthy", probe, timeout, interval=1.0)
     except SmokeError:
-        run.health[service] = ("no", None)
+        if record:
+            run.health[service] = ("no", None)
         print(container_logs(name)[-3000:], file=sys.stderr)
         raise
-    run.health[service] = ("yes", time.time() - started)
+    if record:
+        run.health[service] = ("yes", time.time() - started)
     run.log(f"{service}: healthy {time.time() - started:.1f} s after its container started")
 
 
@@ -342,7 +353,7 @@ def prometheus_checks(run: Run) -> list[tuple[str, int]]:
     from storage.grafana import expand_promql, promql_queries
 
     base = f"http://127.0.0.1:{run.prometheus_port}/api/v1"
-    want = {"ingest", "detector", "classifier", "storage", "api"}
+    want = {"ingest", "detector", "classifier", "storage", "api", "redis", "postgres"}
 
     def targets_up() -> bool:
         active = http_json(f"{base}/targets")["data"]["activeTargets"]
@@ -364,14 +375,9 @@ def prometheus_checks(run: Run) -> list[tuple[str, int]]:
         empty = []
         for _, title, expr in promql_queries():
             q = expand_promql(expr, rate_interval="1m", cameras=[CAMERA])
-            try:
-                data = http_json(f"{base}/query?{urllib.parse.urlencode({'query': q})}")
-            except urllib.error.HTTPError as exc:
-                raise Fatal(f"{title}: Prometheus rejects {q}: {exc.read().decode()[:300]}") from None
-            if data["status"] != "success":
-                raise Fatal(f"{title}: {data}")
-            results.append((q, len(data["data"]["result"])))
-            if not data["data"]["result"]:
+            series = prometheus_query(run, q, title)
+            results.append((q, len(series)))
+            if not series:
                 empty.append(q)
         if empty:
             raise SmokeError(f"no series for {empty}")
@@ -379,6 +385,50 @@ def prometheus_checks(run: Run) -> list[tuple[str, int]]:
 
     wait("every operations query to return a series", query_all, 150, interval=5)
     return results
+
+
+def prometheus_query(run: Run, query: str, what: str = "") -> list[dict[str, Any]]:
+    """An instant query's series; a query Prometheus rejects is fatal (waiting cannot fix it)."""
+    url = f"http://127.0.0.1:{run.prometheus_port}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    try:
+        data = http_json(url)
+    except urllib.error.HTTPError as exc:
+        raise Fatal(f"{what or query}: Prometheus rejects {query}: {exc.read().decode()[:300]}") from None
+    if data["status"] != "success":
+        raise Fatal(f"{what or query}: {data}")
+    return data["data"]["result"]
+
+
+def restart_counted(run: Run) -> str:
+    """The "Worker restarts" panel counts a real restart: the storage container restarted (a new process; with
+    podman usually at a new address, so a new series) is one restart for storage and none for the model
+    stages, which ran throughout. The plain `changes()` of the start time, which misses a restart at a new
+    address, is logged beside it."""
+    from storage.grafana import promql_queries
+
+    (expr,) = [e for _, title, e in promql_queries() if title.startswith("Worker restarts")]
+    name = run.container("storage")
+
+    def address() -> str:
+        return podman("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name).strip()
+
+    before = address()
+    podman("restart", "-t", "15", name)
+    healthy(run, "storage", record=False)
+    after = address()
+
+    def by_service(query: str) -> dict[str, float]:
+        return {r["metric"].get("service", ""): float(r["value"][1]) for r in prometheus_query(run, query)}
+
+    def counted() -> dict[str, float]:
+        got = by_service(expr)
+        if got.get("storage") != 1 or got.get("detector") or got.get("classifier"):
+            raise SmokeError(f"restarts by service: {got}")
+        return got
+
+    got = wait("the restart on the Worker restarts panel", counted, 150, interval=5)
+    naive = by_service('sum by (service) (changes(process_start_time_seconds{job="fervid"}[1h]))')
+    return f"storage restarted (address {before} -> {after}): restarts panel {got}; plain changes() {naive}"
 
 
 def bus_series(run: Run) -> list[tuple[str, dict[str, str], float]]:
@@ -466,10 +516,11 @@ def rss(run: Run) -> dict[str, str]:
 
 
 def report(run: Run, memory: dict[str, str]) -> None:
-    print("\nservice      healthy   s to healthy   RSS")
+    width = max([len("service"), *map(len, run.health)])
+    print(f"\n{'service':<{width}} healthy   s to healthy   RSS")
     for service, (state, seconds) in run.health.items():
         shown = "-" if seconds is None else f"{seconds:.1f}"
-        print(f"{service:<12} {state:<9} {shown:>12}   {memory.get(service, '-')}")
+        print(f"{service:<{width}} {state:<9} {shown:>12}   {memory.get(service, '-')}")
     print("\nphase                                              seconds")
     for name, seconds in run.timings:
         print(f"{name:<50} {seconds:7.1f}")
@@ -496,7 +547,7 @@ def main() -> int:
         run.log(f"the image holds this checkout's code ({image_is_this_checkout(run)} files)")
         t = time.monotonic()
         model_id = train(run)
-        run.phase("fervid train (vgg1, 1 epoch) and export, in the image", t)
+        run.phase("fervid train (vgg1, 1 epoch) + export in the image", t)
         run.log(f"trained {model_id}")
         camera = start_camera(run)
         since = datetime.now(UTC) - timedelta(minutes=1)
@@ -517,6 +568,9 @@ def main() -> int:
         result = api_checks(run, since, truth, model_id)
         run.phase("timeline through the API (incl. drain)", t)
         run.log(f"timeline: {result['faces']} faces, ground truth {result['expected']}; model {model_id}")
+        t = time.monotonic()
+        run.log(restart_counted(run))
+        run.phase("a storage restart on the Worker restarts panel", t)
         report(run, memory)
         ok = True
     except (SmokeError, subprocess.SubprocessError) as exc:

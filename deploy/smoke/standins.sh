@@ -8,6 +8,10 @@
 #   localhost/fervid-smoke/redis:7           Debian's redis-server 7 (compose's redis:7-alpine)
 #   localhost/fervid-smoke/postgres:15       Debian's PostgreSQL 15 and an entrypoint for POSTGRES_* (postgres:16-alpine)
 #   localhost/fervid-smoke/prometheus:2      Debian's prometheus 2 (prom/prometheus)
+#   localhost/fervid-smoke/redis-exporter:1  Debian's prometheus-redis-exporter 1.45 (oliver006/redis_exporter,
+#                                            alpine variant: /redis_exporter, a shell, wget)
+#   localhost/fervid-smoke/postgres-exporter:0   Debian's prometheus-postgres-exporter 0.11
+#                                            (quay.io/prometheuscommunity/postgres-exporter: /bin/postgres_exporter)
 #
 # Debian's packages come from the mirror apt is already configured with (read from apt, written nowhere
 # but the image). The host's extra CA certificates (Debian's local CA directory) go into every image: TLS to
@@ -123,6 +127,30 @@ WORKDIR /prometheus
 EXPOSE 9090
 ENTRYPOINT ["/bin/prometheus"]
 CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
+EOF
+fi
+
+# The exporters' binaries where the upstream images have them, so compose.yaml's entrypoint and healthchecks
+# run unchanged.
+if ! have localhost/fervid-smoke/redis-exporter:1; then
+    build localhost/fervid-smoke/redis-exporter:1 <<EOF
+FROM $BASE
+RUN apt-get update && apt-get install -y --no-install-recommends prometheus-redis-exporter wget \
+ && rm -rf /var/lib/apt/lists/* && ln -s /usr/bin/prometheus-redis-exporter /redis_exporter
+USER 59000:59000
+EXPOSE 9121
+ENTRYPOINT ["/redis_exporter"]
+EOF
+fi
+
+if ! have localhost/fervid-smoke/postgres-exporter:0; then
+    build localhost/fervid-smoke/postgres-exporter:0 <<EOF
+FROM $BASE
+RUN apt-get update && apt-get install -y --no-install-recommends prometheus-postgres-exporter wget \
+ && rm -rf /var/lib/apt/lists/* && ln -s /usr/bin/prometheus-postgres-exporter /bin/postgres_exporter
+USER nobody
+EXPOSE 9187
+ENTRYPOINT ["/bin/postgres_exporter"]
 EOF
 fi
 say "stand-in images present"
