@@ -456,6 +456,7 @@ class Bus:
         self._last_claim: dict[str, float] = {}
         self._last_dead_check = 0.0
         self._surplus: list[Delivery] = []  # delivered to us beyond a read's `count` (see `read`)
+        self._reply_lost = False  # a read failed on the connection: Redis may have delivered what we never saw
 
     @classmethod
     def from_settings(cls, client: redis.Redis, group: str, settings: Settings) -> Bus:
@@ -512,15 +513,22 @@ class Bus:
             self.ensure_group(s)
         got = self._reclaim(streams, count)
         if not got:
+            # After a lost reply our own pending entries come first (id 0): nobody else would claim them before
+            # claim_idle_ms, as we are alive and beating. Nothing else of ours is pending while we read.
+            start = "0" if self._reply_lost else ">"
+            self._reply_lost = False  # one pass: it returns every entry the lost reply held (same COUNT per stream)
             try:
                 resp = self.redis.xreadgroup(
-                    self.group, self.consumer, {s: ">" for s in streams}, count=count, block=block_ms
+                    self.group, self.consumer, dict.fromkeys(streams, start), count=count, block=block_ms
                 )
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 self._groups.clear()  # Redis came back without its data: the next read creates the groups again
                 return []
+            except (redis.ConnectionError, redis.TimeoutError):
+                self._reply_lost = True
+                raise
             got = [
                 Delivery(as_text(stream), as_text(entry_id), fields)
                 for stream, entries in _resp2_streams(resp)

@@ -298,3 +298,33 @@ def test_publish_many_is_one_call_that_counts_and_trims_like_single_publishes(re
     assert int(redis_client.hget(f"{STREAM}:stats", "published")) == 100
     assert redis_client.xlen(STREAM) == 60
     assert seqs(consumer.read([STREAM], 100, 10)) == list(range(40, 100))
+
+
+def test_entries_whose_reply_was_lost_are_read_again_at_once(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis delivers entries (they become ours, pending) and the connection drops before the reply arrives, as
+    when Redis is stopped mid-read. We are alive and beating, so no claim frees them before claim_idle_ms: the
+    next read after the failure returns them (our pending list, id 0), then new entries as usual.
+    The drop is simulated after the real XREADGROUP ran: a real Redis cannot be made to lose one reply on cue."""
+    producer = Bus(redis_client, "ingest")
+    consumer = Bus(redis_client, "detector", claim_idle_ms=3_600_000)
+    for i in range(3):
+        producer.publish(STREAM, frame(i), downstream_group="detector", backlog=100)
+    real = redis_client.xreadgroup
+
+    def lost_reply(*args: object, **kwargs: object) -> object:
+        real(*args, **kwargs)  # Redis delivers ...
+        raise redis.ConnectionError("Connection closed by server.")  # ... and the reply never arrives
+
+    monkeypatch.setattr(consumer.redis, "xreadgroup", lost_reply)
+    with pytest.raises(redis.ConnectionError):
+        consumer.read([STREAM], 2, 10)
+    monkeypatch.setattr(consumer.redis, "xreadgroup", real)
+    again = consumer.read([STREAM], 10, 10)
+    assert seqs(again) == [0, 1]  # what the lost reply held, at once
+    consumer.ack(again)
+    new = consumer.read([STREAM], 10, 10)
+    assert seqs(new) == [2]  # then new entries, and nothing twice
+    consumer.ack(new)
+    assert redis_client.xpending(STREAM, "detector")["pending"] == 0
