@@ -1,10 +1,12 @@
 """Live capacity and freshness: how many RTSP cameras one machine analyses with sub-second results.
 
     uv run python bench/live.py [--cameras 1 2 4 8] [--fps 5] [--warmup 20] [--window 30] [--mode up demo]
-                                [--up-arg=--shared] [--allow-load]
+                                [--up-arg=--one-process] [--allow-load]
 
 For each N: one real RTSP server (tests/rtsp_server.py: GStreamer, run under the system Python) serves N mounts
-of a looping 640x480 clip with two real faces; fervid analyses them at `--fps` each until stopped:
+of a looping 640x480 clip with two real faces, encoded once at start-up and sent at 30 frames/s as a camera's own
+encoder would (a live x264 per mount took ~12% of a core per camera here, which is the camera's work, not
+fervid's); fervid analyses them at `--fps` each until stopped:
 
 * ``up``: `fervid up --config cameras.yaml` (one process per stage, embedded Redis, SQLite), plus any --up-arg;
 * ``demo``: `fervid demo URL1 ... URLN --fps F` (every stage in one process).
@@ -206,7 +208,7 @@ def main() -> None:
     make_sample_clip(clip, seconds=10.0)
     mounts = tuple(f"cam{i + 1}" for i in range(max(args.cameras)))
     print(f"fervid live: {machine_line()}; cameras 640x480 looping, {args.fps:g} fps analysis each")
-    server = RtspServer(clip, mounts=mounts).start()
+    server = RtspServer(clip, mounts=mounts, encode_once=True).start()
     results: list[Result] = []
     try:
         urls = [server.url(m) for m in mounts]

@@ -52,7 +52,9 @@ class RtspServer:
         port: int | None = None,
         tls: Path | None = None,
         slices: int = 0,
+        encode_once: bool = False,
     ) -> None:
+        self.encode_once = encode_once  # mounts send H.264 encoded at start-up (no live encoder per mount)
         self.clip, self.mounts, self.user, self.password, self.tls = clip, mounts, user, password, tls
         self.slices = slices  # H.264 slices per frame (0: x264's choice, one per encoder thread)
         self.port = port or free_port()
@@ -74,6 +76,8 @@ class RtspServer:
             cmd += ["--tls", str(self.tls)]
         if self.slices:
             cmd += ["--slices", str(self.slices)]
+        if self.encode_once:
+            cmd.append("--encode-once")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
@@ -98,7 +102,8 @@ class RtspServer:
         self.proc = None
 
 
-# rtsp_server_factory's value: make(mounts=("cam",), user=None, password=None, tls=None) -> a started server.
+# rtsp_server_factory's value: make(mounts=("cam",), user=None, password=None, tls=None, slices=0,
+# encode_once=False) -> a started server.
 ServerFactory = Callable[..., RtspServer]
 
 
@@ -119,8 +124,9 @@ def rtsp_server_factory(rtsp_clip: Path) -> Iterator[ServerFactory]:
         password: str | None = None,
         tls: Path | None = None,
         slices: int = 0,
+        encode_once: bool = False,
     ) -> RtspServer:
-        server = RtspServer(rtsp_clip, mounts, user, password, tls=tls, slices=slices)
+        server = RtspServer(rtsp_clip, mounts, user, password, tls=tls, slices=slices, encode_once=encode_once)
         servers.append(server)
         return server.start()
 

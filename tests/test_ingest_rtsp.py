@@ -359,3 +359,31 @@ def test_flapping_camera_is_live_within_2s_of_every_return_and_dead_ones_are_ope
     mute = [t - started for t in opens.times["mute"]]
     late = [(a, b) for a, b in itertools.pairwise(mute) if b > 35]
     assert late and all(b - a >= 29.5 for a, b in late), mute
+
+
+def test_encode_once_server_loops_its_stored_h264_at_real_time(
+    rtsp_server_factory: ServerFactory, rtsp_clip: Path, redis_client: redis.Redis, settings: Settings
+) -> None:
+    """bench/live.py's cameras: the loop encoded once, sent as stored H.264 — past the loop's end, at 30 frames/s."""
+    import av
+
+    server = rtsp_server_factory(mounts=("a", "b"), encode_once=True)
+    with av.open(rtsp_clip) as clip:
+        loop = clip.streams.video[0].frames
+    runners = [
+        CameraRunner(CameraConfig(name=m, url=server.url(m), fps=None), redis_client, settings) for m in ("a", "b")
+    ]
+    for r in runners:
+        r.start()
+    try:
+        wait_for("both cameras past the loop's end", lambda: min(r.snapshot().frames for r in runners) > loop + 15, 20)
+    finally:
+        for r in runners:
+            r.stop()
+            r.join(5)
+    for mount in ("a", "b"):
+        frames = seqs(redis_client, mount)
+        assert [s for s, _ in frames] == sorted({s for s, _ in frames}), "seq goes up, no repeats"
+        (first_seq, first_ts), (last_seq, last_ts) = frames[0], frames[-1]
+        rate = (last_seq - first_seq) / (last_ts - first_ts)
+        assert 27 < rate < 33, f"{mount}: {rate:.1f} frames per second of capture time"
