@@ -6,6 +6,7 @@ A checkpoint is a plain dict of tensors, numbers, strings and lists so it loads 
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,8 +87,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):
+            raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch file") from exc
+        # torch's own text is a page on weights_only; ours says what to do
+        raise CheckpointError(
+            f"{path} is not a fervid classifier checkpoint: it holds pickled objects, and fervid loads only the "
+            "tensors and plain values that `fervid train` saves (a whole pickled model is never loaded: it could "
+            "run code)"
+        ) from exc
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fervid classifier checkpoint")
     if obj.get("version") != VERSION:

@@ -18,6 +18,7 @@ from fervid.choices import TimelineLabels
 from fervid.cli import command, console, out
 from fervid.cli.options import (
     Cameras,
+    CheckpointOption,
     DataDir,
     DbUrl,
     DetectorOption,
@@ -49,6 +50,7 @@ def demo(
     data_dir: DataDir = None,
     detector: DetectorOption = None,
     model: ServedModel = None,
+    checkpoint: CheckpointOption = None,
     annotate: Annotated[
         Path | None,
         typer.Option(
@@ -61,7 +63,12 @@ def demo(
     from ingest.runner import expected_frames, source_specs
 
     settings = load_settings(
-        data_dir=data_dir, db_url=db, redis_url=redis, detector__backend=detector, classifier__model=model
+        data_dir=data_dir,
+        db_url=db,
+        redis_url=redis,
+        detector__backend=detector,
+        classifier__model=model,
+        classifier__checkpoint=checkpoint,
     )
     specs = source_specs(sources or [_sample_clip(settings)], camera, fps=fps, seconds=seconds, start_time=start_time)
     expected = expected_frames(specs)  # also fails on a missing or unreadable file, before anything starts

@@ -76,4 +76,11 @@ Cameras = Annotated[list[str] | None, typer.Option("--camera", help="Camera name
 ServedModel = Annotated[
     ClassifierModel | None, typer.Option(help="Emotion classifier model (env FERVID_CLASSIFIER__MODEL).")
 ]
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        help="A best.pt written by `fervid train`; overrides --model (env FERVID_CLASSIFIER__CHECKPOINT).",
+    ),
+]
 BatchSize = Annotated[int | None, typer.Option("--batch-size", min=1, help="Messages per batch.")]

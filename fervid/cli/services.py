@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -20,6 +19,7 @@ from fervid.cli import command
 from fervid.cli.options import (
     BatchSize,
     Cameras,
+    CheckpointOption,
     DataDir,
     DetectorOption,
     DeviceOption,
@@ -76,7 +76,7 @@ def classify(
     redis: RedisUrl = None,
     data_dir: DataDir = None,
     model: ServedModel = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="A trained checkpoint; overrides --model.")] = None,
+    checkpoint: CheckpointOption = None,
     device: DeviceOption = None,
     batch_size: BatchSize = None,
     compile: Annotated[
