@@ -265,6 +265,19 @@ def load_model(
     return model.eval()
 
 
+def fold_batch_norms(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d that directly follows a Conv2d in a Sequential into that conv (inference only: the
+    running statistics become the conv's weights and bias). The same function in fewer ops: mobilenet0.25's
+    batch norms took ~11% of its CPU forward time."""
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                seq[i] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+                seq[i + 1] = nn.Identity()
+    return model
+
+
 # --------------------------------------------------------------------------------------------- priors
 
 
@@ -370,7 +383,7 @@ class RetinaFaceDetector:
         # cache, and each frame costs more (640x480, 2 cores: 83-89 ms of CPU per frame at 8, 49-52 at 1 or 2).
         # A GPU takes the whole batch at once.
         self.cpu_batch = cpu_batch if self.device.type == "cpu" else None
-        self.model = load_model(backbone, weights=weights, cache_dir=cache_dir).to(self.device)
+        self.model = fold_batch_norms(load_model(backbone, weights=weights, cache_dir=cache_dir)).to(self.device)
         cfg = BACKBONES[backbone]
         self._rgb = cfg["rgb"]
         self._mean = torch.tensor(cfg["mean"], dtype=torch.float32, device=self.device).view(3, 1, 1)

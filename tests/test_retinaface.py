@@ -20,6 +20,7 @@ from detector.retinaface import (
     MOBILENET_ASSET_SHA256,
     RetinaFaceDetector,
     RetinaFaceNet,
+    fold_batch_norms,
     load_model,
     make_priors,
 )
@@ -35,6 +36,18 @@ def test_bundled_asset_checksum_and_strict_load():
     assert sha256_file(MOBILENET_ASSET) == MOBILENET_ASSET_SHA256
     model = load_model("mobilenet0.25")  # strict=True inside
     assert isinstance(model, RetinaFaceNet) and not model.training
+
+
+def test_folded_batch_norms_give_the_same_outputs(det):
+    """The detector serves the model with its batch norms folded into the convs: the same numbers, fewer ops."""
+    reference = load_model("mobilenet0.25")
+    folded = fold_batch_norms(load_model("mobilenet0.25"))
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in reference.modules()) == 47
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in [*folded.modules(), *det.model.modules()])
+    x = torch.from_numpy(astronaut_bgr()).permute(2, 0, 1).float()[None] - 117.0
+    with torch.inference_mode():
+        for want, got in zip(reference(x), folded(x), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_astronaut(det):
