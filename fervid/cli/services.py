@@ -139,7 +139,7 @@ def ingest_files(
     from fervid.bus import Bus, connect_waiting
     from fervid.metrics import serve_health
     from fervid.settings import load_settings
-    from fervid.stages import exit_now_on_signal
+    from fervid.signals import exit_now_on_signal
     from fervid.worker import StopFlag
     from ingest.runner import run_source, source_specs
 
