@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-import signal
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from fervid.contracts import CLASSIFIER_GROUP, DETECTOR_GROUP, STORAGE_GROUP
 from fervid.errors import ConfigError
 from fervid.logs import format_config
 from fervid.settings import Settings
+from fervid.signals import exit_now_on_signal
 from fervid.worker import LoopStats, Stage, StopFlag
 
 log = logging.getLogger(__name__)
@@ -169,15 +169,3 @@ def startup_config(entry: StageEntry, settings: Settings) -> dict[str, Any]:
 
         section["device"] = f"{resolve_device('auto')} (auto)"
     return config
-
-
-def exit_now_on_signal() -> None:
-    """Until work is in flight, SIGTERM/SIGINT end the process at once with status 0 (a slow model load is
-    not waited for)."""
-
-    def handler(signum: int, _frame: object) -> None:
-        log.info("signal %d while starting: exiting", signum)
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)

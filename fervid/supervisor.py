@@ -7,9 +7,10 @@ configures the containers. A worker that dies is restarted with jittered exponen
 worker (file ingest) that exits 0 is done; one that fails is not restarted, because replaying a file would
 publish its frames again under new sequence numbers.
 
-Stopping: SIGTERM to every worker (each finishes or returns its batch), up to ``stop_timeout`` seconds, then
-SIGKILL for any still alive. Workers never outlive the supervisor: on Linux each gets SIGTERM from the kernel when
-the supervisor dies, however it dies (:func:`die_with_parent`).
+Stopping: SIGTERM to every worker (each finishes or returns its batch; one still starting exits 0 as soon as it
+can take the signal, :func:`worker_preexec`), up to ``stop_timeout`` seconds, then SIGKILL for any still alive.
+Workers never outlive the supervisor: on Linux each gets SIGTERM from the kernel when the supervisor dies, however
+it dies (:func:`die_with_parent`).
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ class Supervisor:
             stdout=child.log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent(),
+            preexec_fn=worker_preexec(),
         )
         child.state = "running"
         child.backoff.mark_up()
@@ -229,6 +230,20 @@ def die_with_parent() -> Callable[[], None] | None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
         if os.getppid() != parent:
             os._exit(1)
+
+    return preexec
+
+
+def worker_preexec() -> Callable[[], None]:
+    """The Popen ``preexec_fn`` of a worker: it dies with this process (:func:`die_with_parent`), and it starts
+    with SIGTERM blocked until its command installs a handler (:func:`fervid.signals.handle_stop_signals`). A stop
+    sent while the worker is still starting waits until it can be taken: the worker exits 0, not killed (-15)."""
+    die = die_with_parent()
+
+    def preexec() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # kept across exec
+        if die is not None:
+            die()
 
     return preexec
 

@@ -9,7 +9,6 @@ finishes and acks the batch in hand; the second exits).
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from fervid.metrics import (
     STAGE_HANDLE_SECONDS,
     STAGE_MESSAGES,
 )
+from fervid.signals import handle_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,7 @@ class StopFlag:
             log.info("signal %d: finishing the batch in hand, then stopping (again to stop now)", signum)
             self._event.set()
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        handle_stop_signals(on_signal)
 
 
 @dataclass

@@ -288,3 +288,44 @@ def test_a_file_read_again_after_a_failure_goes_on_where_it_was(
     seqs, stamps = [s for s, _ in seen], [t for _, t in seen]
     assert seqs == list(range(20)), seqs
     assert [round(b - a, 3) for a, b in itertools.pairwise(stamps)] == [0.1] * 19  # no frame twice, none skipped
+
+
+def test_ingest_files_sigterm_while_reading_is_a_stop_not_an_exit(
+    redis_url: str, redis_client: redis.Redis, rtsp_clip: Path
+) -> None:
+    """SIGTERM while `fervid ingest-files` reads a file only asks it to stop: it stops its reader, says what it
+    published and exits 0, as at the end of its files. An exit raised on the main thread meanwhile could abort the
+    process ("FATAL: exception not rethrown", status -6) while FFmpeg decodes on the reader's thread. With backlog
+    4 and nobody reading, the 60-frame clip never ends by itself: each try is surely mid-file."""
+    # Once waiting for room mid-file; the other tries the moment the reading begins.
+    for attempt in range(4):
+        camera = f"stopped{attempt}"
+        rc, text = _sigterm_ingest_files(redis_url, rtsp_clip, camera, redis_client if attempt == 0 else None)
+        assert rc == 0, text
+        assert "ingest-files: published" in text, text  # its normal end, not an exit at once
+        assert int(redis_client.hget(KEYS.camera(camera, "stats"), "published") or 0) < 20
+
+
+def _sigterm_ingest_files(redis_url: str, clip: Path, camera: str, full_backlog: redis.Redis | None) -> tuple[int, str]:
+    """Run `fervid ingest-files` on `clip` with backlog 4; SIGTERM it once it logs that it is reading (and, given
+    `full_backlog`, once the stream holds 4 frames). Returns its exit status and output."""
+    env = {**os.environ, "FERVID_BUS__FRAME_BACKLOG": "4"}
+    cmd = _fervid("ingest-files", str(clip), "--camera", camera, "--redis", redis_url)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        head = b""
+        while b"reading" not in head:  # logged as it starts the file's reader
+            line = proc.stdout.readline()
+            assert line, head.decode()
+            head += line
+        if full_backlog is not None:
+            stream = KEYS.frames(camera)
+            wait_for("the backlog full", lambda: full_backlog.xlen(stream) >= 4, 30, [proc])
+        proc.send_signal(signal.SIGTERM)
+        text = (head + proc.communicate(timeout=30)[0]).decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, text

@@ -31,7 +31,7 @@ def ingest(
     from fervid.bus import connect_waiting, redact_url, redis_url_for
     from fervid.metrics import serve_health
     from fervid.settings import load_settings
-    from fervid.stages import exit_now_on_signal
+    from fervid.signals import exit_now_on_signal
     from fervid.worker import StopFlag
     from ingest.cameras import load_cameras
     from ingest.service import serve

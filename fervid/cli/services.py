@@ -139,7 +139,7 @@ def ingest_files(
     from fervid.bus import Bus, connect_waiting
     from fervid.metrics import serve_health
     from fervid.settings import load_settings
-    from fervid.stages import exit_now_on_signal
+    from fervid.signals import exit_now_on_signal
     from fervid.worker import StopFlag
     from ingest.runner import run_source, source_specs
 
@@ -154,6 +154,10 @@ def ingest_files(
     client = connect_waiting(settings.redis_url, "ingest-files")  # `fervid up` starts it once: it must not give up
     health = serve_health("ingest", settings.metrics_port, client, settings.keys)
     bus = Bus.from_settings(client, "ingest", settings)
+    # Before the first file is opened: from here a SIGTERM only asks the reading to stop, and the command ends as
+    # it does at the end of its files. An exception raised on this thread while a reader thread is inside FFmpeg
+    # aborts the process ("FATAL: exception not rethrown") as the interpreter exits.
+    stop.install_signal_handlers()
     started, published, dropped = time.monotonic(), 0, 0
     try:
         for spec in specs:

@@ -87,7 +87,8 @@ def up(
     with redis_url_for(settings) as redis_url:
         timeouts = {"drain_timeout": drain_timeout, "stop_timeout": stop_timeout}
         codes, error = _supervise(specs, settings, redis_url, stop, until_drained=until_drained, **timeouts)
-    # -SIGTERM: stopped before it installed its handler (still importing), so nothing was in flight.
+    # -SIGTERM: the signal found no handler of the worker's own, so nothing was in flight: it was already exiting
+    # (Python puts the default one back as it shuts down); one still starting exits 0 (fervid/signals.py).
     bad = {name: rc for name, rc in codes.items() if rc not in (0, None, -signal.SIGTERM)}
     console.print(f"[up] stopped: {', '.join(f'{n}={rc}' for n, rc in codes.items())}", highlight=False, markup=False)
     if error:
