@@ -16,10 +16,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fervid.bus import Bus, connect
-from fervid.contracts import DETECTOR_GROUP, EMOTIONS
+from fervid.contracts import EMOTIONS
 from fervid.errors import FervidError
 from fervid.settings import Settings
-from fervid.stages import STAGES, StageEntry
+from fervid.stages import STAGES
 from fervid.worker import StopFlag, run_stage
 
 log = logging.getLogger(__name__)
@@ -150,36 +150,26 @@ class _Run:
                 self.windows[spec.camera] = time.monotonic()
 
     def start(self) -> None:
-        """Build the stages and start each one's worker as soon as it is built. The sources start at once (a file's
-        first frames are waiting when the detector is ready; a camera is connected by then) and storage builds in a
-        thread meanwhile; the detector, the slowest to load and the bottleneck, is built first, so it detects while
-        the classifier loads (inference runs outside the GIL): the first row comes ~1-2 s sooner on 2 cores."""
-        *models, storage_entry = STAGES  # detector, classifier | storage
-        storage = _Thread("storage-build", functools.partial(self._build, storage_entry))
-        storage.start()
+        """Build the stages, downstream first, so an unreachable database fails before any source is opened or
+        model loads; sources start while the models load: a file's first frames are waiting when the detector is
+        ready, and a camera is connected by then (what it sends meanwhile ages out, bus.frame_max_age_ms)."""
+        first, *rest = reversed(STAGES)
+        self.stages[first.name] = first.build(self.settings, self.buses[first.name], self.workers_stop.is_set)
         for t in self.ingests:
             t.start()
-        for entry in models:
-            _raise_failed([storage, *self.ingests])
-            self._build(entry)
-            if entry.group == DETECTOR_GROUP:
-                # What the cameras sent while the detector loaded is stale: dropped (and counted), never analysed.
-                self.discarded = sum(_discard_waiting(self.client, self.settings, spec.camera) for spec in self.live)
-                self.open_windows()
-            self._start_worker(entry.name)
-        storage.join()
-        _raise_failed([storage])
-        self._start_worker(storage_entry.name)
-
-    def _build(self, entry: StageEntry) -> None:
-        self.stages[entry.name] = entry.build(self.settings, self.buses[entry.name], self.workers_stop.is_set)
-
-    def _start_worker(self, name: str) -> None:
-        worker = _Thread(f"{name}-worker", functools.partial(self._work, self.stages[name], self.buses[name]))
-        if not self.workers:
-            self.started = time.monotonic()  # the run's frames/s count from here, not from the models' loading
-        self.workers.append(worker)
-        worker.start()
+        for entry in rest:
+            _raise_failed(self.ingests)
+            self.stages[entry.name] = entry.build(self.settings, self.buses[entry.name], self.workers_stop.is_set)
+        # What the cameras sent while the models loaded is stale: dropped (and counted), never analysed.
+        self.discarded = sum(_discard_waiting(self.client, self.settings, spec.camera) for spec in self.live)
+        self.open_windows()
+        self.workers = [
+            _Thread(f"{name}-worker", functools.partial(self._work, stage, self.buses[name]))
+            for name, stage in self.stages.items()
+        ]
+        self.started = time.monotonic()
+        for t in self.workers:
+            t.start()
 
     def _work(self, stage: Any, bus: Bus) -> None:
         run_stage(stage, bus, stop=self.workers_stop, block_ms=100)
@@ -243,6 +233,8 @@ def _published(client: Any, settings: Settings, camera: str) -> int:
 def _discard_waiting(client: Any, settings: Settings, camera: str) -> int:
     """Drop the frames of `camera` that no detector has read yet, counting them as dropped (the stats hash, as the
     publisher counts its drops). Returns how many."""
+    from fervid.contracts import DETECTOR_GROUP
+
     stream = settings.keys.frames(camera)
     last = "0-0"
     for group in client.xinfo_groups(stream) if client.exists(stream) else []:
