@@ -66,7 +66,7 @@ def main() -> None:
         clip = tmp / "faces.mp4"
         make_sample_clip(clip, seconds=4.0, fps=15)
         mounts = tuple(f"cam{i}" for i in range(args.cameras))
-        rtsp = RtspServer(clip, mounts).start()
+        rtsp = RtspServer(clip, mounts, encode_once=True).start()  # the cameras encode, not this machine
         config = tmp / "cameras.yaml"
         config.write_text(
             "cameras:\n"
