@@ -87,7 +87,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except (pickle.UnpicklingError, EOFError) as exc:  # EOFError: an empty file
         if "Unsupported global" not in str(exc):
             raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch file") from exc
         # torch's own text is a page on weights_only; ours says what to do
@@ -97,7 +97,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             "run code)"
         ) from exc
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fervid classifier checkpoint")
     if obj.get("version") != VERSION:

@@ -54,9 +54,9 @@ class RtspServer:
         slices: int = 0,
         encode_once: bool = False,
     ) -> None:
-        self.encode_once = encode_once  # mounts send H.264 encoded at start-up (no live encoder per mount)
         self.clip, self.mounts, self.user, self.password, self.tls = clip, mounts, user, password, tls
         self.slices = slices  # H.264 slices per frame (0: x264's choice, one per encoder thread)
+        self.encode_once = encode_once  # mounts send H.264 encoded at start-up (no live encoder per mount)
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 

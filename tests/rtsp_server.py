@@ -107,7 +107,7 @@ class LoopingFactory(GstRtspServer.RTSPMediaFactory):
             f"( appsrc name=src is-live=true format=time do-timestamp=false {source} "
             "! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
         )
-        self.set_shared(True)  # one encoder per mount, however many clients
+        self.set_shared(True)  # one pipeline (and encoder) per mount, however many clients
         self.connect("media-configure", self._configure)
 
     def _configure(self, _factory: object, media: GstRtspServer.RTSPMedia) -> None:

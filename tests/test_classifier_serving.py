@@ -166,6 +166,7 @@ def test_checkpoint_classes_in_another_order_are_mapped_by_name(best_pt: Path, t
         (lambda p, obj: None, NotFound, "does not exist"),
         (lambda p, obj: p.mkdir(), ConfigError, "is a directory"),
         (lambda p, obj: p.write_bytes(b"\x80\x02 not a checkpoint"), ConfigError, "cannot read .*not a PyTorch file$"),
+        (lambda p, obj: p.write_bytes(b""), ConfigError, "cannot read .*not a PyTorch file$"),
         (lambda p, obj: torch.save({"weights": 1}, p), ConfigError, "not a fervid classifier checkpoint"),
         (lambda p, obj: torch.save(torch.nn.Linear(2, 7), p), ConfigError, "holds pickled objects.*could run code"),
         (
@@ -182,6 +183,7 @@ def test_checkpoint_classes_in_another_order_are_mapped_by_name(best_pt: Path, t
         "missing",
         "directory",
         "corrupt",
+        "empty",
         "not-fervid",
         "pickled-model",
         "other-class",
